@@ -1,0 +1,160 @@
+//! Blob uploads: `POST /v2/<name>/blobs/uploads/` (start, monolithic, mount) and
+//! `GET`/`PATCH`/`PUT`/`DELETE /v2/<name>/blobs/uploads/<id>`.
+
+use axum::body::Body;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderName, StatusCode};
+
+use super::error::upload_range;
+use super::{body_stream, header_str, query, query_param, respond, ApiError, ApiResult, AppState, CONTENT_DIGEST};
+use crate::registry::digest::Digest;
+use crate::registry::name::RepoName;
+
+const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+
+fn session_headers(repo: &RepoName, id: &str, size: u64) -> Vec<(HeaderName, String)> {
+    vec![
+        (header::LOCATION, format!("/v2/{repo}/blobs/uploads/{id}")),
+        (UPLOAD_UUID, id.to_string()),
+        (header::RANGE, upload_range(size)),
+    ]
+}
+
+fn created(repo: &RepoName, digest: &Digest) -> ApiResult {
+    respond(
+        StatusCode::CREATED,
+        &[
+            (header::LOCATION, format!("/v2/{repo}/blobs/{digest}")),
+            (CONTENT_DIGEST, digest.to_string()),
+        ],
+        Body::empty(),
+    )
+}
+
+fn digest_param(q: &[(String, String)]) -> Result<Option<Digest>, ApiError> {
+    Ok(query_param(q, "digest").map(str::parse).transpose()?)
+}
+
+/// Adds the session's headers to an error about it (e.g. the 416 of an out-of-order chunk), so
+/// the client knows where to resume.
+fn with_location(e: ApiError, repo: &RepoName, id: &str) -> ApiError {
+    e.with_header(header::LOCATION, &format!("/v2/{repo}/blobs/uploads/{id}"))
+        .with_header(UPLOAD_UUID, id)
+}
+
+pub async fn start(reg: &AppState, repo: &RepoName, req: &Parts, body: Body) -> ApiResult {
+    let q = query(req);
+    if let Some(mount) = query_param(&q, "mount") {
+        let digest: Digest = mount.parse()?;
+        let from = query_param(&q, "from")
+            .map(str::parse::<RepoName>)
+            .transpose()?;
+        if reg.mount_blob(repo, &digest, from.as_ref()).await? {
+            return created(repo, &digest);
+        }
+        // Not mountable: fall back to a new upload session, as the spec asks.
+    } else if let Some(digest) = digest_param(&q)? {
+        reg.push_blob(repo, &digest, body_stream(body))
+            .await?;
+        return created(repo, &digest);
+    }
+    let up = reg.start_upload(repo).await?;
+    respond(StatusCode::ACCEPTED, &session_headers(repo, &up.id, 0), Body::empty())
+}
+
+pub async fn status(reg: &AppState, repo: &RepoName, id: &str) -> ApiResult {
+    let up = reg.upload(repo, id).await?;
+    respond(StatusCode::NO_CONTENT, &session_headers(repo, id, up.size), Body::empty())
+}
+
+/// Parses `Content-Range: <start>-<end>` (the spec's form; a `bytes ` prefix is tolerated).
+fn content_range(value: &str) -> Option<(u64, u64)> {
+    let v = value.trim();
+    let v = v.strip_prefix("bytes ").or_else(|| v.strip_prefix("bytes=")).unwrap_or(v);
+    let v = v.split('/').next()?;
+    let (a, b) = v.split_once('-')?;
+    let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a <= b).then_some((a, b))
+}
+
+pub async fn patch(
+    reg: &AppState,
+    repo: &RepoName,
+    id: &str,
+    req: &Parts,
+    body: Body,
+) -> ApiResult {
+    let start = match header_str(&req.headers, header::CONTENT_RANGE) {
+        None => None,
+        Some(v) => {
+            let (a, b) = content_range(v).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "BLOB_UPLOAD_INVALID",
+                    format!("Content-Range {v:?} is not of the form <start>-<end>"),
+                )
+            })?;
+            if let Some(len) = header_str(&req.headers, header::CONTENT_LENGTH)
+                .and_then(|l| l.parse::<u64>().ok())
+            {
+                if len != b - a + 1 {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "BLOB_UPLOAD_INVALID",
+                        format!("Content-Range {v:?} covers {} bytes but Content-Length is {len}", b - a + 1),
+                    ));
+                }
+            }
+            Some(a)
+        }
+    };
+    let up = reg
+        .write_chunk(repo, id, start, body_stream(body))
+        .await
+        .map_err(|e| with_location(e.into(), repo, id))?;
+    respond(StatusCode::ACCEPTED, &session_headers(repo, id, up.size), Body::empty())
+}
+
+pub async fn put(
+    reg: &AppState,
+    repo: &RepoName,
+    id: &str,
+    req: &Parts,
+    body: Body,
+) -> ApiResult {
+    let q = query(req);
+    let digest = digest_param(&q)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+            "the digest query parameter is required to finish an upload",
+        )
+    })?;
+    let has_body = match header_str(&req.headers, header::CONTENT_LENGTH) {
+        Some(len) => len.trim() != "0",
+        None => req.headers.contains_key(header::TRANSFER_ENCODING),
+    };
+    let last = has_body.then(|| body_stream(body));
+    reg.finish_upload(repo, id, &digest, last)
+        .await
+        .map_err(|e| with_location(e.into(), repo, id))?;
+    created(repo, &digest)
+}
+
+pub async fn cancel(reg: &AppState, repo: &RepoName, id: &str) -> ApiResult {
+    reg.cancel_upload(repo, id).await?;
+    respond(StatusCode::NO_CONTENT, &[], Body::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn content_ranges() {
+        use super::content_range;
+        assert_eq!(content_range("0-9"), Some((0, 9)));
+        assert_eq!(content_range("bytes 10-19/100"), Some((10, 19)));
+        assert_eq!(content_range("9-0"), None);
+        assert_eq!(content_range("x"), None);
+        assert_eq!(content_range("1-"), None);
+    }
+}

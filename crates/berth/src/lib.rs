@@ -1,0 +1,14 @@
+//! Berth: an OCI Distribution registry.
+//!
+//! Layers, each depending only on those below it:
+//! - [`http`]: the axum edge (routes, OCI error mapping);
+//! - [`registry`]: the core (names, digests, manifests, uploads, tags, referrers);
+//! - [`storage`] (blob bytes over OpenDAL) and [`meta`] (metadata over sqlx).
+//!
+//! [`server`] wires them together for the `berth` binary.
+
+pub mod http;
+pub mod meta;
+pub mod registry;
+pub mod server;
+pub mod storage;

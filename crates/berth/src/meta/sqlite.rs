@@ -1,0 +1,518 @@
+//! [`MetaStore`] on embedded SQLite (sqlx), the default metadata store.
+//!
+//! One writer connection (writes are serialized in-process, and `BEGIN IMMEDIATE` plus a busy
+//! timeout serializes them with other processes sharing the file), a small pool of readers, WAL
+//! journal, `synchronous = FULL` so that an acknowledged change survives a power cut.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    Change, ManifestRecord, MetaError, MetaStore, OutboxEvent, Page, Result, UploadRecord,
+};
+use crate::registry::digest::Digest;
+use crate::registry::name::{Reference, RepoName};
+
+pub struct SqliteMetaStore {
+    reader: SqlitePool,
+    writer: SqlitePool,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn parse_digest(s: &str) -> Result<Digest> {
+    s.parse()
+        .map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
+}
+
+fn limit(page: &Page) -> i64 {
+    page.limit.map(i64::from).unwrap_or(-1)
+}
+
+const MANIFEST_COLUMNS: &str =
+    "m.digest, m.media_type, m.size, m.artifact_type, m.subject, m.annotations";
+
+fn manifest_row(row: &SqliteRow) -> Result<ManifestRecord> {
+    let subject: Option<String> = row.try_get("subject")?;
+    let annotations: Option<String> = row.try_get("annotations")?;
+    Ok(ManifestRecord {
+        digest: parse_digest(row.try_get::<&str, _>("digest")?)?,
+        media_type: row.try_get("media_type")?,
+        size: row.try_get::<i64, _>("size")? as u64,
+        artifact_type: row.try_get("artifact_type")?,
+        subject: subject.as_deref().map(parse_digest).transpose()?,
+        annotations: annotations
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| MetaError::Corrupt(format!("stored annotations: {e}")))?,
+    })
+}
+
+impl SqliteMetaStore {
+    /// Opens (creating if needed) the database file at `path` and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<SqliteMetaStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| MetaError::Database(e.into()))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteMetaStore { reader, writer })
+    }
+}
+
+async fn repo_id(tx: &mut Transaction<'_, Sqlite>, repo: &RepoName) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar("SELECT id FROM repositories WHERE name = ?")
+        .bind(repo.as_str())
+        .fetch_optional(&mut **tx)
+        .await?)
+}
+
+async fn ensure_repo(tx: &mut Transaction<'_, Sqlite>, repo: &RepoName) -> Result<i64> {
+    if let Some(id) = repo_id(tx, repo).await? {
+        return Ok(id);
+    }
+    Ok(
+        sqlx::query_scalar("INSERT INTO repositories (name, created_at) VALUES (?, ?) RETURNING id")
+            .bind(repo.as_str())
+            .bind(now())
+            .fetch_one(&mut **tx)
+            .await?,
+    )
+}
+
+async fn existing_repo(tx: &mut Transaction<'_, Sqlite>, repo: &RepoName) -> Result<i64> {
+    repo_id(tx, repo)
+        .await?
+        .ok_or_else(|| MetaError::NotFound(format!("repository {repo}")))
+}
+
+async fn has_manifest(tx: &mut Transaction<'_, Sqlite>, repo: i64, digest: &str) -> Result<bool> {
+    Ok(
+        sqlx::query_scalar::<_, i64>("SELECT 1 FROM manifests WHERE repo_id = ? AND digest = ?")
+            .bind(repo)
+            .bind(digest)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_some(),
+    )
+}
+
+async fn apply_one(tx: &mut Transaction<'_, Sqlite>, change: Change) -> Result<()> {
+    match change {
+        Change::LinkBlob { repo, digest, size } => {
+            let id = ensure_repo(tx, &repo).await?;
+            sqlx::query(
+                "INSERT INTO repo_blobs (repo_id, digest, size, created_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (repo_id, digest) DO NOTHING",
+            )
+            .bind(id)
+            .bind(digest.to_string())
+            .bind(size as i64)
+            .bind(now())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Change::UnlinkBlob { repo, digest } => {
+            let id = existing_repo(tx, &repo).await?;
+            let done = sqlx::query("DELETE FROM repo_blobs WHERE repo_id = ? AND digest = ?")
+                .bind(id)
+                .bind(digest.to_string())
+                .execute(&mut **tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(MetaError::NotFound(format!("blob {digest} in {repo}")));
+            }
+        }
+        Change::PutManifest {
+            repo,
+            manifest,
+            blobs,
+            children,
+        } => {
+            let id = ensure_repo(tx, &repo).await?;
+            for b in &blobs {
+                let linked: Option<i64> =
+                    sqlx::query_scalar("SELECT 1 FROM repo_blobs WHERE repo_id = ? AND digest = ?")
+                        .bind(id)
+                        .bind(b.to_string())
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                if linked.is_none() {
+                    return Err(MetaError::MissingReference(b.clone()));
+                }
+            }
+            for c in &children {
+                if !has_manifest(tx, id, &c.to_string()).await? {
+                    return Err(MetaError::MissingReference(c.clone()));
+                }
+            }
+            let digest = manifest.digest.to_string();
+            sqlx::query(
+                "INSERT INTO manifests (repo_id, digest, media_type, size, artifact_type, subject, \
+                 annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (repo_id, digest) DO NOTHING",
+            )
+            .bind(id)
+            .bind(&digest)
+            .bind(&manifest.media_type)
+            .bind(manifest.size as i64)
+            .bind(&manifest.artifact_type)
+            .bind(manifest.subject.as_ref().map(|s| s.to_string()))
+            .bind(manifest.annotations.as_ref().map(|a| a.to_string()))
+            .bind(now())
+            .execute(&mut **tx)
+            .await?;
+            let refs = blobs
+                .iter()
+                .map(|d| (d, "blob"))
+                .chain(children.iter().map(|d| (d, "manifest")));
+            for (target, kind) in refs {
+                sqlx::query(
+                    "INSERT INTO manifest_refs (repo_id, manifest, target, kind) VALUES (?, ?, ?, ?) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(id)
+                .bind(&digest)
+                .bind(target.to_string())
+                .bind(kind)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        Change::SetTag { repo, tag, digest } => {
+            let id = ensure_repo(tx, &repo).await?;
+            let d = digest.to_string();
+            if !has_manifest(tx, id, &d).await? {
+                return Err(MetaError::MissingReference(digest));
+            }
+            sqlx::query(
+                "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (repo_id, name) DO UPDATE SET digest = excluded.digest, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(id)
+            .bind(tag.as_str())
+            .bind(d)
+            .bind(now())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Change::DeleteTag { repo, tag } => {
+            let id = existing_repo(tx, &repo).await?;
+            let done = sqlx::query("DELETE FROM tags WHERE repo_id = ? AND name = ?")
+                .bind(id)
+                .bind(tag.as_str())
+                .execute(&mut **tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(MetaError::NotFound(format!("tag {tag} in {repo}")));
+            }
+        }
+        Change::DeleteManifest { repo, digest } => {
+            let id = existing_repo(tx, &repo).await?;
+            let d = digest.to_string();
+            let done = sqlx::query("DELETE FROM manifests WHERE repo_id = ? AND digest = ?")
+                .bind(id)
+                .bind(&d)
+                .execute(&mut **tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(MetaError::NotFound(format!("manifest {digest} in {repo}")));
+            }
+            sqlx::query("DELETE FROM tags WHERE repo_id = ? AND digest = ?")
+                .bind(id)
+                .bind(&d)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("DELETE FROM manifest_refs WHERE repo_id = ? AND manifest = ?")
+                .bind(id)
+                .bind(&d)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Change::CreateUpload { id, repo } => {
+            let rid = ensure_repo(tx, &repo).await?;
+            let t = now();
+            sqlx::query(
+                "INSERT INTO uploads (id, repo_id, size, created_at, updated_at) VALUES (?, ?, 0, ?, ?)",
+            )
+            .bind(&id)
+            .bind(rid)
+            .bind(t)
+            .bind(t)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Change::AdvanceUpload { id, from, to } => {
+            let done = sqlx::query(
+                "UPDATE uploads SET size = ?, updated_at = ? WHERE id = ? AND size = ?",
+            )
+            .bind(to as i64)
+            .bind(now())
+            .bind(&id)
+            .bind(from as i64)
+            .execute(&mut **tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                let size: Option<i64> = sqlx::query_scalar("SELECT size FROM uploads WHERE id = ?")
+                    .bind(&id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                return Err(match size {
+                    None => MetaError::NotFound(format!("upload {id}")),
+                    Some(s) => MetaError::Conflict(format!(
+                        "upload {id} is at offset {s}, not {from}"
+                    )),
+                });
+            }
+        }
+        Change::DeleteUpload { id } => {
+            let done = sqlx::query("DELETE FROM uploads WHERE id = ?")
+                .bind(&id)
+                .execute(&mut **tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Err(MetaError::NotFound(format!("upload {id}")));
+            }
+        }
+        Change::Enqueue { topic, payload } => {
+            sqlx::query("INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)")
+                .bind(topic)
+                .bind(payload.to_string())
+                .bind(now())
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl MetaStore for SqliteMetaStore {
+    async fn repository_exists(&self, repo: &RepoName) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT 1 FROM repositories WHERE name = ?")
+                .bind(repo.as_str())
+                .fetch_optional(&self.reader)
+                .await?
+                .is_some(),
+        )
+    }
+
+    async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
+        let size: Option<i64> = sqlx::query_scalar(
+            "SELECT b.size FROM repo_blobs b JOIN repositories r ON r.id = b.repo_id \
+             WHERE r.name = ? AND b.digest = ?",
+        )
+        .bind(repo.as_str())
+        .bind(digest.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(size.map(|s| s as u64))
+    }
+
+    async fn repos_with_blob(&self, digest: &Digest, limit: u32) -> Result<Vec<(RepoName, u64)>> {
+        let rows = sqlx::query(
+            "SELECT r.name, b.size FROM repo_blobs b JOIN repositories r ON r.id = b.repo_id \
+             WHERE b.digest = ? ORDER BY r.name LIMIT ?",
+        )
+        .bind(digest.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let name: &str = row.try_get("name")?;
+                let repo = name
+                    .parse()
+                    .map_err(|e| MetaError::Corrupt(format!("stored repository name: {e}")))?;
+                Ok((repo, row.try_get::<i64, _>("size")? as u64))
+            })
+            .collect()
+    }
+
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Option<ManifestRecord>> {
+        let row = match reference {
+            Reference::Tag(tag) => {
+                sqlx::query(&format!(
+                    "SELECT {MANIFEST_COLUMNS} FROM tags t \
+                     JOIN repositories r ON r.id = t.repo_id \
+                     JOIN manifests m ON m.repo_id = t.repo_id AND m.digest = t.digest \
+                     WHERE r.name = ? AND t.name = ?"
+                ))
+                .bind(repo.as_str())
+                .bind(tag.as_str())
+                .fetch_optional(&self.reader)
+                .await?
+            }
+            Reference::Digest(d) => {
+                sqlx::query(&format!(
+                    "SELECT {MANIFEST_COLUMNS} FROM manifests m \
+                     JOIN repositories r ON r.id = m.repo_id WHERE r.name = ? AND m.digest = ?"
+                ))
+                .bind(repo.as_str())
+                .bind(d.to_string())
+                .fetch_optional(&self.reader)
+                .await?
+            }
+        };
+        row.as_ref().map(manifest_row).transpose()
+    }
+
+    async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>> {
+        let Some(id) = sqlx::query_scalar::<_, i64>("SELECT id FROM repositories WHERE name = ?")
+            .bind(repo.as_str())
+            .fetch_optional(&self.reader)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let tags = sqlx::query_scalar(
+            "SELECT name FROM tags WHERE repo_id = ? AND name > ? ORDER BY name LIMIT ?",
+        )
+        .bind(id)
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(limit(page))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(Some(tags))
+    }
+
+    async fn repositories(&self, page: &Page) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT name FROM repositories r WHERE name > ? \
+             AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id) \
+             ORDER BY name LIMIT ?",
+        )
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(limit(page))
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<ManifestRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MANIFEST_COLUMNS} FROM manifests m JOIN repositories r ON r.id = m.repo_id \
+             WHERE r.name = ? AND m.subject = ? AND (? IS NULL OR m.artifact_type = ?) \
+             ORDER BY m.digest"
+        ))
+        .bind(repo.as_str())
+        .bind(subject.to_string())
+        .bind(artifact_type)
+        .bind(artifact_type)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(manifest_row).collect()
+    }
+
+    async fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {
+        let row = sqlx::query(
+            "SELECT u.id, r.name, u.size, u.created_at FROM uploads u \
+             JOIN repositories r ON r.id = u.repo_id WHERE u.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|row| {
+            let name: &str = row.try_get("name")?;
+            Ok(UploadRecord {
+                id: row.try_get("id")?,
+                repo: name
+                    .parse()
+                    .map_err(|e| MetaError::Corrupt(format!("stored repository name: {e}")))?,
+                size: row.try_get::<i64, _>("size")? as u64,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn apply(&self, changes: Vec<Change>) -> Result<()> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for change in changes {
+            apply_one(&mut tx, change).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outbox_peek(&self, limit: u32) -> Result<Vec<OutboxEvent>> {
+        let rows = sqlx::query("SELECT seq, topic, payload FROM outbox ORDER BY seq LIMIT ?")
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let payload: &str = row.try_get("payload")?;
+                Ok(OutboxEvent {
+                    seq: row.try_get("seq")?,
+                    topic: row.try_get("topic")?,
+                    payload: serde_json::from_str(payload)
+                        .map_err(|e| MetaError::Corrupt(format!("outbox payload: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn outbox_ack(&self, seq: i64) -> Result<()> {
+        sqlx::query("DELETE FROM outbox WHERE seq <= ?")
+            .bind(seq)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn sqlite_passes_the_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::SqliteMetaStore::open(&dir.path().join("meta.db"))
+            .await
+            .unwrap();
+        crate::meta::testsuite::run(&store).await;
+    }
+}

@@ -1,0 +1,247 @@
+//! The behaviour every [`MetaStore`] implementation must have. Each implementation's tests call
+//! [`run`] on a fresh, empty store.
+
+use super::{Change, ManifestRecord, MetaError, MetaStore, Page};
+use crate::registry::digest::{Algorithm, Digest};
+use crate::registry::name::{Reference, RepoName, Tag};
+
+fn repo(s: &str) -> RepoName {
+    s.parse().unwrap()
+}
+fn tag(s: &str) -> Tag {
+    s.parse().unwrap()
+}
+fn digest(s: &str) -> Digest {
+    Digest::of(Algorithm::Sha256, s.as_bytes())
+}
+fn manifest(name: &str, subject: Option<&str>, artifact_type: &str) -> ManifestRecord {
+    ManifestRecord {
+        digest: digest(name),
+        media_type: crate::registry::manifest::OCI_MANIFEST.into(),
+        size: 100,
+        artifact_type: Some(artifact_type.into()),
+        subject: subject.map(digest),
+        annotations: Some(serde_json::json!({"k": name})),
+    }
+}
+fn page(after: Option<&str>, limit: Option<u32>) -> Page {
+    Page {
+        after: after.map(String::from),
+        limit,
+    }
+}
+
+pub async fn run(store: &dyn MetaStore) {
+    let a = repo("team/app");
+    let b = repo("other");
+    assert!(!store.repository_exists(&a).await.unwrap());
+    assert_eq!(store.tags(&a, &Page::default()).await.unwrap(), None);
+
+    // Blob links are per repository.
+    store
+        .apply(vec![
+            Change::LinkBlob { repo: a.clone(), digest: digest("config"), size: 10 },
+            Change::LinkBlob { repo: a.clone(), digest: digest("layer"), size: 20 },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.blob_in_repo(&a, &digest("layer")).await.unwrap(), Some(20));
+    assert_eq!(store.blob_in_repo(&b, &digest("layer")).await.unwrap(), None);
+    assert_eq!(
+        store.repos_with_blob(&digest("layer"), 10).await.unwrap(),
+        vec![(a.clone(), 20)]
+    );
+
+    // A manifest whose blob is missing is refused, and the whole transaction with it.
+    let err = store
+        .apply(vec![
+            Change::LinkBlob { repo: b.clone(), digest: digest("x"), size: 1 },
+            Change::PutManifest {
+                repo: b.clone(),
+                manifest: manifest("m0", None, "t"),
+                blobs: vec![digest("layer")],
+                children: vec![],
+            },
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MetaError::MissingReference(d) if d == digest("layer")));
+    assert_eq!(store.blob_in_repo(&b, &digest("x")).await.unwrap(), None);
+
+    // Manifest + tag in one transaction; resolvable by tag and digest.
+    let m1 = manifest("m1", None, "application/vnd.oci.image.config.v1+json");
+    store
+        .apply(vec![
+            Change::PutManifest {
+                repo: a.clone(),
+                manifest: m1.clone(),
+                blobs: vec![digest("config"), digest("layer")],
+                children: vec![],
+            },
+            Change::SetTag { repo: a.clone(), tag: tag("v1"), digest: m1.digest.clone() },
+            Change::Enqueue { topic: "push".into(), payload: serde_json::json!({"tag": "v1"}) },
+        ])
+        .await
+        .unwrap();
+    let by_tag = store.manifest(&a, &Reference::Tag(tag("v1"))).await.unwrap();
+    assert_eq!(by_tag, Some(m1.clone()));
+    let by_digest = store.manifest(&a, &Reference::Digest(m1.digest.clone())).await.unwrap();
+    assert_eq!(by_digest, Some(m1.clone()));
+    assert_eq!(store.manifest(&b, &Reference::Tag(tag("v1"))).await.unwrap(), None);
+
+    // An index needs its children in the same repository.
+    let idx = manifest("idx", None, "idx");
+    let err = store
+        .apply(vec![Change::PutManifest {
+            repo: a.clone(),
+            manifest: idx.clone(),
+            blobs: vec![],
+            children: vec![digest("nope")],
+        }])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MetaError::MissingReference(_)));
+    store
+        .apply(vec![Change::PutManifest {
+            repo: a.clone(),
+            manifest: idx.clone(),
+            blobs: vec![],
+            children: vec![m1.digest.clone()],
+        }])
+        .await
+        .unwrap();
+    // A tag may only point at a recorded manifest.
+    let err = store
+        .apply(vec![Change::SetTag { repo: a.clone(), tag: tag("x"), digest: digest("nope") }])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MetaError::MissingReference(_)));
+
+    // Tags: sorted, paginated, moved atomically.
+    let names = ["b", "a", "c", "A", "v1"];
+    for t in names {
+        store
+            .apply(vec![Change::SetTag { repo: a.clone(), tag: tag(t), digest: idx.digest.clone() }])
+            .await
+            .unwrap();
+    }
+    let all = store.tags(&a, &Page::default()).await.unwrap().unwrap();
+    assert_eq!(all, vec!["A", "a", "b", "c", "v1"]);
+    assert_eq!(
+        store.tags(&a, &page(Some("a"), Some(2))).await.unwrap().unwrap(),
+        vec!["b", "c"]
+    );
+    assert_eq!(
+        store.manifest(&a, &Reference::Tag(tag("v1"))).await.unwrap().unwrap().digest,
+        idx.digest
+    );
+
+    // Catalog lists repositories with manifests only.
+    assert_eq!(store.repositories(&Page::default()).await.unwrap(), vec!["team/app"]);
+    store
+        .apply(vec![Change::PutManifest {
+            repo: repo("aaa"),
+            manifest: manifest("cfgless", None, "t"),
+            blobs: vec![],
+            children: vec![],
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.repositories(&page(None, Some(1))).await.unwrap(),
+        vec!["aaa"]
+    );
+    assert_eq!(
+        store.repositories(&page(Some("aaa"), Some(5))).await.unwrap(),
+        vec!["team/app"]
+    );
+
+    // Referrers, with and without an artifactType filter.
+    let sig = manifest("sig", Some("m1"), "application/vnd.example.sig");
+    let sbom = manifest("sbom", Some("m1"), "application/vnd.example.sbom");
+    for m in [&sig, &sbom] {
+        store
+            .apply(vec![Change::PutManifest {
+                repo: a.clone(),
+                manifest: m.clone(),
+                blobs: vec![],
+                children: vec![],
+            }])
+            .await
+            .unwrap();
+    }
+    let refs = store.referrers(&a, &digest("m1"), None).await.unwrap();
+    assert_eq!(refs.len(), 2);
+    let only = store
+        .referrers(&a, &digest("m1"), Some("application/vnd.example.sbom"))
+        .await
+        .unwrap();
+    assert_eq!(only, vec![sbom.clone()]);
+    assert!(store.referrers(&b, &digest("m1"), None).await.unwrap().is_empty());
+
+    // Deleting a manifest removes its tags; deleting a tag leaves the manifest.
+    store
+        .apply(vec![Change::DeleteTag { repo: a.clone(), tag: tag("A") }])
+        .await
+        .unwrap();
+    assert!(store.manifest(&a, &Reference::Digest(idx.digest.clone())).await.unwrap().is_some());
+    store
+        .apply(vec![Change::DeleteManifest { repo: a.clone(), digest: idx.digest.clone() }])
+        .await
+        .unwrap();
+    assert_eq!(store.tags(&a, &Page::default()).await.unwrap().unwrap(), Vec::<String>::new());
+    assert!(matches!(
+        store
+            .apply(vec![Change::DeleteManifest { repo: a.clone(), digest: idx.digest.clone() }])
+            .await,
+        Err(MetaError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.apply(vec![Change::DeleteTag { repo: a.clone(), tag: tag("zz") }]).await,
+        Err(MetaError::NotFound(_))
+    ));
+    store
+        .apply(vec![Change::UnlinkBlob { repo: a.clone(), digest: digest("layer") }])
+        .await
+        .unwrap();
+    assert_eq!(store.blob_in_repo(&a, &digest("layer")).await.unwrap(), None);
+    assert!(matches!(
+        store.apply(vec![Change::UnlinkBlob { repo: a.clone(), digest: digest("layer") }]).await,
+        Err(MetaError::NotFound(_))
+    ));
+
+    // Upload sessions advance only from their current offset.
+    store
+        .apply(vec![Change::CreateUpload { id: "u1".into(), repo: b.clone() }])
+        .await
+        .unwrap();
+    let u = store.upload("u1").await.unwrap().unwrap();
+    assert_eq!((u.repo.clone(), u.size), (b.clone(), 0));
+    store
+        .apply(vec![Change::AdvanceUpload { id: "u1".into(), from: 0, to: 5 }])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.apply(vec![Change::AdvanceUpload { id: "u1".into(), from: 0, to: 9 }]).await,
+        Err(MetaError::Conflict(_))
+    ));
+    assert_eq!(store.upload("u1").await.unwrap().unwrap().size, 5);
+    store.apply(vec![Change::DeleteUpload { id: "u1".into() }]).await.unwrap();
+    assert_eq!(store.upload("u1").await.unwrap(), None);
+    assert!(matches!(
+        store.apply(vec![Change::AdvanceUpload { id: "u1".into(), from: 5, to: 6 }]).await,
+        Err(MetaError::NotFound(_))
+    ));
+
+    // The outbox holds events written with their change, in order, until acknowledged.
+    store
+        .apply(vec![Change::Enqueue { topic: "delete".into(), payload: serde_json::json!(2) }])
+        .await
+        .unwrap();
+    let events = store.outbox_peek(10).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].payload, serde_json::json!({"tag": "v1"}));
+    assert_eq!(events[1].topic, "delete");
+    store.outbox_ack(events[0].seq).await.unwrap();
+    assert_eq!(store.outbox_peek(10).await.unwrap().len(), 1);
+}

@@ -1,0 +1,452 @@
+//! The blob store: content-addressed blobs and in-progress upload data, over an OpenDAL operator.
+//!
+//! Owns the storage layout and the write-then-publish protocol. Knows nothing about repositories,
+//! tags or HTTP: which repository may see which blob is the metadata store's business.
+//!
+//! Layout (under the operator's root). Blobs use the same paths as Distribution's storage driver,
+//! so a Distribution root directory can be served without copying a blob:
+//! - `docker/registry/v2/blobs/<alg>/<first two hex>/<hex>/data` — a published blob or manifest.
+//! - `berth/uploads/<upload id>/<offset, 20 digits>` — one part per accepted chunk of an upload.
+//! - `berth/uploads/<upload id>/data` — the concatenation of several parts while it is verified.
+//!
+//! Invariants:
+//! - A blob path only ever holds complete, verified content: data is written under another name,
+//!   hashed, fsynced, and then published with one rename (on backends without rename, a copy
+//!   whose target write is itself atomic).
+//! - An upload part at its final name is complete (writes go through a temporary name). Which parts
+//!   count is decided by the upload's size in the metadata store, not by what is on disk: a part
+//!   beyond that size is the residue of an unacknowledged chunk and is ignored or overwritten.
+
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use opendal::{services, ErrorKind, Operator};
+
+use crate::registry::digest::{Digest, Hasher};
+
+/// Size of the buffered writes to the backend, and of reads from it.
+const IO_CHUNK: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("content not found: {0}")]
+    NotFound(String),
+    #[error("content digest {actual} does not match the expected digest {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("upload data is incomplete: {0}")]
+    Incomplete(String),
+    #[error("reading the request body failed: {0}")]
+    Body(io::Error),
+    #[error("storage backend error: {0}")]
+    Backend(#[from] opendal::Error),
+    #[error("storage I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// A stream of blob bytes.
+pub type ByteStream = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Blob and upload storage over one OpenDAL operator.
+#[derive(Clone)]
+pub struct BlobStore {
+    op: Operator,
+    /// For the local filesystem backend: its root, so that directories can be fsynced after a
+    /// rename (OpenDAL syncs file data, not the directory entries that make a rename durable).
+    fs_root: Option<PathBuf>,
+}
+
+fn blob_path(d: &Digest) -> String {
+    format!(
+        "docker/registry/v2/blobs/{}/{}/{}/data",
+        d.algorithm().as_str(),
+        &d.hex()[..2],
+        d.hex()
+    )
+}
+
+fn upload_dir(upload: &str) -> String {
+    format!("berth/uploads/{upload}/")
+}
+
+fn part_path(upload: &str, offset: u64) -> String {
+    format!("berth/uploads/{upload}/{offset:020}")
+}
+
+impl BlobStore {
+    /// A store on the local filesystem under `root` (created if missing).
+    pub fn fs(root: &Path) -> Result<BlobStore> {
+        std::fs::create_dir_all(root)?;
+        let root = root.canonicalize()?;
+        let tmp = root.join("berth").join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        let builder = services::Fs::default()
+            .root(&root.to_string_lossy())
+            .atomic_write_dir(&tmp.to_string_lossy());
+        Ok(BlobStore {
+            op: Operator::new(builder)?,
+            fs_root: Some(root),
+        })
+    }
+
+    /// A store in memory (tests).
+    pub fn memory() -> Result<BlobStore> {
+        Ok(BlobStore {
+            op: Operator::new(services::Memory::default())?,
+            fs_root: None,
+        })
+    }
+
+    /// The size of a published blob, or `None` when it is not stored.
+    pub async fn stat_blob(&self, d: &Digest) -> Result<Option<u64>> {
+        match self.op.stat(&blob_path(d)).await {
+            Ok(m) => Ok(Some(m.content_length())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Streams `range` of a published blob.
+    pub async fn read_blob(&self, d: &Digest, range: Range<u64>) -> Result<ByteStream> {
+        let reader = self
+            .op
+            .reader_with(&blob_path(d))
+            .chunk(IO_CHUNK)
+            .await
+            .map_err(|e| not_found_or(e, d))?;
+        let stream = reader.into_bytes_stream(range).await?;
+        Ok(Box::pin(stream))
+    }
+
+    /// Reads a whole (small) blob, e.g. a manifest.
+    pub async fn read_blob_bytes(&self, d: &Digest) -> Result<Bytes> {
+        let buf = self
+            .op
+            .read(&blob_path(d))
+            .await
+            .map_err(|e| not_found_or(e, d))?;
+        Ok(buf.to_bytes())
+    }
+
+    /// Stores `data` as the blob `d` unless it is already stored. The caller has verified that
+    /// `data` hashes to `d`.
+    pub async fn put_blob_bytes(&self, d: &Digest, data: Bytes) -> Result<()> {
+        if self.stat_blob(d).await?.is_some() {
+            return Ok(());
+        }
+        // Write-then-publish: the fs writer writes a temporary file, fsyncs it and renames it
+        // into place on close; then the directory entries are synced.
+        let path = blob_path(d);
+        self.op.write(&path, data).await?;
+        self.sync_dirs(&path).await
+    }
+
+    /// Writes one chunk of an upload as the part starting at `offset`, feeding `hasher` (which
+    /// must cover exactly bytes `0..offset` of the upload) with every byte. Returns the number of
+    /// bytes written. Nothing is left at the part's name if the body fails part-way.
+    pub async fn write_part<S>(
+        &self,
+        upload: &str,
+        offset: u64,
+        body: S,
+        mut hasher: Option<&mut Hasher>,
+    ) -> Result<u64>
+    where
+        S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
+    {
+        let mut w = self
+            .op
+            .writer_with(&part_path(upload, offset))
+            .chunk(IO_CHUNK)
+            .await?;
+        let mut body = body;
+        let mut written = 0u64;
+        loop {
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    if let Some(h) = hasher.as_deref_mut() {
+                        h.update(&chunk);
+                    }
+                    written += chunk.len() as u64;
+                    if let Err(e) = w.write(chunk).await {
+                        let _ = w.abort().await;
+                        return Err(e.into());
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = w.abort().await;
+                    return Err(StorageError::Body(e));
+                }
+                None => break,
+            }
+        }
+        w.close().await?;
+        Ok(written)
+    }
+
+    /// The parts of an upload that make up its first `size` bytes, as (offset, length), in order.
+    async fn upload_parts(&self, upload: &str, size: u64) -> Result<Vec<(u64, u64)>> {
+        let mut offsets: Vec<u64> = self
+            .op
+            .list(&upload_dir(upload))
+            .await?
+            .iter()
+            .filter_map(|e| e.name().parse::<u64>().ok())
+            .filter(|&o| o < size)
+            .collect();
+        offsets.sort_unstable();
+        let mut parts = Vec::with_capacity(offsets.len());
+        let mut next = 0u64;
+        for o in offsets {
+            if o != next {
+                return Err(StorageError::Incomplete(format!(
+                    "upload {upload}: expected a part at offset {next}, found {o}"
+                )));
+            }
+            let len = self.op.stat(&part_path(upload, o)).await?.content_length();
+            parts.push((o, len));
+            next = o + len;
+        }
+        if next != size {
+            return Err(StorageError::Incomplete(format!(
+                "upload {upload}: parts cover {next} bytes, the session has {size}"
+            )));
+        }
+        Ok(parts)
+    }
+
+    /// Verifies the first `size` bytes of an upload against `expected` and publishes them as that
+    /// blob. `known` is the digest already computed while the bytes streamed in, if the caller
+    /// has one; otherwise the data is read back and hashed. The upload's data is removed after.
+    pub async fn commit_upload(
+        &self,
+        upload: &str,
+        size: u64,
+        expected: &Digest,
+        known: Option<Digest>,
+    ) -> Result<()> {
+        let parts = self.upload_parts(upload, size).await?;
+        let known = known.filter(|k| k.algorithm() == expected.algorithm());
+        let source = match parts.as_slice() {
+            [] => None,
+            [(0, _)] => Some(part_path(upload, 0)),
+            _ => {
+                // Several parts: concatenate them into one file, hashing on the way.
+                let data = format!("berth/uploads/{upload}/data");
+                let mut hasher = expected.algorithm().hasher();
+                let mut w = self.op.writer_with(&data).chunk(IO_CHUNK).await?;
+                for (offset, len) in &parts {
+                    let mut s = self
+                        .op
+                        .reader_with(&part_path(upload, *offset))
+                        .chunk(IO_CHUNK)
+                        .await?
+                        .into_bytes_stream(0..*len)
+                        .await?;
+                    while let Some(chunk) = s.try_next().await? {
+                        hasher.update(&chunk);
+                        w.write(chunk).await?;
+                    }
+                }
+                w.close().await?;
+                check(expected, hasher.finish())?;
+                Some(data)
+            }
+        };
+        if parts.len() <= 1 {
+            let actual = match (known, &source) {
+                (Some(k), _) => k,
+                (None, None) => expected.algorithm().hasher().finish(),
+                (None, Some(path)) => self.hash(path, size, expected).await?,
+            };
+            check(expected, actual)?;
+        }
+        if self.stat_blob(expected).await?.is_none() {
+            let target = blob_path(expected);
+            match &source {
+                None => self.op.write(&target, Bytes::new()).await.map(|_| ())?,
+                // Publish: one atomic rename (fs) of verified, fsynced data.
+                Some(path) => self.publish(path, &target).await?,
+            }
+            self.sync_dirs(&target).await?;
+        }
+        self.delete_upload(upload).await
+    }
+
+    async fn hash(&self, path: &str, size: u64, expected: &Digest) -> Result<Digest> {
+        let mut hasher = expected.algorithm().hasher();
+        let mut s = self
+            .op
+            .reader_with(path)
+            .chunk(IO_CHUNK)
+            .await?
+            .into_bytes_stream(0..size)
+            .await?;
+        while let Some(chunk) = s.try_next().await? {
+            hasher.update(&chunk);
+        }
+        Ok(hasher.finish())
+    }
+
+    async fn publish(&self, from: &str, to: &str) -> Result<()> {
+        let cap = self.op.info().capability();
+        if cap.rename {
+            self.op.rename(from, to).await?;
+        } else {
+            // No rename (e.g. memory): a whole-object write is itself atomic there.
+            let data = self.op.read(from).await?;
+            self.op.write(to, data).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything stored for an upload.
+    pub async fn delete_upload(&self, upload: &str) -> Result<()> {
+        self.op
+            .delete_with(&upload_dir(upload))
+            .recursive(true)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes the directory entries leading to `path` durable (fs only; a no-op elsewhere).
+    async fn sync_dirs(&self, path: &str) -> Result<()> {
+        let Some(root) = self.fs_root.clone() else {
+            return Ok(());
+        };
+        let full = root.join(path);
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut dir = full.parent();
+            while let Some(d) = dir {
+                std::fs::File::open(d)?.sync_all()?;
+                if d == root {
+                    break;
+                }
+                dir = d.parent();
+            }
+            Ok(())
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(())
+    }
+}
+
+fn check(expected: &Digest, actual: Digest) -> Result<()> {
+    if &actual == expected {
+        Ok(())
+    } else {
+        Err(StorageError::DigestMismatch {
+            expected: expected.clone(),
+            actual,
+        })
+    }
+}
+
+fn not_found_or(e: opendal::Error, d: &Digest) -> StorageError {
+    if e.kind() == ErrorKind::NotFound {
+        StorageError::NotFound(d.to_string())
+    } else {
+        e.into()
+    }
+}
+
+/// The one test suite every backend must pass.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::digest::Algorithm;
+
+    fn body(chunks: &[&[u8]]) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin {
+        futures::stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    async fn suite(store: BlobStore) {
+        // Single part, digest computed while streaming.
+        let data = b"hello world";
+        let d = Digest::of(Algorithm::Sha256, data);
+        let mut h = Algorithm::Sha256.hasher();
+        let n = store
+            .write_part("u1", 0, body(&[b"hello ", b"world"]), Some(&mut h))
+            .await
+            .unwrap();
+        assert_eq!(n, 11);
+        assert_eq!(store.stat_blob(&d).await.unwrap(), None);
+        store.commit_upload("u1", 11, &d, Some(h.finish())).await.unwrap();
+        assert_eq!(store.stat_blob(&d).await.unwrap(), Some(11));
+        let got: Vec<Bytes> = store.read_blob(&d, 6..11).await.unwrap().try_collect().await.unwrap();
+        assert_eq!(got.concat(), b"world");
+
+        // Several parts, sha512, with a stray unacknowledged part past the session size.
+        let d512 = Digest::of(Algorithm::Sha512, b"abcdef");
+        store.write_part("u2", 0, body(&[b"ab"]), None).await.unwrap();
+        store.write_part("u2", 2, body(&[b"cd", b"ef"]), None).await.unwrap();
+        store.write_part("u2", 6, body(&[b"junk"]), None).await.unwrap();
+        let wrong = Digest::of(Algorithm::Sha512, b"abcdeg");
+        assert!(matches!(
+            store.commit_upload("u2", 6, &wrong, None).await,
+            Err(StorageError::DigestMismatch { .. })
+        ));
+        assert_eq!(store.stat_blob(&wrong).await.unwrap(), None);
+        store.commit_upload("u2", 6, &d512, None).await.unwrap();
+        assert_eq!(store.read_blob_bytes(&d512).await.unwrap(), &b"abcdef"[..]);
+
+        // A gap between parts is detected, not papered over.
+        store.write_part("u3", 0, body(&[b"ab"]), None).await.unwrap();
+        store.write_part("u3", 3, body(&[b"d"]), None).await.unwrap();
+        assert!(matches!(
+            store.commit_upload("u3", 4, &d, None).await,
+            Err(StorageError::Incomplete(_))
+        ));
+
+        // Empty blob, and a failing body leaves no part behind.
+        let empty = Digest::of(Algorithm::Sha256, b"");
+        store.commit_upload("u4", 0, &empty, None).await.unwrap();
+        assert_eq!(store.stat_blob(&empty).await.unwrap(), Some(0));
+        let failing = futures::stream::iter(vec![
+            Ok(Bytes::from_static(b"x")),
+            Err(io::Error::other("client went away")),
+        ]);
+        assert!(matches!(
+            store.write_part("u5", 0, failing, None).await,
+            Err(StorageError::Body(_))
+        ));
+        assert!(matches!(
+            store.commit_upload("u5", 1, &d, None).await,
+            Err(StorageError::Incomplete(_))
+        ));
+
+        // Manifest-style whole writes are idempotent.
+        let m = Digest::of(Algorithm::Sha256, b"{}");
+        store.put_blob_bytes(&m, Bytes::from_static(b"{}")).await.unwrap();
+        store.put_blob_bytes(&m, Bytes::from_static(b"{}")).await.unwrap();
+        assert_eq!(store.read_blob_bytes(&m).await.unwrap(), &b"{}"[..]);
+        assert!(matches!(
+            store.read_blob_bytes(&wrong).await,
+            Err(StorageError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn memory_backend() {
+        suite(BlobStore::memory().unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn fs_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        suite(BlobStore::fs(dir.path()).unwrap()).await;
+        // Published blobs use Distribution's layout.
+        let d = Digest::of(Algorithm::Sha256, b"hello world");
+        assert!(dir.path().join(blob_path(&d)).is_file());
+    }
+}

@@ -1,0 +1,134 @@
+//! Test harness: starts the real `berth` binary on an ephemeral loopback port with its own data
+//! directory, and stops it (SIGKILL on drop, or on demand to simulate a crash).
+#![allow(dead_code)]
+
+pub mod oci;
+
+pub mod image;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `berth serve` process.
+pub struct Registry {
+    child: Option<Child>,
+    /// The address the server listens on (127.0.0.1:<ephemeral>).
+    pub addr: SocketAddr,
+    /// The data directory (storage + metadata). Survives restarts of the process.
+    pub data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Registry {
+    /// Start a server with a fresh temporary data directory.
+    pub fn start() -> Registry {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().join("data");
+        let mut r = Registry::start_on(&data, &[]);
+        r._tmp = Some(tmp);
+        r
+    }
+
+    /// Start a server on an existing (or new) data directory, with extra CLI arguments.
+    pub fn start_on(data: &Path, extra: &[&str]) -> Registry {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg("serve")
+            .arg("--addr")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn berth");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("berth listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(rest.trim().to_string());
+                    }
+                }
+            }
+        });
+        let addr: String = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("berth did not report its listening address");
+        Registry {
+            child: Some(child),
+            addr: addr.parse().expect("listening address"),
+            data: data.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `127.0.0.1:PORT`, as clients such as skopeo want it.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Kill the process with SIGKILL (a crash) and wait for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Send SIGTERM and wait (up to 30 s) for a graceful exit; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Restart on the same data directory (after `kill` or `terminate`); the port changes.
+    pub fn restart(&mut self) {
+        self.kill();
+        let tmp = self._tmp.take();
+        let mut next = Registry::start_on(&self.data.clone(), &[]);
+        next._tmp = tmp;
+        *self = next;
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// sha256 digest string (`sha256:<hex>`) of some bytes, computed independently of the server.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// sha512 digest string of some bytes.
+pub fn sha512(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha512:{}", hex::encode(sha2::Sha512::digest(data)))
+}
