@@ -7,6 +7,7 @@
 //!
 //! [`server`] wires them together for the `berth` binary.
 
+pub mod config;
 pub mod http;
 pub mod meta;
 pub mod registry;

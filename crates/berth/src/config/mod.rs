@@ -1,0 +1,1 @@
+//! Distribution-compatible configuration (`config.yml`, version 0.1) and `REGISTRY_*` overrides.
