@@ -23,8 +23,8 @@ pub struct ServeOptions {
 
 /// Opens the stores of a data directory.
 pub async fn open_registry(data: &std::path::Path) -> anyhow::Result<Registry> {
-    let store = BlobStore::fs(data)
-        .with_context(|| format!("opening storage under {}", data.display()))?;
+    let store =
+        BlobStore::fs(data).with_context(|| format!("opening storage under {}", data.display()))?;
     let meta = SqliteMetaStore::open(&data.join("berth").join("meta.db"))
         .await
         .context("opening the metadata database")?;

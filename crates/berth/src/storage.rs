@@ -381,16 +381,34 @@ mod tests {
             .unwrap();
         assert_eq!(n, 11);
         assert_eq!(store.stat_blob(&d).await.unwrap(), None);
-        store.commit_upload("u1", 11, &d, Some(h.finish())).await.unwrap();
+        store
+            .commit_upload("u1", 11, &d, Some(h.finish()))
+            .await
+            .unwrap();
         assert_eq!(store.stat_blob(&d).await.unwrap(), Some(11));
-        let got: Vec<Bytes> = store.read_blob(&d, 6..11).await.unwrap().try_collect().await.unwrap();
+        let got: Vec<Bytes> = store
+            .read_blob(&d, 6..11)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
         assert_eq!(got.concat(), b"world");
 
         // Several parts, sha512, with a stray unacknowledged part past the session size.
         let d512 = Digest::of(Algorithm::Sha512, b"abcdef");
-        store.write_part("u2", 0, body(&[b"ab"]), None).await.unwrap();
-        store.write_part("u2", 2, body(&[b"cd", b"ef"]), None).await.unwrap();
-        store.write_part("u2", 6, body(&[b"junk"]), None).await.unwrap();
+        store
+            .write_part("u2", 0, body(&[b"ab"]), None)
+            .await
+            .unwrap();
+        store
+            .write_part("u2", 2, body(&[b"cd", b"ef"]), None)
+            .await
+            .unwrap();
+        store
+            .write_part("u2", 6, body(&[b"junk"]), None)
+            .await
+            .unwrap();
         let wrong = Digest::of(Algorithm::Sha512, b"abcdeg");
         assert!(matches!(
             store.commit_upload("u2", 6, &wrong, None).await,
@@ -401,8 +419,14 @@ mod tests {
         assert_eq!(store.read_blob_bytes(&d512).await.unwrap(), &b"abcdef"[..]);
 
         // A gap between parts is detected, not papered over.
-        store.write_part("u3", 0, body(&[b"ab"]), None).await.unwrap();
-        store.write_part("u3", 3, body(&[b"d"]), None).await.unwrap();
+        store
+            .write_part("u3", 0, body(&[b"ab"]), None)
+            .await
+            .unwrap();
+        store
+            .write_part("u3", 3, body(&[b"d"]), None)
+            .await
+            .unwrap();
         assert!(matches!(
             store.commit_upload("u3", 4, &d, None).await,
             Err(StorageError::Incomplete(_))
@@ -427,8 +451,14 @@ mod tests {
 
         // Manifest-style whole writes are idempotent.
         let m = Digest::of(Algorithm::Sha256, b"{}");
-        store.put_blob_bytes(&m, Bytes::from_static(b"{}")).await.unwrap();
-        store.put_blob_bytes(&m, Bytes::from_static(b"{}")).await.unwrap();
+        store
+            .put_blob_bytes(&m, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        store
+            .put_blob_bytes(&m, Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
         assert_eq!(store.read_blob_bytes(&m).await.unwrap(), &b"{}"[..]);
         assert!(matches!(
             store.read_blob_bytes(&wrong).await,

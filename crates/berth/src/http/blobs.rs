@@ -64,14 +64,14 @@ pub async fn get(
     };
     let mut headers = vec![
         (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-        (header::CONTENT_LENGTH, (range.end - range.start).to_string()),
+        (
+            header::CONTENT_LENGTH,
+            (range.end - range.start).to_string(),
+        ),
         (CONTENT_DIGEST, digest.to_string()),
         (header::ACCEPT_RANGES, "bytes".to_string()),
         (header::ETAG, format!("\"{digest}\"")),
-        (
-            header::CACHE_CONTROL,
-            "max-age=31536000".to_string(),
-        ),
+        (header::CACHE_CONTROL, "max-age=31536000".to_string()),
     ];
     if status == StatusCode::PARTIAL_CONTENT {
         headers.push((

@@ -1,7 +1,7 @@
 //! OCI error responses. The one place where core, parse and storage errors become an HTTP status
 //! and an OCI error code (`{"errors":[{"code","message","detail"}]}`).
 
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::registry::digest::DigestError;
@@ -14,7 +14,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    headers: HeaderMap,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -23,14 +23,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 
     /// Adds a response header (e.g. `Range` on a 416 for an upload).
     pub fn with_header(mut self, name: HeaderName, value: &str) -> ApiError {
         if let Ok(v) = HeaderValue::from_str(value) {
-            self.headers.insert(name, v);
+            self.headers.push((name, v));
         }
         self
     }
@@ -53,9 +53,7 @@ impl From<RegistryError> for ApiError {
         let message = e.to_string();
         match e {
             E::BlobUnknown(_) => ApiError::new(S::NOT_FOUND, "BLOB_UNKNOWN", message),
-            E::BlobUploadUnknown(_) => {
-                ApiError::new(S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", message)
-            }
+            E::BlobUploadUnknown(_) => ApiError::new(S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", message),
             E::BlobUploadInvalid(_) => {
                 ApiError::new(S::BAD_REQUEST, "BLOB_UPLOAD_INVALID", message)
             }
@@ -125,7 +123,9 @@ impl IntoResponse for ApiError {
             body.to_string(),
         )
             .into_response();
-        resp.headers_mut().extend(self.headers);
+        for (k, v) in self.headers {
+            resp.headers_mut().insert(k, v);
+        }
         resp
     }
 }

@@ -29,7 +29,9 @@ fn page(req: &Parts) -> Result<(Page, Option<u32>), ApiError> {
         })?),
     };
     let page = Page {
-        after: query_param(&q, "last").filter(|l| !l.is_empty()).map(String::from),
+        after: query_param(&q, "last")
+            .filter(|l| !l.is_empty())
+            .map(String::from),
         limit: n.map(|n| n.saturating_add(1)),
     };
     Ok((page, n))
@@ -42,13 +44,21 @@ fn paginate(items: &mut Vec<String>, n: Option<u32>, path: &str) -> Vec<(HeaderN
             items.truncate(n as usize);
             let last = items.last().cloned().unwrap_or_default();
             let last: String = url::form_urlencoded::byte_serialize(last.as_bytes()).collect();
-            vec![(header::LINK, format!("<{path}?n={n}&last={last}>; rel=\"next\""))]
+            vec![(
+                header::LINK,
+                format!("<{path}?n={n}&last={last}>; rel=\"next\""),
+            )]
         }
         _ => Vec::new(),
     }
 }
 
-fn json(status: StatusCode, mut headers: Vec<(HeaderName, String)>, content_type: &str, body: serde_json::Value) -> ApiResult {
+fn json(
+    status: StatusCode,
+    mut headers: Vec<(HeaderName, String)>,
+    content_type: &str,
+    body: serde_json::Value,
+) -> ApiResult {
     headers.push((header::CONTENT_TYPE, content_type.to_string()));
     respond(status, &headers, Body::from(body.to_string()))
 }
@@ -56,7 +66,14 @@ fn json(status: StatusCode, mut headers: Vec<(HeaderName, String)>, content_type
 pub async fn tags(reg: &AppState, repo: &RepoName, req: &Parts) -> ApiResult {
     let (page, n) = page(req)?;
     let mut tags = if n == Some(0) {
-        reg.tags(repo, &Page { limit: Some(0), ..page }).await?
+        reg.tags(
+            repo,
+            &Page {
+                limit: Some(0),
+                ..page
+            },
+        )
+        .await?
     } else {
         reg.tags(repo, &page).await?
     };

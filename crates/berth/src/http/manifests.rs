@@ -58,8 +58,8 @@ pub async fn put(
 ) -> ApiResult {
     let reference: Reference = reference.parse()?;
     let too_large = |len: usize| ApiError::from(RegistryError::ManifestTooLarge(len));
-    if let Some(len) = header_str(&req.headers, header::CONTENT_LENGTH)
-        .and_then(|l| l.parse::<usize>().ok())
+    if let Some(len) =
+        header_str(&req.headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok())
     {
         if len > MAX_MANIFEST_SIZE {
             return Err(too_large(len));
@@ -73,7 +73,10 @@ pub async fn put(
         .put_manifest(repo, &reference, content_type.as_deref(), body)
         .await?;
     let mut headers = vec![
-        (header::LOCATION, format!("/v2/{repo}/manifests/{}", pushed.digest)),
+        (
+            header::LOCATION,
+            format!("/v2/{repo}/manifests/{}", pushed.digest),
+        ),
         (CONTENT_DIGEST, pushed.digest.to_string()),
     ];
     if let Some(subject) = pushed.subject {

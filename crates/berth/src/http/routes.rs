@@ -22,7 +22,10 @@ fn decoded(s: &str) -> String {
 pub fn parse(rest: &str) -> Option<(&str, Endpoint)> {
     let (head, last) = rest.rsplit_once('/')?;
     // `<name>/blobs/uploads/` and `<name>/blobs/uploads`.
-    if let Some(name) = head.strip_suffix("/blobs/uploads").filter(|_| last.is_empty()) {
+    if let Some(name) = head
+        .strip_suffix("/blobs/uploads")
+        .filter(|_| last.is_empty())
+    {
         return Some((name, Endpoint::UploadStart));
     }
     if let Some(name) = head.strip_suffix("/blobs").filter(|_| last == "uploads") {
@@ -53,19 +56,40 @@ mod tests {
     #[test]
     fn endpoints() {
         let cases = [
-            ("a/b/blobs/sha256:x", Some(("a/b", Endpoint::Blob("sha256:x".into())))),
+            (
+                "a/b/blobs/sha256:x",
+                Some(("a/b", Endpoint::Blob("sha256:x".into()))),
+            ),
             ("a/blobs/uploads/", Some(("a", Endpoint::UploadStart))),
             ("a/blobs/uploads", Some(("a", Endpoint::UploadStart))),
-            ("a/blobs/uploads/u-1", Some(("a", Endpoint::Upload("u-1".into())))),
-            ("a/manifests/latest", Some(("a", Endpoint::Manifest("latest".into())))),
+            (
+                "a/blobs/uploads/u-1",
+                Some(("a", Endpoint::Upload("u-1".into()))),
+            ),
+            (
+                "a/manifests/latest",
+                Some(("a", Endpoint::Manifest("latest".into()))),
+            ),
             ("a/tags/list", Some(("a", Endpoint::Tags))),
-            ("a/referrers/sha256:x", Some(("a", Endpoint::Referrers("sha256:x".into())))),
+            (
+                "a/referrers/sha256:x",
+                Some(("a", Endpoint::Referrers("sha256:x".into()))),
+            ),
             // Names may contain the endpoint words as components.
-            ("blobs/manifests/blobs/x", Some(("blobs/manifests", Endpoint::Blob("x".into())))),
-            ("x/blobs/uploads/blobs/d", Some(("x/blobs/uploads", Endpoint::Blob("d".into())))),
+            (
+                "blobs/manifests/blobs/x",
+                Some(("blobs/manifests", Endpoint::Blob("x".into()))),
+            ),
+            (
+                "x/blobs/uploads/blobs/d",
+                Some(("x/blobs/uploads", Endpoint::Blob("d".into()))),
+            ),
             ("a/manifests/", None),
             ("a/unknown/x", None),
-            ("a/blobs/sha256%3Aab", Some(("a", Endpoint::Blob("sha256:ab".into())))),
+            (
+                "a/blobs/sha256%3Aab",
+                Some(("a", Endpoint::Blob("sha256:ab".into()))),
+            ),
             ("a", None),
         ];
         for (path, want) in cases {

@@ -6,7 +6,10 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderName, StatusCode};
 
 use super::error::upload_range;
-use super::{body_stream, header_str, query, query_param, respond, ApiError, ApiResult, AppState, CONTENT_DIGEST};
+use super::{
+    body_stream, header_str, query, query_param, respond, ApiError, ApiResult, AppState,
+    CONTENT_DIGEST,
+};
 use crate::registry::digest::Digest;
 use crate::registry::name::RepoName;
 
@@ -54,23 +57,33 @@ pub async fn start(reg: &AppState, repo: &RepoName, req: &Parts, body: Body) -> 
         }
         // Not mountable: fall back to a new upload session, as the spec asks.
     } else if let Some(digest) = digest_param(&q)? {
-        reg.push_blob(repo, &digest, body_stream(body))
-            .await?;
+        reg.push_blob(repo, &digest, body_stream(body)).await?;
         return created(repo, &digest);
     }
     let up = reg.start_upload(repo).await?;
-    respond(StatusCode::ACCEPTED, &session_headers(repo, &up.id, 0), Body::empty())
+    respond(
+        StatusCode::ACCEPTED,
+        &session_headers(repo, &up.id, 0),
+        Body::empty(),
+    )
 }
 
 pub async fn status(reg: &AppState, repo: &RepoName, id: &str) -> ApiResult {
     let up = reg.upload(repo, id).await?;
-    respond(StatusCode::NO_CONTENT, &session_headers(repo, id, up.size), Body::empty())
+    respond(
+        StatusCode::NO_CONTENT,
+        &session_headers(repo, id, up.size),
+        Body::empty(),
+    )
 }
 
 /// Parses `Content-Range: <start>-<end>` (the spec's form; a `bytes ` prefix is tolerated).
 fn content_range(value: &str) -> Option<(u64, u64)> {
     let v = value.trim();
-    let v = v.strip_prefix("bytes ").or_else(|| v.strip_prefix("bytes=")).unwrap_or(v);
+    let v = v
+        .strip_prefix("bytes ")
+        .or_else(|| v.strip_prefix("bytes="))
+        .unwrap_or(v);
     let v = v.split('/').next()?;
     let (a, b) = v.split_once('-')?;
     let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
@@ -94,14 +107,17 @@ pub async fn patch(
                     format!("Content-Range {v:?} is not of the form <start>-<end>"),
                 )
             })?;
-            if let Some(len) = header_str(&req.headers, header::CONTENT_LENGTH)
-                .and_then(|l| l.parse::<u64>().ok())
+            if let Some(len) =
+                header_str(&req.headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
             {
                 if len != b - a + 1 {
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "BLOB_UPLOAD_INVALID",
-                        format!("Content-Range {v:?} covers {} bytes but Content-Length is {len}", b - a + 1),
+                        format!(
+                            "Content-Range {v:?} covers {} bytes but Content-Length is {len}",
+                            b - a + 1
+                        ),
                     ));
                 }
             }
@@ -112,16 +128,14 @@ pub async fn patch(
         .write_chunk(repo, id, start, body_stream(body))
         .await
         .map_err(|e| with_location(e.into(), repo, id))?;
-    respond(StatusCode::ACCEPTED, &session_headers(repo, id, up.size), Body::empty())
+    respond(
+        StatusCode::ACCEPTED,
+        &session_headers(repo, id, up.size),
+        Body::empty(),
+    )
 }
 
-pub async fn put(
-    reg: &AppState,
-    repo: &RepoName,
-    id: &str,
-    req: &Parts,
-    body: Body,
-) -> ApiResult {
+pub async fn put(reg: &AppState, repo: &RepoName, id: &str, req: &Parts, body: Body) -> ApiResult {
     let q = query(req);
     let digest = digest_param(&q)?.ok_or_else(|| {
         ApiError::new(

@@ -75,7 +75,11 @@ pub struct Page {
 #[derive(Clone, Debug)]
 pub enum Change {
     /// Makes a stored blob visible in a repository (creating the repository if needed).
-    LinkBlob { repo: RepoName, digest: Digest, size: u64 },
+    LinkBlob {
+        repo: RepoName,
+        digest: Digest,
+        size: u64,
+    },
     /// Removes a blob from a repository. `NotFound` if it was not linked.
     UnlinkBlob { repo: RepoName, digest: Digest },
     /// Records a manifest. Fails with `MissingReference` unless every blob in `blobs` is linked in
@@ -87,7 +91,11 @@ pub enum Change {
         children: Vec<Digest>,
     },
     /// Points a tag at a manifest (which must be recorded in the repository).
-    SetTag { repo: RepoName, tag: Tag, digest: Digest },
+    SetTag {
+        repo: RepoName,
+        tag: Tag,
+        digest: Digest,
+    },
     /// Removes a tag. `NotFound` if absent.
     DeleteTag { repo: RepoName, tag: Tag },
     /// Removes a manifest and every tag pointing at it. `NotFound` if absent.
@@ -100,7 +108,10 @@ pub enum Change {
     /// Ends an upload session. `NotFound` if absent.
     DeleteUpload { id: String },
     /// Appends an event to the outbox.
-    Enqueue { topic: String, payload: serde_json::Value },
+    Enqueue {
+        topic: String,
+        payload: serde_json::Value,
+    },
 }
 
 /// An event waiting in the outbox.

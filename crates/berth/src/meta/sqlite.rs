@@ -94,10 +94,12 @@ impl SqliteMetaStore {
 }
 
 async fn repo_id(tx: &mut Transaction<'_, Sqlite>, repo: &RepoName) -> Result<Option<i64>> {
-    Ok(sqlx::query_scalar("SELECT id FROM repositories WHERE name = ?")
-        .bind(repo.as_str())
-        .fetch_optional(&mut **tx)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT id FROM repositories WHERE name = ?")
+            .bind(repo.as_str())
+            .fetch_optional(&mut **tx)
+            .await?,
+    )
 }
 
 async fn ensure_repo(tx: &mut Transaction<'_, Sqlite>, repo: &RepoName) -> Result<i64> {
@@ -105,11 +107,13 @@ async fn ensure_repo(tx: &mut Transaction<'_, Sqlite>, repo: &RepoName) -> Resul
         return Ok(id);
     }
     Ok(
-        sqlx::query_scalar("INSERT INTO repositories (name, created_at) VALUES (?, ?) RETURNING id")
-            .bind(repo.as_str())
-            .bind(now())
-            .fetch_one(&mut **tx)
-            .await?,
+        sqlx::query_scalar(
+            "INSERT INTO repositories (name, created_at) VALUES (?, ?) RETURNING id",
+        )
+        .bind(repo.as_str())
+        .bind(now())
+        .fetch_one(&mut **tx)
+        .await?,
     )
 }
 
@@ -293,9 +297,9 @@ async fn apply_one(tx: &mut Transaction<'_, Sqlite>, change: Change) -> Result<(
                     .await?;
                 return Err(match size {
                     None => MetaError::NotFound(format!("upload {id}")),
-                    Some(s) => MetaError::Conflict(format!(
-                        "upload {id} is at offset {s}, not {from}"
-                    )),
+                    Some(s) => {
+                        MetaError::Conflict(format!("upload {id} is at offset {s}, not {from}"))
+                    }
                 });
             }
         }

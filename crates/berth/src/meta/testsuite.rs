@@ -40,13 +40,27 @@ pub async fn run(store: &dyn MetaStore) {
     // Blob links are per repository.
     store
         .apply(vec![
-            Change::LinkBlob { repo: a.clone(), digest: digest("config"), size: 10 },
-            Change::LinkBlob { repo: a.clone(), digest: digest("layer"), size: 20 },
+            Change::LinkBlob {
+                repo: a.clone(),
+                digest: digest("config"),
+                size: 10,
+            },
+            Change::LinkBlob {
+                repo: a.clone(),
+                digest: digest("layer"),
+                size: 20,
+            },
         ])
         .await
         .unwrap();
-    assert_eq!(store.blob_in_repo(&a, &digest("layer")).await.unwrap(), Some(20));
-    assert_eq!(store.blob_in_repo(&b, &digest("layer")).await.unwrap(), None);
+    assert_eq!(
+        store.blob_in_repo(&a, &digest("layer")).await.unwrap(),
+        Some(20)
+    );
+    assert_eq!(
+        store.blob_in_repo(&b, &digest("layer")).await.unwrap(),
+        None
+    );
     assert_eq!(
         store.repos_with_blob(&digest("layer"), 10).await.unwrap(),
         vec![(a.clone(), 20)]
@@ -55,7 +69,11 @@ pub async fn run(store: &dyn MetaStore) {
     // A manifest whose blob is missing is refused, and the whole transaction with it.
     let err = store
         .apply(vec![
-            Change::LinkBlob { repo: b.clone(), digest: digest("x"), size: 1 },
+            Change::LinkBlob {
+                repo: b.clone(),
+                digest: digest("x"),
+                size: 1,
+            },
             Change::PutManifest {
                 repo: b.clone(),
                 manifest: manifest("m0", None, "t"),
@@ -78,16 +96,35 @@ pub async fn run(store: &dyn MetaStore) {
                 blobs: vec![digest("config"), digest("layer")],
                 children: vec![],
             },
-            Change::SetTag { repo: a.clone(), tag: tag("v1"), digest: m1.digest.clone() },
-            Change::Enqueue { topic: "push".into(), payload: serde_json::json!({"tag": "v1"}) },
+            Change::SetTag {
+                repo: a.clone(),
+                tag: tag("v1"),
+                digest: m1.digest.clone(),
+            },
+            Change::Enqueue {
+                topic: "push".into(),
+                payload: serde_json::json!({"tag": "v1"}),
+            },
         ])
         .await
         .unwrap();
-    let by_tag = store.manifest(&a, &Reference::Tag(tag("v1"))).await.unwrap();
+    let by_tag = store
+        .manifest(&a, &Reference::Tag(tag("v1")))
+        .await
+        .unwrap();
     assert_eq!(by_tag, Some(m1.clone()));
-    let by_digest = store.manifest(&a, &Reference::Digest(m1.digest.clone())).await.unwrap();
+    let by_digest = store
+        .manifest(&a, &Reference::Digest(m1.digest.clone()))
+        .await
+        .unwrap();
     assert_eq!(by_digest, Some(m1.clone()));
-    assert_eq!(store.manifest(&b, &Reference::Tag(tag("v1"))).await.unwrap(), None);
+    assert_eq!(
+        store
+            .manifest(&b, &Reference::Tag(tag("v1")))
+            .await
+            .unwrap(),
+        None
+    );
 
     // An index needs its children in the same repository.
     let idx = manifest("idx", None, "idx");
@@ -112,7 +149,11 @@ pub async fn run(store: &dyn MetaStore) {
         .unwrap();
     // A tag may only point at a recorded manifest.
     let err = store
-        .apply(vec![Change::SetTag { repo: a.clone(), tag: tag("x"), digest: digest("nope") }])
+        .apply(vec![Change::SetTag {
+            repo: a.clone(),
+            tag: tag("x"),
+            digest: digest("nope"),
+        }])
         .await
         .unwrap_err();
     assert!(matches!(err, MetaError::MissingReference(_)));
@@ -121,23 +162,39 @@ pub async fn run(store: &dyn MetaStore) {
     let names = ["b", "a", "c", "A", "v1"];
     for t in names {
         store
-            .apply(vec![Change::SetTag { repo: a.clone(), tag: tag(t), digest: idx.digest.clone() }])
+            .apply(vec![Change::SetTag {
+                repo: a.clone(),
+                tag: tag(t),
+                digest: idx.digest.clone(),
+            }])
             .await
             .unwrap();
     }
     let all = store.tags(&a, &Page::default()).await.unwrap().unwrap();
     assert_eq!(all, vec!["A", "a", "b", "c", "v1"]);
     assert_eq!(
-        store.tags(&a, &page(Some("a"), Some(2))).await.unwrap().unwrap(),
+        store
+            .tags(&a, &page(Some("a"), Some(2)))
+            .await
+            .unwrap()
+            .unwrap(),
         vec!["b", "c"]
     );
     assert_eq!(
-        store.manifest(&a, &Reference::Tag(tag("v1"))).await.unwrap().unwrap().digest,
+        store
+            .manifest(&a, &Reference::Tag(tag("v1")))
+            .await
+            .unwrap()
+            .unwrap()
+            .digest,
         idx.digest
     );
 
     // Catalog lists repositories with manifests only.
-    assert_eq!(store.repositories(&Page::default()).await.unwrap(), vec!["team/app"]);
+    assert_eq!(
+        store.repositories(&Page::default()).await.unwrap(),
+        vec!["team/app"]
+    );
     store
         .apply(vec![Change::PutManifest {
             repo: repo("aaa"),
@@ -152,7 +209,10 @@ pub async fn run(store: &dyn MetaStore) {
         vec!["aaa"]
     );
     assert_eq!(
-        store.repositories(&page(Some("aaa"), Some(5))).await.unwrap(),
+        store
+            .repositories(&page(Some("aaa"), Some(5)))
+            .await
+            .unwrap(),
         vec!["team/app"]
     );
 
@@ -177,65 +237,126 @@ pub async fn run(store: &dyn MetaStore) {
         .await
         .unwrap();
     assert_eq!(only, vec![sbom.clone()]);
-    assert!(store.referrers(&b, &digest("m1"), None).await.unwrap().is_empty());
+    assert!(store
+        .referrers(&b, &digest("m1"), None)
+        .await
+        .unwrap()
+        .is_empty());
 
     // Deleting a manifest removes its tags; deleting a tag leaves the manifest.
     store
-        .apply(vec![Change::DeleteTag { repo: a.clone(), tag: tag("A") }])
+        .apply(vec![Change::DeleteTag {
+            repo: a.clone(),
+            tag: tag("A"),
+        }])
         .await
         .unwrap();
-    assert!(store.manifest(&a, &Reference::Digest(idx.digest.clone())).await.unwrap().is_some());
+    assert!(store
+        .manifest(&a, &Reference::Digest(idx.digest.clone()))
+        .await
+        .unwrap()
+        .is_some());
     store
-        .apply(vec![Change::DeleteManifest { repo: a.clone(), digest: idx.digest.clone() }])
+        .apply(vec![Change::DeleteManifest {
+            repo: a.clone(),
+            digest: idx.digest.clone(),
+        }])
         .await
         .unwrap();
-    assert_eq!(store.tags(&a, &Page::default()).await.unwrap().unwrap(), Vec::<String>::new());
+    assert_eq!(
+        store.tags(&a, &Page::default()).await.unwrap().unwrap(),
+        Vec::<String>::new()
+    );
     assert!(matches!(
         store
-            .apply(vec![Change::DeleteManifest { repo: a.clone(), digest: idx.digest.clone() }])
+            .apply(vec![Change::DeleteManifest {
+                repo: a.clone(),
+                digest: idx.digest.clone()
+            }])
             .await,
         Err(MetaError::NotFound(_))
     ));
     assert!(matches!(
-        store.apply(vec![Change::DeleteTag { repo: a.clone(), tag: tag("zz") }]).await,
+        store
+            .apply(vec![Change::DeleteTag {
+                repo: a.clone(),
+                tag: tag("zz")
+            }])
+            .await,
         Err(MetaError::NotFound(_))
     ));
     store
-        .apply(vec![Change::UnlinkBlob { repo: a.clone(), digest: digest("layer") }])
+        .apply(vec![Change::UnlinkBlob {
+            repo: a.clone(),
+            digest: digest("layer"),
+        }])
         .await
         .unwrap();
-    assert_eq!(store.blob_in_repo(&a, &digest("layer")).await.unwrap(), None);
+    assert_eq!(
+        store.blob_in_repo(&a, &digest("layer")).await.unwrap(),
+        None
+    );
     assert!(matches!(
-        store.apply(vec![Change::UnlinkBlob { repo: a.clone(), digest: digest("layer") }]).await,
+        store
+            .apply(vec![Change::UnlinkBlob {
+                repo: a.clone(),
+                digest: digest("layer")
+            }])
+            .await,
         Err(MetaError::NotFound(_))
     ));
 
     // Upload sessions advance only from their current offset.
     store
-        .apply(vec![Change::CreateUpload { id: "u1".into(), repo: b.clone() }])
+        .apply(vec![Change::CreateUpload {
+            id: "u1".into(),
+            repo: b.clone(),
+        }])
         .await
         .unwrap();
     let u = store.upload("u1").await.unwrap().unwrap();
     assert_eq!((u.repo.clone(), u.size), (b.clone(), 0));
     store
-        .apply(vec![Change::AdvanceUpload { id: "u1".into(), from: 0, to: 5 }])
+        .apply(vec![Change::AdvanceUpload {
+            id: "u1".into(),
+            from: 0,
+            to: 5,
+        }])
         .await
         .unwrap();
     assert!(matches!(
-        store.apply(vec![Change::AdvanceUpload { id: "u1".into(), from: 0, to: 9 }]).await,
+        store
+            .apply(vec![Change::AdvanceUpload {
+                id: "u1".into(),
+                from: 0,
+                to: 9
+            }])
+            .await,
         Err(MetaError::Conflict(_))
     ));
     assert_eq!(store.upload("u1").await.unwrap().unwrap().size, 5);
-    store.apply(vec![Change::DeleteUpload { id: "u1".into() }]).await.unwrap();
+    store
+        .apply(vec![Change::DeleteUpload { id: "u1".into() }])
+        .await
+        .unwrap();
     assert_eq!(store.upload("u1").await.unwrap(), None);
     assert!(matches!(
-        store.apply(vec![Change::AdvanceUpload { id: "u1".into(), from: 5, to: 6 }]).await,
+        store
+            .apply(vec![Change::AdvanceUpload {
+                id: "u1".into(),
+                from: 5,
+                to: 6
+            }])
+            .await,
         Err(MetaError::NotFound(_))
     ));
 
     // The outbox holds events written with their change, in order, until acknowledged.
     store
-        .apply(vec![Change::Enqueue { topic: "delete".into(), payload: serde_json::json!(2) }])
+        .apply(vec![Change::Enqueue {
+            topic: "delete".into(),
+            payload: serde_json::json!(2),
+        }])
         .await
         .unwrap();
     let events = store.outbox_peek(10).await.unwrap();

@@ -106,7 +106,11 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
     match raw.schema_version {
         Some(2) => {}
         Some(1) => return Err(invalid(SCHEMA1_MESSAGE)),
-        Some(v) => return Err(invalid(format!("schemaVersion {v} is not supported; expected 2"))),
+        Some(v) => {
+            return Err(invalid(format!(
+                "schemaVersion {v} is not supported; expected 2"
+            )))
+        }
         None => return Err(invalid("manifest has no schemaVersion")),
     }
     // The media type: the body's `mediaType` and the Content-Type must agree when both are given.
@@ -138,14 +142,18 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
     match kind {
         ManifestKind::Image => {
             if raw.manifests.is_some() {
-                return Err(invalid("an image manifest must not have a `manifests` field"));
+                return Err(invalid(
+                    "an image manifest must not have a `manifests` field",
+                ));
             }
             let config = raw
                 .config
                 .ok_or_else(|| invalid("image manifest has no `config` descriptor"))?;
             let layers = raw.layers.unwrap_or_default();
             if media_type == DOCKER_MANIFEST && layers.is_empty() {
-                return Err(invalid("a Docker schema2 manifest must have at least one layer"));
+                return Err(invalid(
+                    "a Docker schema2 manifest must have at least one layer",
+                ));
             }
             let mut blobs = vec![config.digest.clone()];
             blobs.extend(
@@ -244,8 +252,11 @@ mod tests {
         assert!(e.0.contains("does not match"), "{e}");
         let e = parse(Some(DOCKER_SCHEMA1_SIGNED), b"{}").unwrap_err();
         assert!(e.0.contains("schema1"), "{e}");
-        let e = parse(None, br#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#)
-            .unwrap_err();
+        let e = parse(
+            None,
+            br#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#,
+        )
+        .unwrap_err();
         assert!(e.0.contains("schema1"), "{e}");
         assert!(parse(Some(OCI_MANIFEST), b"{not json").is_err());
         assert!(parse(Some("application/x-unknown"), image(None).as_bytes()).is_err());

@@ -34,7 +34,9 @@ pub enum RegistryError {
     BlobUploadUnknown(String),
     #[error("{0}")]
     BlobUploadInvalid(String),
-    #[error("chunk out of order: the upload has {size} bytes, so the next chunk must start at {size}")]
+    #[error(
+        "chunk out of order: the upload has {size} bytes, so the next chunk must start at {size}"
+    )]
     UploadOutOfOrder { size: u64 },
     #[error("requested range is not satisfiable for a blob of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
@@ -197,7 +199,10 @@ impl Registry {
         let id = uuid::Uuid::new_v4().to_string();
         let result = async {
             let mut hasher = digest.algorithm().hasher();
-            let size = self.store.write_part(&id, 0, body, Some(&mut hasher)).await?;
+            let size = self
+                .store
+                .write_part(&id, 0, body, Some(&mut hasher))
+                .await?;
             self.store
                 .commit_upload(&id, size, digest, Some(hasher.finish()))
                 .await?;
@@ -327,9 +332,7 @@ impl Registry {
             None => self.upload(repo, id).await?,
         };
         let known = self.take_hasher(id, up.size).map(Hasher::finish);
-        self.store
-            .commit_upload(id, up.size, digest, known)
-            .await?;
+        self.store.commit_upload(id, up.size, digest, known).await?;
         self.meta
             .apply(vec![
                 Change::LinkBlob {
@@ -375,8 +378,8 @@ impl Registry {
         if body.len() > MAX_MANIFEST_SIZE {
             return Err(RegistryError::ManifestTooLarge(body.len()));
         }
-        let parsed =
-            manifest::parse(content_type, &body).map_err(|e| RegistryError::ManifestInvalid(e.0))?;
+        let parsed = manifest::parse(content_type, &body)
+            .map_err(|e| RegistryError::ManifestInvalid(e.0))?;
         let digest = match reference {
             Reference::Digest(d) => {
                 let actual = Digest::of(d.algorithm(), &body);

@@ -195,7 +195,19 @@ mod tests {
             assert!(n.parse::<RepoName>().is_ok(), "{n}");
         }
         let bad = [
-            "", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "a_", "_a", "a b", "a:b",
+            "",
+            "A",
+            "a/",
+            "/a",
+            "a//b",
+            "a..b",
+            "a___b",
+            "-a",
+            "a-",
+            "a_",
+            "_a",
+            "a b",
+            "a:b",
             &"a".repeat(256),
         ];
         for n in bad {
