@@ -1,5 +1,6 @@
 //! The `berth` command line: parses arguments, sets up logging, and runs the registry.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,19 @@ enum Command {
         #[arg(long, default_value = "./berth-data", env = "BERTH_DATA")]
         data: PathBuf,
     },
+    /// Index storage written by another registry into Berth's metadata, without copying blobs.
+    #[command(subcommand)]
+    Import(ImportSource),
+}
+
+#[derive(Subcommand)]
+enum ImportSource {
+    /// A CNCF Distribution (registry:2) storage root directory (the one holding `docker/`).
+    /// Idempotent and resumable; `berth serve` runs it automatically on first start.
+    Distribution {
+        /// The root directory.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +53,13 @@ fn main() -> anyhow::Result<()> {
             berth::server::ServeOptions { addr, data },
             berth::server::shutdown_signal(),
         )),
+        Command::Import(ImportSource::Distribution { dir }) => runtime.block_on(async {
+            let (store, meta) = berth::server::open_stores(&dir).await?;
+            let report =
+                berth::import::import_distribution(&store, meta.as_ref(), std::io::stderr().is_terminal())
+                    .await?;
+            println!("{report}");
+            Ok(())
+        }),
     }
 }

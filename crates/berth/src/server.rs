@@ -2,14 +2,17 @@
 //! shutdown signal, letting in-flight requests finish.
 
 use std::future::Future;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::import;
 use crate::meta::sqlite::SqliteMetaStore;
+use crate::meta::MetaStore;
 use crate::registry::Registry;
 use crate::storage::BlobStore;
 
@@ -21,14 +24,27 @@ pub struct ServeOptions {
     pub data: PathBuf,
 }
 
-/// Opens the stores of a data directory.
-pub async fn open_registry(data: &std::path::Path) -> anyhow::Result<Registry> {
+/// Opens the blob store and metadata store of a data directory.
+pub async fn open_stores(data: &Path) -> anyhow::Result<(BlobStore, Arc<dyn MetaStore>)> {
     let store =
         BlobStore::fs(data).with_context(|| format!("opening storage under {}", data.display()))?;
     let meta = SqliteMetaStore::open(&data.join("berth").join("meta.db"))
         .await
         .context("opening the metadata database")?;
-    Ok(Registry::new(Arc::new(meta), store))
+    Ok((store, Arc::new(meta)))
+}
+
+/// Indexes a Distribution storage tree found in `store` into `meta`, unless that was done before.
+pub async fn import_if_needed(store: &BlobStore, meta: &dyn MetaStore) -> anyhow::Result<()> {
+    if !import::needs_import(store).await? {
+        return Ok(());
+    }
+    eprintln!("found a Distribution storage tree that is not indexed yet; importing it");
+    let report = import::import_distribution(store, meta, std::io::stderr().is_terminal())
+        .await
+        .context("importing the Distribution storage tree")?;
+    eprintln!("import finished: {report}");
+    Ok(())
 }
 
 /// Binds the listener and reports the bound address (`berth listening on ADDR` on stdout, which
@@ -47,7 +63,9 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let registry = Arc::new(open_registry(&opts.data).await?);
+    let (store, meta) = open_stores(&opts.data).await?;
+    import_if_needed(&store, meta.as_ref()).await?;
+    let registry = Arc::new(Registry::new(meta, store));
     let app = crate::http::router(registry);
     let (listener, local) = bind(&opts.addr).await?;
     tracing::info!(%local, data = %opts.data.display(), "serving");

@@ -304,6 +304,43 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Hashes a stored blob and returns its size if its content matches its digest, `None` if it
+    /// is missing, and `DigestMismatch` if it is corrupt.
+    pub async fn verify_blob(&self, d: &Digest) -> Result<Option<u64>> {
+        let Some(size) = self.stat_blob(d).await? else {
+            return Ok(None);
+        };
+        check(d, self.hash(&blob_path(d), size, d).await?)?;
+        Ok(Some(size))
+    }
+
+    /// Every file below `prefix` (recursively), as paths relative to the store's root.
+    pub async fn list_files(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut lister = self.op.lister_with(prefix).recursive(true).await?;
+        let mut files = Vec::new();
+        while let Some(entry) = lister.try_next().await? {
+            if entry.metadata().is_file() {
+                files.push(entry.path().to_string());
+            }
+        }
+        Ok(files)
+    }
+
+    /// Reads a small file that is not a blob (a link or marker file); `None` if absent.
+    pub async fn read_file(&self, path: &str) -> Result<Option<Bytes>> {
+        match self.op.read(path).await {
+            Ok(b) => Ok(Some(b.to_bytes())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes a small file that is not a blob (e.g. a marker), atomically and durably.
+    pub async fn write_file(&self, path: &str, data: Bytes) -> Result<()> {
+        self.op.write(path, data).await?;
+        self.sync_dirs(path).await
+    }
+
     /// Removes everything stored for an upload.
     pub async fn delete_upload(&self, upload: &str) -> Result<()> {
         self.op
