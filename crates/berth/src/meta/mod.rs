@@ -30,6 +30,9 @@ pub enum MetaError {
     /// A conditional change found a different state (e.g. an upload at another offset).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The transaction holding the change could not be committed.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
     /// Stored data could not be decoded.
     #[error("corrupt metadata: {0}")]
     Corrupt(String),

@@ -1,8 +1,9 @@
 //! [`MetaStore`] on embedded SQLite (sqlx), the default metadata store.
 //!
-//! One writer connection (writes are serialized in-process, and `BEGIN IMMEDIATE` plus a busy
-//! timeout serializes them with other processes sharing the file), a small pool of readers, WAL
-//! journal, `synchronous = FULL` so that an acknowledged change survives a power cut.
+//! One writer connection driven by one task that commits the changes of many callers together
+//! (group commit; see [`write_loop`]); `BEGIN IMMEDIATE` plus a busy timeout serializes it with
+//! other processes sharing the file. A small pool of readers, WAL journal, `synchronous = FULL` so
+//! that an acknowledged change survives a power cut.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -13,7 +14,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Acquire, Row, Sqlite, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Change, ManifestRecord, MetaError, MetaStore, OutboxEvent, Page, Result, UploadRecord,
@@ -24,6 +26,61 @@ use crate::registry::name::{Reference, RepoName};
 pub struct SqliteMetaStore {
     reader: SqlitePool,
     writer: SqlitePool,
+    writes: mpsc::Sender<WriteRequest>,
+}
+
+/// One caller's changes, waiting for the writer task.
+struct WriteRequest {
+    changes: Vec<Change>,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+/// The most callers whose changes share one transaction (and one fsync).
+const MAX_GROUP: usize = 128;
+
+/// The writer task: group commit. It takes every request waiting in the queue (up to
+/// [`MAX_GROUP`]), applies each inside its own savepoint of one transaction, so one caller's
+/// failure does not undo another's, and commits once. A caller is answered only after the commit
+/// that holds its changes is durable.
+async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<WriteRequest>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let outcomes = match write_group(&pool, &mut group).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                let msg = e.to_string();
+                group
+                    .iter()
+                    .map(|_| Err(MetaError::CommitFailed(msg.clone())))
+                    .collect()
+            }
+        };
+        for (req, outcome) in group.drain(..).zip(outcomes) {
+            let _ = req.reply.send(outcome);
+        }
+    }
+}
+
+async fn write_group(pool: &SqlitePool, group: &mut [WriteRequest]) -> Result<Vec<Result<()>>> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    for req in group.iter_mut() {
+        let mut savepoint = tx.begin().await?;
+        let mut outcome = Ok(());
+        for change in std::mem::take(&mut req.changes) {
+            if let Err(e) = apply_one(&mut savepoint, change).await {
+                outcome = Err(e);
+                break;
+            }
+        }
+        match outcome {
+            Ok(()) => savepoint.commit().await?,
+            Err(_) => savepoint.rollback().await?,
+        }
+        outcomes.push(outcome);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
 }
 
 fn now() -> i64 {
@@ -89,7 +146,13 @@ impl SqliteMetaStore {
             .max_lifetime(None)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteMetaStore { reader, writer })
+        let (writes, queue) = mpsc::channel(1024);
+        tokio::spawn(write_loop(writer.clone(), queue));
+        Ok(SqliteMetaStore {
+            reader,
+            writer,
+            writes,
+        })
     }
 }
 
@@ -474,12 +537,13 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn apply(&self, changes: Vec<Change>) -> Result<()> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        for change in changes {
-            apply_one(&mut tx, change).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let (reply, answer) = oneshot::channel();
+        let closed = || MetaError::CommitFailed("the metadata writer has stopped".into());
+        self.writes
+            .send(WriteRequest { changes, reply })
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     async fn outbox_peek(&self, limit: u32) -> Result<Vec<OutboxEvent>> {
