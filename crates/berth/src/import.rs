@@ -180,7 +180,9 @@ async fn verify(
     let v = match store.verify_blob(d).await {
         Ok(Some(size)) => Some(size),
         Ok(None) => {
-            report.skipped.push(format!("blob {d}: missing from storage"));
+            report
+                .skipped
+                .push(format!("blob {d}: missing from storage"));
             None
         }
         Err(StorageError::DigestMismatch { actual, .. }) => {
@@ -234,7 +236,11 @@ async fn import_repo(
     let mut imported: HashSet<Digest> = HashSet::new();
     for d in &tree.revisions {
         bar.inc(1);
-        if meta.manifest(repo, &Reference::Digest(d.clone())).await?.is_some() {
+        if meta
+            .manifest(repo, &Reference::Digest(d.clone()))
+            .await?
+            .is_some()
+        {
             imported.insert(d.clone());
             report.manifests += 1;
             continue;
@@ -330,7 +336,12 @@ async fn import_repo(
                 .push(format!("tag {tag:?} in {repo}: not a valid tag"));
             continue;
         };
-        let Some(digest) = store.read_file(link_path).await?.as_ref().and_then(parse_link) else {
+        let Some(digest) = store
+            .read_file(link_path)
+            .await?
+            .as_ref()
+            .and_then(parse_link)
+        else {
             report
                 .skipped
                 .push(format!("tag {tag} in {repo}: unreadable link"));

@@ -55,9 +55,12 @@ fn main() -> anyhow::Result<()> {
         )),
         Command::Import(ImportSource::Distribution { dir }) => runtime.block_on(async {
             let (store, meta) = berth::server::open_stores(&dir).await?;
-            let report =
-                berth::import::import_distribution(&store, meta.as_ref(), std::io::stderr().is_terminal())
-                    .await?;
+            let report = berth::import::import_distribution(
+                &store,
+                meta.as_ref(),
+                std::io::stderr().is_terminal(),
+            )
+            .await?;
             println!("{report}");
             Ok(())
         }),

@@ -6,16 +6,17 @@
 //! Layout (under the operator's root). Blobs use the same paths as Distribution's storage driver,
 //! so a Distribution root directory can be served without copying a blob:
 //! - `docker/registry/v2/blobs/<alg>/<first two hex>/<hex>/data` — a published blob or manifest.
-//! - `berth/uploads/<upload id>/<offset, 20 digits>` — one part per accepted chunk of an upload.
+//! - `berth/uploads/<upload id>/<offset, 20 digits>-<nonce>` — one part per chunk of an upload.
 //! - `berth/uploads/<upload id>/data` — the concatenation of several parts while it is verified.
 //!
 //! Invariants:
 //! - A blob path only ever holds complete, verified content: data is written under another name,
 //!   hashed, fsynced, and then published with one rename (on backends without rename, a copy
 //!   whose target write is itself atomic).
-//! - An upload part at its final name is complete (writes go through a temporary name). Which parts
-//!   count is decided by the upload's size in the metadata store, not by what is on disk: a part
-//!   beyond that size is the residue of an unacknowledged chunk and is ignored or overwritten.
+//! - An upload part at its final name is complete (writes go through a temporary name), and every
+//!   write gets a part name of its own, so concurrent or retried chunks never overwrite each other.
+//!   Which parts make up an upload is decided by the metadata store (the session lists the parts
+//!   it acknowledged), not by what is on disk: other parts are residue and are ignored.
 
 use std::io;
 use std::ops::Range;
@@ -38,6 +39,9 @@ pub enum StorageError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("upload data is incomplete: {0}")]
     Incomplete(String),
+    /// A part the session acknowledged is gone: the upload was finished or cancelled meanwhile.
+    #[error("upload data is gone: {0}")]
+    PartMissing(String),
     #[error("reading the request body failed: {0}")]
     Body(io::Error),
     #[error("storage backend error: {0}")]
@@ -73,8 +77,13 @@ fn upload_dir(upload: &str) -> String {
     format!("berth/uploads/{upload}/")
 }
 
-fn part_path(upload: &str, offset: u64) -> String {
-    format!("berth/uploads/{upload}/{offset:020}")
+fn part_path(upload: &str, part: &str) -> String {
+    format!("berth/uploads/{upload}/{part}")
+}
+
+/// A fresh, unique name for the part of an upload that starts at `offset`.
+pub fn new_part_name(offset: u64) -> String {
+    format!("{offset:020}-{}", uuid::Uuid::new_v4().simple())
 }
 
 impl BlobStore {
@@ -145,13 +154,13 @@ impl BlobStore {
         self.sync_dirs(&path).await
     }
 
-    /// Writes one chunk of an upload as the part starting at `offset`, feeding `hasher` (which
-    /// must cover exactly bytes `0..offset` of the upload) with every byte. Returns the number of
-    /// bytes written. Nothing is left at the part's name if the body fails part-way.
+    /// Writes one chunk of an upload as the part `part` (see [`new_part_name`]), feeding `hasher`
+    /// (which must cover exactly the upload's bytes before this chunk) with every byte. Returns the
+    /// number of bytes written. Nothing is left at the part's name if the body fails part-way.
     pub async fn write_part<S>(
         &self,
         upload: &str,
-        offset: u64,
+        part: &str,
         body: S,
         mut hasher: Option<&mut Hasher>,
     ) -> Result<u64>
@@ -160,7 +169,7 @@ impl BlobStore {
     {
         let mut w = self
             .op
-            .writer_with(&part_path(upload, offset))
+            .writer_with(&part_path(upload, part))
             .chunk(IO_CHUNK)
             .await?;
         let mut body = body;
@@ -188,93 +197,98 @@ impl BlobStore {
         Ok(written)
     }
 
-    /// The parts of an upload that make up its first `size` bytes, as (offset, length), in order.
-    async fn upload_parts(&self, upload: &str, size: u64) -> Result<Vec<(u64, u64)>> {
-        let mut offsets: Vec<u64> = self
-            .op
-            .list(&upload_dir(upload))
-            .await?
-            .iter()
-            .filter_map(|e| e.name().parse::<u64>().ok())
-            .filter(|&o| o < size)
-            .collect();
-        offsets.sort_unstable();
-        let mut parts = Vec::with_capacity(offsets.len());
-        let mut next = 0u64;
-        for o in offsets {
-            if o != next {
-                return Err(StorageError::Incomplete(format!(
-                    "upload {upload}: expected a part at offset {next}, found {o}"
-                )));
+    /// The lengths of the named parts of an upload, checked to add up to `size`.
+    async fn part_lengths(&self, upload: &str, parts: &[String], size: u64) -> Result<Vec<u64>> {
+        let mut lengths = Vec::with_capacity(parts.len());
+        for part in parts {
+            match self.op.stat(&part_path(upload, part)).await {
+                Ok(m) => lengths.push(m.content_length()),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(StorageError::PartMissing(format!(
+                        "upload {upload}: part {part} is missing"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
             }
-            let len = self.op.stat(&part_path(upload, o)).await?.content_length();
-            parts.push((o, len));
-            next = o + len;
         }
-        if next != size {
+        let total: u64 = lengths.iter().sum();
+        if total != size {
             return Err(StorageError::Incomplete(format!(
-                "upload {upload}: parts cover {next} bytes, the session has {size}"
+                "upload {upload}: parts hold {total} bytes, the session has {size}"
             )));
         }
-        Ok(parts)
+        Ok(lengths)
     }
 
-    /// Verifies the first `size` bytes of an upload against `expected` and publishes them as that
-    /// blob. `known` is the digest already computed while the bytes streamed in, if the caller
-    /// has one; otherwise the data is read back and hashed. The upload's data is removed after.
+    /// Verifies an upload made of `parts` (in order, `size` bytes in all) against `expected` and
+    /// publishes it as that blob. `known` is the digest already computed while the bytes streamed
+    /// in, if the caller has one; otherwise the data is read back and hashed. The upload's data
+    /// stays until [`BlobStore::delete_upload`].
     pub async fn commit_upload(
         &self,
         upload: &str,
+        parts: &[String],
         size: u64,
         expected: &Digest,
         known: Option<Digest>,
     ) -> Result<()> {
-        let parts = self.upload_parts(upload, size).await?;
-        let known = known.filter(|k| k.algorithm() == expected.algorithm());
-        let source = match parts.as_slice() {
-            [] => None,
-            [(0, _)] => Some(part_path(upload, 0)),
-            _ => {
-                // Several parts: concatenate them into one file, hashing on the way.
-                let data = format!("berth/uploads/{upload}/data");
-                let mut hasher = expected.algorithm().hasher();
-                let mut w = self.op.writer_with(&data).chunk(IO_CHUNK).await?;
-                for (offset, len) in &parts {
-                    let mut s = self
-                        .op
-                        .reader_with(&part_path(upload, *offset))
-                        .chunk(IO_CHUNK)
-                        .await?
-                        .into_bytes_stream(0..*len)
-                        .await?;
-                    while let Some(chunk) = s.try_next().await? {
-                        hasher.update(&chunk);
-                        w.write(chunk).await?;
-                    }
-                }
-                w.close().await?;
-                check(expected, hasher.finish())?;
-                Some(data)
+        // The parts vanish under a concurrent finish or cancel of the same session.
+        let gone = |e: StorageError| match e {
+            StorageError::Backend(e) if e.kind() == ErrorKind::NotFound => {
+                StorageError::PartMissing(format!("upload {upload}: {e}"))
             }
+            e => e,
         };
-        if parts.len() <= 1 {
-            let actual = match (known, &source) {
-                (Some(k), _) => k,
-                (None, None) => expected.algorithm().hasher().finish(),
-                (None, Some(path)) => self.hash(path, size, expected).await?,
+        async {
+            let lengths = self.part_lengths(upload, parts, size).await?;
+            let known = known.filter(|k| k.algorithm() == expected.algorithm());
+            let source = match parts {
+                [] => None,
+                [one] => Some(part_path(upload, one)),
+                _ => {
+                    // Several parts: concatenate them into one file, hashing on the way.
+                    let data = format!("berth/uploads/{upload}/data");
+                    let mut hasher = expected.algorithm().hasher();
+                    let mut w = self.op.writer_with(&data).chunk(IO_CHUNK).await?;
+                    for (part, len) in parts.iter().zip(&lengths) {
+                        let mut s = self
+                            .op
+                            .reader_with(&part_path(upload, part))
+                            .chunk(IO_CHUNK)
+                            .await?
+                            .into_bytes_stream(0..*len)
+                            .await?;
+                        while let Some(chunk) = s.try_next().await? {
+                            hasher.update(&chunk);
+                            w.write(chunk).await?;
+                        }
+                    }
+                    w.close().await?;
+                    check(expected, hasher.finish())?;
+                    Some(data)
+                }
             };
-            check(expected, actual)?;
-        }
-        if self.stat_blob(expected).await?.is_none() {
-            let target = blob_path(expected);
-            match &source {
-                None => self.op.write(&target, Bytes::new()).await.map(|_| ())?,
-                // Publish: one atomic rename (fs) of verified, fsynced data.
-                Some(path) => self.publish(path, &target).await?,
+            if parts.len() <= 1 {
+                let actual = match (known, &source) {
+                    (Some(k), _) => k,
+                    (None, None) => expected.algorithm().hasher().finish(),
+                    (None, Some(path)) => self.hash(path, size, expected).await?,
+                };
+                check(expected, actual)?;
             }
-            self.sync_dirs(&target).await?;
+            if self.stat_blob(expected).await?.is_none() {
+                let target = blob_path(expected);
+                match &source {
+                    None => self.op.write(&target, Bytes::new()).await.map(|_| ())?,
+                    // Publish: one atomic rename (fs) of verified, fsynced data.
+                    Some(path) => self.publish(path, &target).await?,
+                }
+                self.sync_dirs(&target).await?;
+            }
+            Ok(())
         }
-        self.delete_upload(upload).await
+        .await
+        .map_err(gone)
     }
 
     async fn hash(&self, path: &str, size: u64, expected: &Digest) -> Result<Digest> {
@@ -412,16 +426,18 @@ mod tests {
         let data = b"hello world";
         let d = Digest::of(Algorithm::Sha256, data);
         let mut h = Algorithm::Sha256.hasher();
+        let p0 = new_part_name(0);
         let n = store
-            .write_part("u1", 0, body(&[b"hello ", b"world"]), Some(&mut h))
+            .write_part("u1", &p0, body(&[b"hello ", b"world"]), Some(&mut h))
             .await
             .unwrap();
         assert_eq!(n, 11);
         assert_eq!(store.stat_blob(&d).await.unwrap(), None);
         store
-            .commit_upload("u1", 11, &d, Some(h.finish()))
+            .commit_upload("u1", &[p0], 11, &d, Some(h.finish()))
             .await
             .unwrap();
+        store.delete_upload("u1").await.unwrap();
         assert_eq!(store.stat_blob(&d).await.unwrap(), Some(11));
         let got: Vec<Bytes> = store
             .read_blob(&d, 6..11)
@@ -432,58 +448,72 @@ mod tests {
             .unwrap();
         assert_eq!(got.concat(), b"world");
 
-        // Several parts, sha512, with a stray unacknowledged part past the session size.
+        // Several parts, sha512, with a competing part for the same offset that does not count.
         let d512 = Digest::of(Algorithm::Sha512, b"abcdef");
+        let (a, b, rival) = (new_part_name(0), new_part_name(2), new_part_name(2));
         store
-            .write_part("u2", 0, body(&[b"ab"]), None)
+            .write_part("u2", &a, body(&[b"ab"]), None)
             .await
             .unwrap();
         store
-            .write_part("u2", 2, body(&[b"cd", b"ef"]), None)
+            .write_part("u2", &b, body(&[b"cd", b"ef"]), None)
             .await
             .unwrap();
         store
-            .write_part("u2", 6, body(&[b"junk"]), None)
+            .write_part("u2", &rival, body(&[b"XXXX"]), None)
             .await
             .unwrap();
+        let parts = [a, b];
         let wrong = Digest::of(Algorithm::Sha512, b"abcdeg");
         assert!(matches!(
-            store.commit_upload("u2", 6, &wrong, None).await,
+            store.commit_upload("u2", &parts, 6, &wrong, None).await,
             Err(StorageError::DigestMismatch { .. })
         ));
         assert_eq!(store.stat_blob(&wrong).await.unwrap(), None);
-        store.commit_upload("u2", 6, &d512, None).await.unwrap();
-        assert_eq!(store.read_blob_bytes(&d512).await.unwrap(), &b"abcdef"[..]);
-
-        // A gap between parts is detected, not papered over.
         store
-            .write_part("u3", 0, body(&[b"ab"]), None)
+            .commit_upload("u2", &parts, 6, &d512, None)
             .await
             .unwrap();
+        assert_eq!(store.read_blob_bytes(&d512).await.unwrap(), &b"abcdef"[..]);
+
+        // Missing parts and wrong totals are detected, not papered over.
+        let p = new_part_name(0);
         store
-            .write_part("u3", 3, body(&[b"d"]), None)
+            .write_part("u3", &p, body(&[b"ab"]), None)
             .await
             .unwrap();
         assert!(matches!(
-            store.commit_upload("u3", 4, &d, None).await,
+            store
+                .commit_upload("u3", std::slice::from_ref(&p), 3, &d, None)
+                .await,
             Err(StorageError::Incomplete(_))
+        ));
+        assert!(matches!(
+            store
+                .commit_upload("u3", &[p, new_part_name(2)], 2, &d, None)
+                .await,
+            Err(StorageError::PartMissing(_))
         ));
 
         // Empty blob, and a failing body leaves no part behind.
         let empty = Digest::of(Algorithm::Sha256, b"");
-        store.commit_upload("u4", 0, &empty, None).await.unwrap();
+        store
+            .commit_upload("u4", &[], 0, &empty, None)
+            .await
+            .unwrap();
         assert_eq!(store.stat_blob(&empty).await.unwrap(), Some(0));
         let failing = futures::stream::iter(vec![
             Ok(Bytes::from_static(b"x")),
             Err(io::Error::other("client went away")),
         ]);
+        let p = new_part_name(0);
         assert!(matches!(
-            store.write_part("u5", 0, failing, None).await,
+            store.write_part("u5", &p, failing, None).await,
             Err(StorageError::Body(_))
         ));
         assert!(matches!(
-            store.commit_upload("u5", 1, &d, None).await,
-            Err(StorageError::Incomplete(_))
+            store.commit_upload("u5", &[p], 1, &d, None).await,
+            Err(StorageError::PartMissing(_))
         ));
 
         // Manifest-style whole writes are idempotent.

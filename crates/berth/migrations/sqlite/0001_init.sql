@@ -50,6 +50,8 @@ CREATE TABLE uploads (
     id          TEXT PRIMARY KEY,
     repo_id     INTEGER NOT NULL REFERENCES repositories(id),
     size        INTEGER NOT NULL,
+    -- JSON array of the storage part names acknowledged so far, in order.
+    parts       TEXT NOT NULL DEFAULT '[]',
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );

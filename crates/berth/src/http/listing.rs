@@ -23,7 +23,7 @@ fn page(req: &Parts) -> Result<(Page, Option<u32>), ApiError> {
         Some(v) => Some(v.parse::<u32>().map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "PAGINATION_NUMBER_INVALID",
+                "UNSUPPORTED",
                 format!("n={v:?} is not a non-negative integer"),
             )
         })?),

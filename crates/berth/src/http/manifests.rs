@@ -3,6 +3,8 @@
 use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderName, StatusCode};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 
 use super::{header_str, respond, ApiError, ApiResult, AppState, CONTENT_DIGEST};
 use crate::registry::manifest::{self, MAX_MANIFEST_SIZE};
@@ -58,17 +60,13 @@ pub async fn put(
 ) -> ApiResult {
     let reference: Reference = reference.parse()?;
     let too_large = |len: usize| ApiError::from(RegistryError::ManifestTooLarge(len));
-    if let Some(len) =
-        header_str(&req.headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok())
-    {
-        if len > MAX_MANIFEST_SIZE {
-            return Err(too_large(len));
-        }
+    let declared =
+        header_str(&req.headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > DRAIN_LIMIT) {
+        return Err(too_large(declared.unwrap_or_default()));
     }
     let content_type = header_str(&req.headers, header::CONTENT_TYPE).map(str::to_string);
-    let body = axum::body::to_bytes(body, MAX_MANIFEST_SIZE)
-        .await
-        .map_err(|_| too_large(MAX_MANIFEST_SIZE + 1))?;
+    let body = read_limited(body).await?.map_err(too_large)?;
     let pushed = reg
         .put_manifest(repo, &reference, content_type.as_deref(), body)
         .await?;
@@ -83,6 +81,37 @@ pub async fn put(
         headers.push((OCI_SUBJECT, subject.to_string()));
     }
     respond(StatusCode::CREATED, &headers, Body::empty())
+}
+
+/// How much of an oversized manifest body is read (and discarded) so that a client still sending
+/// it receives the 413 instead of a reset connection.
+const DRAIN_LIMIT: usize = 4 * MAX_MANIFEST_SIZE;
+
+/// Reads a manifest body: `Ok(bytes)`, or `Err(length read)` when it exceeds the size limit.
+async fn read_limited(body: Body) -> Result<Result<Bytes, usize>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_INVALID",
+                format!("reading the manifest body failed: {e}"),
+            )
+        })?;
+        total += chunk.len();
+        if total <= MAX_MANIFEST_SIZE {
+            buf.extend_from_slice(&chunk);
+        } else if total > DRAIN_LIMIT {
+            break;
+        }
+    }
+    Ok(if total > MAX_MANIFEST_SIZE {
+        Err(total)
+    } else {
+        Ok(buf.freeze())
+    })
 }
 
 pub async fn delete(reg: &AppState, repo: &RepoName, reference: &str) -> ApiResult {

@@ -90,14 +90,9 @@ fn content_range(value: &str) -> Option<(u64, u64)> {
     (a <= b).then_some((a, b))
 }
 
-pub async fn patch(
-    reg: &AppState,
-    repo: &RepoName,
-    id: &str,
-    req: &Parts,
-    body: Body,
-) -> ApiResult {
-    let start = match header_str(&req.headers, header::CONTENT_RANGE) {
+/// The start offset a chunk declares with `Content-Range`, checked against its `Content-Length`.
+fn chunk_start(req: &Parts) -> Result<Option<u64>, ApiError> {
+    Ok(match header_str(&req.headers, header::CONTENT_RANGE) {
         None => None,
         Some(v) => {
             let (a, b) = content_range(v).ok_or_else(|| {
@@ -123,7 +118,17 @@ pub async fn patch(
             }
             Some(a)
         }
-    };
+    })
+}
+
+pub async fn patch(
+    reg: &AppState,
+    repo: &RepoName,
+    id: &str,
+    req: &Parts,
+    body: Body,
+) -> ApiResult {
+    let start = chunk_start(req)?;
     let up = reg
         .write_chunk(repo, id, start, body_stream(body))
         .await
@@ -148,7 +153,10 @@ pub async fn put(reg: &AppState, repo: &RepoName, id: &str, req: &Parts, body: B
         Some(len) => len.trim() != "0",
         None => req.headers.contains_key(header::TRANSFER_ENCODING),
     };
-    let last = has_body.then(|| body_stream(body));
+    let last = match has_body {
+        true => Some((chunk_start(req)?, body_stream(body))),
+        false => None,
+    };
     reg.finish_upload(repo, id, &digest, last)
         .await
         .map_err(|e| with_location(e.into(), repo, id))?;

@@ -63,6 +63,8 @@ pub struct UploadRecord {
     pub repo: RepoName,
     /// Bytes received and acknowledged so far.
     pub size: u64,
+    /// The storage parts holding those bytes, in order.
+    pub parts: Vec<String>,
     /// Unix seconds when the session started.
     pub created_at: i64,
 }
@@ -105,9 +107,14 @@ pub enum Change {
     DeleteManifest { repo: RepoName, digest: Digest },
     /// Starts an upload session with zero bytes.
     CreateUpload { id: String, repo: RepoName },
-    /// Records that an upload grew from `from` to `to` bytes. `Conflict` if it is not at `from`;
-    /// `NotFound` if the session does not exist.
-    AdvanceUpload { id: String, from: u64, to: u64 },
+    /// Records that an upload grew from `from` to `to` bytes, held by the storage part `part`.
+    /// `Conflict` if it is not at `from`; `NotFound` if the session does not exist.
+    AdvanceUpload {
+        id: String,
+        from: u64,
+        to: u64,
+        part: String,
+    },
     /// Ends an upload session. `NotFound` if absent.
     DeleteUpload { id: String },
     /// Appends an event to the outbox.

@@ -343,11 +343,13 @@ async fn apply_one(tx: &mut Transaction<'_, Sqlite>, change: Change) -> Result<(
             .execute(&mut **tx)
             .await?;
         }
-        Change::AdvanceUpload { id, from, to } => {
+        Change::AdvanceUpload { id, from, to, part } => {
             let done = sqlx::query(
-                "UPDATE uploads SET size = ?, updated_at = ? WHERE id = ? AND size = ?",
+                "UPDATE uploads SET size = ?, parts = json_insert(parts, '$[#]', ?), \
+                 updated_at = ? WHERE id = ? AND size = ?",
             )
             .bind(to as i64)
+            .bind(part)
             .bind(now())
             .bind(&id)
             .bind(from as i64)
@@ -516,7 +518,7 @@ impl MetaStore for SqliteMetaStore {
 
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {
         let row = sqlx::query(
-            "SELECT u.id, r.name, u.size, u.created_at FROM uploads u \
+            "SELECT u.id, r.name, u.size, u.parts, u.created_at FROM uploads u \
              JOIN repositories r ON r.id = u.repo_id WHERE u.id = ?",
         )
         .bind(id)
@@ -530,6 +532,8 @@ impl MetaStore for SqliteMetaStore {
                     .parse()
                     .map_err(|e| MetaError::Corrupt(format!("stored repository name: {e}")))?,
                 size: row.try_get::<i64, _>("size")? as u64,
+                parts: serde_json::from_str(row.try_get::<&str, _>("parts")?)
+                    .map_err(|e| MetaError::Corrupt(format!("stored upload parts: {e}")))?,
                 created_at: row.try_get("created_at")?,
             })
         })

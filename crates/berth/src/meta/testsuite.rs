@@ -316,38 +316,30 @@ pub async fn run(store: &dyn MetaStore) {
         .unwrap();
     let u = store.upload("u1").await.unwrap().unwrap();
     assert_eq!((u.repo.clone(), u.size), (b.clone(), 0));
-    store
-        .apply(vec![Change::AdvanceUpload {
-            id: "u1".into(),
-            from: 0,
-            to: 5,
-        }])
-        .await
-        .unwrap();
+    let advance = |from, to, part: &str| Change::AdvanceUpload {
+        id: "u1".into(),
+        from,
+        to,
+        part: part.into(),
+    };
+    store.apply(vec![advance(0, 5, "p0")]).await.unwrap();
     assert!(matches!(
-        store
-            .apply(vec![Change::AdvanceUpload {
-                id: "u1".into(),
-                from: 0,
-                to: 9
-            }])
-            .await,
+        store.apply(vec![advance(0, 9, "rival")]).await,
         Err(MetaError::Conflict(_))
     ));
-    assert_eq!(store.upload("u1").await.unwrap().unwrap().size, 5);
+    store.apply(vec![advance(5, 7, "p5")]).await.unwrap();
+    let u = store.upload("u1").await.unwrap().unwrap();
+    assert_eq!(
+        (u.size, u.parts),
+        (7, vec!["p0".to_string(), "p5".to_string()])
+    );
     store
         .apply(vec![Change::DeleteUpload { id: "u1".into() }])
         .await
         .unwrap();
     assert_eq!(store.upload("u1").await.unwrap(), None);
     assert!(matches!(
-        store
-            .apply(vec![Change::AdvanceUpload {
-                id: "u1".into(),
-                from: 5,
-                to: 6
-            }])
-            .await,
+        store.apply(vec![advance(7, 8, "p7")]).await,
         Err(MetaError::NotFound(_))
     ));
 

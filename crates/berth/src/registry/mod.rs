@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 use crate::meta::{Change, ManifestRecord, MetaError, MetaStore, Page, UploadRecord};
-use crate::storage::{BlobStore, ByteStream, StorageError};
+use crate::storage::{new_part_name, BlobStore, ByteStream, StorageError};
 use digest::{Algorithm, Digest, Hasher};
 use manifest::MAX_MANIFEST_SIZE;
 use name::{Reference, RepoName};
@@ -65,6 +65,7 @@ impl From<StorageError> for RegistryError {
                 format!("uploaded content has digest {actual}, not the {expected} given"),
             ),
             StorageError::Incomplete(m) => RegistryError::BlobUploadInvalid(m),
+            StorageError::PartMissing(m) => RegistryError::BlobUploadUnknown(m),
             StorageError::Body(e) => {
                 RegistryError::BlobUploadInvalid(format!("request body ended early: {e}"))
             }
@@ -199,12 +200,14 @@ impl Registry {
         let id = uuid::Uuid::new_v4().to_string();
         let result = async {
             let mut hasher = digest.algorithm().hasher();
+            let part = new_part_name(0);
             let size = self
                 .store
-                .write_part(&id, 0, body, Some(&mut hasher))
+                .write_part(&id, &part, body, Some(&mut hasher))
                 .await?;
+            let parts = if size == 0 { Vec::new() } else { vec![part] };
             self.store
-                .commit_upload(&id, size, digest, Some(hasher.finish()))
+                .commit_upload(&id, &parts, size, digest, Some(hasher.finish()))
                 .await?;
             self.link(repo, digest, size).await?;
             Ok(size)
@@ -235,6 +238,7 @@ impl Registry {
             id,
             repo: repo.clone(),
             size: 0,
+            parts: Vec::new(),
             created_at: 0,
         })
     }
@@ -287,15 +291,19 @@ impl Registry {
         if hasher.is_none() && up.size == 0 {
             hasher = Some(Algorithm::Sha256.hasher());
         }
+        // Every chunk gets a part of its own: a concurrent or retried chunk for the same offset
+        // cannot overwrite the one the session acknowledges.
+        let part = new_part_name(up.size);
         let n = self
             .store
-            .write_part(id, up.size, body, hasher.as_mut())
+            .write_part(id, &part, body, hasher.as_mut())
             .await?;
         if n > 0 {
             let change = Change::AdvanceUpload {
                 id: id.to_string(),
                 from: up.size,
                 to: up.size + n,
+                part: part.clone(),
             };
             match self.meta.apply(vec![change]).await {
                 Err(MetaError::Conflict(_)) => {
@@ -308,6 +316,7 @@ impl Registry {
                 other => other?,
             }
             up.size += n;
+            up.parts.push(part);
         }
         if let Some(h) = hasher {
             self.keep_hasher(id, up.size, h);
@@ -315,34 +324,48 @@ impl Registry {
         Ok(up)
     }
 
-    /// Finishes an upload: appends the optional last chunk, verifies the whole content against
-    /// `digest`, publishes the blob and makes it visible in `repo`.
+    /// Finishes an upload: appends the optional last chunk (which must start at the given offset
+    /// when one is given), verifies the whole content against `digest`, publishes the blob and
+    /// makes it visible in `repo`.
     pub async fn finish_upload<S>(
         &self,
         repo: &RepoName,
         id: &str,
         digest: &Digest,
-        last_chunk: Option<S>,
+        last_chunk: Option<(Option<u64>, S)>,
     ) -> Result<u64>
     where
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
     {
         let up = match last_chunk {
-            Some(body) => self.write_chunk(repo, id, None, body).await?,
+            Some((start, body)) => self.write_chunk(repo, id, start, body).await?,
             None => self.upload(repo, id).await?,
         };
         let known = self.take_hasher(id, up.size).map(Hasher::finish);
-        self.store.commit_upload(id, up.size, digest, known).await?;
-        self.meta
-            .apply(vec![
-                Change::LinkBlob {
-                    repo: repo.clone(),
-                    digest: digest.clone(),
-                    size: up.size,
-                },
-                Change::DeleteUpload { id: id.to_string() },
-            ])
-            .await?;
+        let committed: Result<()> = async {
+            self.store
+                .commit_upload(id, &up.parts, up.size, digest, known)
+                .await?;
+            self.meta
+                .apply(vec![
+                    Change::LinkBlob {
+                        repo: repo.clone(),
+                        digest: digest.clone(),
+                        size: up.size,
+                    },
+                    Change::DeleteUpload { id: id.to_string() },
+                ])
+                .await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = committed {
+            // A concurrent finish (or cancel) of the same session may have got there first.
+            return match self.meta.upload(id).await? {
+                None => Err(RegistryError::BlobUploadUnknown(id.to_string())),
+                Some(_) => Err(e),
+            };
+        }
         self.cleanup_upload_data(id).await;
         Ok(up.size)
     }
