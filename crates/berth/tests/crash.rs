@@ -874,11 +874,13 @@ async fn repeated_kills_during_pushes_lose_nothing_acknowledged() {
         verify(&c, &reg, &ledger, false).await;
         // Whatever was in flight is now settled one way or the other; forget it (a blob that
         // became visible is checked above; one that did not is simply not acknowledged).
-        let mut l = ledger.lock().unwrap();
-        l.inflight_blobs.clear();
-        if let Some((tag, d, m)) = l.inflight_manifest.take() {
+        let inflight = {
+            let mut l = ledger.lock().unwrap();
+            l.inflight_blobs.clear();
+            l.inflight_manifest.take()
+        };
+        if let Some((tag, d, m)) = inflight {
             // If the PUT landed, its tag may stay visible: adopt it (it was checked above).
-            drop(l);
             let (status, body) =
                 get(&c, &reg.url(&format!("/v2/{LOOP_REPO}/manifests/{tag}"))).await;
             let mut l = ledger.lock().unwrap();

@@ -1491,10 +1491,7 @@ async fn interrupted_patch_can_be_resumed() {
     let parts: Vec<Result<Vec<u8>, std::io::Error>> = vec![
         Ok(data[1_000..50_000].to_vec()),
         Ok(data[50_000..120_000].to_vec()),
-        Err(std::io::Error::new(
-            std::io::ErrorKind::Other,
-            "client gave up",
-        )),
+        Err(std::io::Error::other("client gave up")),
     ];
     let body = reqwest::Body::wrap_stream(futures::stream::iter(parts));
     let result = client()
