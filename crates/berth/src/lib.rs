@@ -7,7 +7,9 @@
 //!
 //! [`server`] wires them together for the `berth` binary.
 
+pub mod auth;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod import;
 pub mod meta;

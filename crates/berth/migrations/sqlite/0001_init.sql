@@ -56,10 +56,12 @@ CREATE TABLE uploads (
     updated_at  INTEGER NOT NULL
 );
 
--- Events written in the same transaction as the change they report; delivered later.
+-- Events written in the same transaction as the change they report; delivered later. The topic
+-- names the consumer (e.g. one notification endpoint), each of which acknowledges on its own.
 CREATE TABLE outbox (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     topic       TEXT NOT NULL,
     payload     TEXT NOT NULL,
     created_at  INTEGER NOT NULL
 );
+CREATE INDEX outbox_topic ON outbox(topic, seq);

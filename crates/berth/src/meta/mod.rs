@@ -117,7 +117,7 @@ pub enum Change {
     },
     /// Ends an upload session. `NotFound` if absent.
     DeleteUpload { id: String },
-    /// Appends an event to the outbox.
+    /// Appends an event to the outbox under `topic` (the consumer it is for).
     Enqueue {
         topic: String,
         payload: serde_json::Value,
@@ -162,8 +162,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>>;
     /// Applies `changes` in one transaction: all or nothing.
     async fn apply(&self, changes: Vec<Change>) -> Result<()>;
-    /// The oldest `limit` events in the outbox.
-    async fn outbox_peek(&self, limit: u32) -> Result<Vec<OutboxEvent>>;
-    /// Removes delivered events up to and including `seq`.
-    async fn outbox_ack(&self, seq: i64) -> Result<()>;
+    /// The oldest `limit` events of `topic` in the outbox, in the order they were written.
+    async fn outbox_peek(&self, topic: &str, limit: u32) -> Result<Vec<OutboxEvent>>;
+    /// Removes the events of `topic` up to and including `seq` (delivered).
+    async fn outbox_ack(&self, topic: &str, seq: i64) -> Result<()>;
 }

@@ -550,11 +550,14 @@ impl MetaStore for SqliteMetaStore {
         answer.await.map_err(|_| closed())?
     }
 
-    async fn outbox_peek(&self, limit: u32) -> Result<Vec<OutboxEvent>> {
-        let rows = sqlx::query("SELECT seq, topic, payload FROM outbox ORDER BY seq LIMIT ?")
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?;
+    async fn outbox_peek(&self, topic: &str, limit: u32) -> Result<Vec<OutboxEvent>> {
+        let rows = sqlx::query(
+            "SELECT seq, topic, payload FROM outbox WHERE topic = ? ORDER BY seq LIMIT ?",
+        )
+        .bind(topic)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter()
             .map(|row| {
                 let payload: &str = row.try_get("payload")?;
@@ -568,8 +571,9 @@ impl MetaStore for SqliteMetaStore {
             .collect()
     }
 
-    async fn outbox_ack(&self, seq: i64) -> Result<()> {
-        sqlx::query("DELETE FROM outbox WHERE seq <= ?")
+    async fn outbox_ack(&self, topic: &str, seq: i64) -> Result<()> {
+        sqlx::query("DELETE FROM outbox WHERE topic = ? AND seq <= ?")
+            .bind(topic)
             .bind(seq)
             .execute(&self.writer)
             .await?;

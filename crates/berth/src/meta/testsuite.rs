@@ -343,18 +343,39 @@ pub async fn run(store: &dyn MetaStore) {
         Err(MetaError::NotFound(_))
     ));
 
-    // The outbox holds events written with their change, in order, until acknowledged.
-    store
-        .apply(vec![Change::Enqueue {
-            topic: "delete".into(),
-            payload: serde_json::json!(2),
-        }])
-        .await
-        .unwrap();
-    let events = store.outbox_peek(10).await.unwrap();
-    assert_eq!(events.len(), 2);
-    assert_eq!(events[0].payload, serde_json::json!({"tag": "v1"}));
-    assert_eq!(events[1].topic, "delete");
-    store.outbox_ack(events[0].seq).await.unwrap();
-    assert_eq!(store.outbox_peek(10).await.unwrap().len(), 1);
+    // The outbox holds events written with their change, per topic, in order, until each topic
+    // acknowledges them.
+    for payload in [2, 3] {
+        store
+            .apply(vec![
+                Change::Enqueue {
+                    topic: "push".into(),
+                    payload: serde_json::json!(payload),
+                },
+                Change::Enqueue {
+                    topic: "other".into(),
+                    payload: serde_json::json!(payload),
+                },
+            ])
+            .await
+            .unwrap();
+    }
+    let events = store.outbox_peek("push", 10).await.unwrap();
+    let payloads: Vec<_> = events.iter().map(|e| e.payload.clone()).collect();
+    assert_eq!(
+        payloads,
+        vec![
+            serde_json::json!({"tag": "v1"}),
+            serde_json::json!(2),
+            serde_json::json!(3)
+        ]
+    );
+    assert!(events.iter().all(|e| e.topic == "push"));
+    assert_eq!(store.outbox_peek("push", 1).await.unwrap().len(), 1);
+    store.outbox_ack("push", events[1].seq).await.unwrap();
+    let left = store.outbox_peek("push", 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].payload, serde_json::json!(3));
+    // Another topic's events are untouched by that acknowledgement.
+    assert_eq!(store.outbox_peek("other", 10).await.unwrap().len(), 2);
 }

@@ -1,0 +1,1 @@
+//! Registry notifications: events in Distribution's envelope format, delivered from the durable outbox.
