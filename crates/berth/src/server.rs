@@ -66,13 +66,16 @@ pub async fn serve(
     let (store, meta) = open_stores(&opts.data).await?;
     import_if_needed(&store, meta.as_ref()).await?;
     let registry = Arc::new(Registry::new(meta, store));
-    let app = crate::http::router(registry);
+    let app = crate::http::router(registry, crate::http::EdgeSettings::default());
     let (listener, local) = bind(&opts.addr).await?;
     tracing::info!(%local, data = %opts.data.display(), "serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serving")?;
     tracing::info!("shut down");
     Ok(())
 }

@@ -8,6 +8,7 @@ use axum::http::{header, StatusCode};
 
 use super::{header_str, respond, ApiResult, AppState, CONTENT_DIGEST};
 use crate::registry::digest::Digest;
+use crate::registry::events::{RequestContext, BLOB_MEDIA_TYPE};
 use crate::registry::name::RepoName;
 use crate::registry::RegistryError;
 
@@ -49,6 +50,7 @@ fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
 
 pub async fn get(
     reg: &AppState,
+    ctx: &RequestContext,
     repo: &RepoName,
     digest: &str,
     req: &Parts,
@@ -80,16 +82,24 @@ pub async fn get(
         ));
     }
     let body = if with_body && range.end > range.start {
-        Body::from_stream(reg.read_blob(repo, &digest, range).await?)
+        let stream = reg.read_blob(repo, &digest, range).await?;
+        reg.note_pull(ctx, repo, &digest, BLOB_MEDIA_TYPE, size, None)
+            .await?;
+        Body::from_stream(stream)
     } else {
         Body::empty()
     };
     respond(status, &headers, body)
 }
 
-pub async fn delete(reg: &AppState, repo: &RepoName, digest: &str) -> ApiResult {
+pub async fn delete(
+    reg: &AppState,
+    ctx: &RequestContext,
+    repo: &RepoName,
+    digest: &str,
+) -> ApiResult {
     let digest: Digest = digest.parse()?;
-    reg.delete_blob(repo, &digest).await?;
+    reg.delete_blob(ctx, repo, &digest).await?;
     respond(
         StatusCode::ACCEPTED,
         &[(CONTENT_DIGEST, digest.to_string())],

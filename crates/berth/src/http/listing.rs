@@ -77,7 +77,7 @@ pub async fn tags(reg: &AppState, repo: &RepoName, req: &Parts) -> ApiResult {
     } else {
         reg.tags(repo, &page).await?
     };
-    let link = paginate(&mut tags, n, &format!("/v2/{repo}/tags/list"));
+    let link = paginate(&mut tags, n, &reg.url(&format!("/v2/{repo}/tags/list")));
     json(
         StatusCode::OK,
         link,
@@ -95,7 +95,7 @@ pub async fn catalog(State(reg): State<AppState>, req: Request) -> Response {
         } else {
             reg.catalog(&page).await?
         };
-        let link = paginate(&mut repos, n, "/v2/_catalog");
+        let link = paginate(&mut repos, n, &reg.url("/v2/_catalog"));
         json(
             StatusCode::OK,
             link,

@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::{header_str, respond, ApiError, ApiResult, AppState, CONTENT_DIGEST};
+use crate::registry::events::RequestContext;
 use crate::registry::manifest::{self, MAX_MANIFEST_SIZE};
 use crate::registry::name::{Reference, RepoName};
 use crate::registry::RegistryError;
@@ -15,6 +16,7 @@ const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 
 pub async fn get(
     reg: &AppState,
+    ctx: &RequestContext,
     repo: &RepoName,
     reference: &str,
     req: &Parts,
@@ -44,7 +46,21 @@ pub async fn get(
         (header::ETAG, format!("\"{}\"", record.digest)),
     ];
     let body = if with_body {
-        Body::from(reg.manifest_bytes(&record).await?)
+        let bytes = reg.manifest_bytes(&record).await?;
+        let tag = match &reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        reg.note_pull(
+            ctx,
+            repo,
+            &record.digest,
+            &record.media_type,
+            record.size,
+            tag,
+        )
+        .await?;
+        Body::from(bytes)
     } else {
         Body::empty()
     };
@@ -53,6 +69,7 @@ pub async fn get(
 
 pub async fn put(
     reg: &AppState,
+    ctx: &RequestContext,
     repo: &RepoName,
     reference: &str,
     req: &Parts,
@@ -68,12 +85,12 @@ pub async fn put(
     let content_type = header_str(&req.headers, header::CONTENT_TYPE).map(str::to_string);
     let body = read_limited(body).await?.map_err(too_large)?;
     let pushed = reg
-        .put_manifest(repo, &reference, content_type.as_deref(), body)
+        .put_manifest(ctx, repo, &reference, content_type.as_deref(), body)
         .await?;
     let mut headers = vec![
         (
             header::LOCATION,
-            format!("/v2/{repo}/manifests/{}", pushed.digest),
+            reg.url(&format!("/v2/{repo}/manifests/{}", pushed.digest)),
         ),
         (CONTENT_DIGEST, pushed.digest.to_string()),
     ];
@@ -114,8 +131,13 @@ async fn read_limited(body: Body) -> Result<Result<Bytes, usize>, ApiError> {
     })
 }
 
-pub async fn delete(reg: &AppState, repo: &RepoName, reference: &str) -> ApiResult {
+pub async fn delete(
+    reg: &AppState,
+    ctx: &RequestContext,
+    repo: &RepoName,
+    reference: &str,
+) -> ApiResult {
     let reference: Reference = reference.parse()?;
-    reg.delete_manifest(repo, &reference).await?;
+    reg.delete_manifest(ctx, repo, &reference).await?;
     respond(StatusCode::ACCEPTED, &[], Body::empty())
 }

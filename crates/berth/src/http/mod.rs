@@ -3,7 +3,7 @@
 //! The only module that knows HTTP status codes, headers and OCI error JSON. Handlers parse and
 //! validate everything from the request (names, digests, references, ranges), call the core, and
 //! shape the response. Cross-cutting concerns are tower layers added in [`router`]; this is also
-//! where an authentication layer will turn a request into an identity and check its scope.
+//! where an authentication layer turns a request into an identity and checks its scope.
 
 mod blobs;
 mod error;
@@ -29,11 +29,66 @@ use tower_http::trace::TraceLayer;
 pub use error::ApiError;
 use routes::Endpoint;
 
+use crate::registry::events::RequestContext;
 use crate::registry::name::RepoName;
 use crate::registry::Registry;
 
+/// How the edge behaves, from configuration.
+#[derive(Clone, Debug)]
+pub struct EdgeSettings {
+    /// The externally visible base URL (`http.host`), e.g. `https://registry.example.com`. When
+    /// set, `Location` and `Link` headers are absolute URLs on it; otherwise they are paths.
+    pub host: Option<String>,
+    /// The path prefix the API is served under (`http.prefix`), e.g. `/registry`; empty for none.
+    pub prefix: String,
+    /// Whether blobs and manifests may be deleted (`storage.delete.enabled`).
+    pub delete_enabled: bool,
+    /// Whether every write is refused (`storage.maintenance.readonly.enabled`).
+    pub read_only: bool,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        EdgeSettings {
+            host: None,
+            prefix: String::new(),
+            delete_enabled: true,
+            read_only: false,
+        }
+    }
+}
+
+/// The edge's shared state: the registry and the settings. Dereferences to the [`Registry`] so
+/// handlers call the core directly.
+pub struct Edge {
+    pub registry: Arc<Registry>,
+    pub settings: EdgeSettings,
+}
+
+impl std::ops::Deref for Edge {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Edge {
+    /// The URL clients should use for an API `path` (which starts with `/v2/`).
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "{}{}{path}",
+            self.settings
+                .host
+                .as_deref()
+                .unwrap_or("")
+                .trim_end_matches('/'),
+            self.settings.prefix
+        )
+    }
+}
+
 /// Shared state of every handler.
-pub type AppState = Arc<Registry>;
+pub type AppState = Arc<Edge>;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -41,18 +96,25 @@ const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 
 /// The router for the whole registry API.
-pub fn router(registry: Arc<Registry>) -> Router {
-    Router::new()
+pub fn router(registry: Arc<Registry>, settings: EdgeSettings) -> Router {
+    let prefix = settings.prefix.clone();
+    let edge = Arc::new(Edge { registry, settings });
+    let api = Router::new()
         .route("/v2/", get(base))
         .route("/v2", get(base))
         .route("/v2/_catalog", get(listing::catalog))
         .fallback(dispatch)
-        .with_state(registry)
-        .layer(SetResponseHeaderLayer::if_not_present(
-            API_VERSION,
-            HeaderValue::from_static("registry/2.0"),
-        ))
-        .layer(TraceLayer::new_for_http())
+        .with_state(edge);
+    let app = if prefix.is_empty() {
+        api
+    } else {
+        Router::new().nest(&prefix, api)
+    };
+    app.layer(SetResponseHeaderLayer::if_not_present(
+        API_VERSION,
+        HeaderValue::from_static("registry/2.0"),
+    ))
+    .layer(TraceLayer::new_for_http())
 }
 
 /// `GET /v2/`: the API version check.
@@ -67,7 +129,11 @@ async fn base() -> Response {
 /// Routes `/v2/<name>/...` requests, whose names span several path segments.
 async fn dispatch(State(reg): State<AppState>, req: Request) -> Response {
     let path = req.uri().path().to_string();
-    let Some(rest) = path.strip_prefix("/v2/") else {
+    let Some(rest) = path.strip_prefix("/v2/").or_else(|| {
+        // Nested under a prefix, the path may still carry it.
+        path.strip_prefix(reg.settings.prefix.as_str())
+            .and_then(|p| p.strip_prefix("/v2/"))
+    }) else {
         return ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "not an OCI API path")
             .into_response();
     };
@@ -84,20 +150,24 @@ async fn dispatch(State(reg): State<AppState>, req: Request) -> Response {
         Err(e) => return ApiError::from(e).into_response(),
     };
     let (parts, body) = req.into_parts();
-    let p = &parts;
+    if let Err(e) = check_allowed(&reg.settings, &parts.method, &endpoint) {
+        return e.into_response();
+    }
+    let ctx = request_context(&reg, &parts);
+    let (p, c) = (&parts, &ctx);
     let result = match (endpoint, parts.method.clone()) {
-        (Endpoint::Blob(d), Method::GET) => blobs::get(&reg, &repo, &d, p, true).await,
-        (Endpoint::Blob(d), Method::HEAD) => blobs::get(&reg, &repo, &d, p, false).await,
-        (Endpoint::Blob(d), Method::DELETE) => blobs::delete(&reg, &repo, &d).await,
-        (Endpoint::UploadStart, Method::POST) => uploads::start(&reg, &repo, p, body).await,
+        (Endpoint::Blob(d), Method::GET) => blobs::get(&reg, c, &repo, &d, p, true).await,
+        (Endpoint::Blob(d), Method::HEAD) => blobs::get(&reg, c, &repo, &d, p, false).await,
+        (Endpoint::Blob(d), Method::DELETE) => blobs::delete(&reg, c, &repo, &d).await,
+        (Endpoint::UploadStart, Method::POST) => uploads::start(&reg, c, &repo, p, body).await,
         (Endpoint::Upload(id), Method::GET) => uploads::status(&reg, &repo, &id).await,
         (Endpoint::Upload(id), Method::PATCH) => uploads::patch(&reg, &repo, &id, p, body).await,
-        (Endpoint::Upload(id), Method::PUT) => uploads::put(&reg, &repo, &id, p, body).await,
+        (Endpoint::Upload(id), Method::PUT) => uploads::put(&reg, c, &repo, &id, p, body).await,
         (Endpoint::Upload(id), Method::DELETE) => uploads::cancel(&reg, &repo, &id).await,
-        (Endpoint::Manifest(r), Method::GET) => manifests::get(&reg, &repo, &r, p, true).await,
-        (Endpoint::Manifest(r), Method::HEAD) => manifests::get(&reg, &repo, &r, p, false).await,
-        (Endpoint::Manifest(r), Method::PUT) => manifests::put(&reg, &repo, &r, p, body).await,
-        (Endpoint::Manifest(r), Method::DELETE) => manifests::delete(&reg, &repo, &r).await,
+        (Endpoint::Manifest(r), Method::GET) => manifests::get(&reg, c, &repo, &r, p, true).await,
+        (Endpoint::Manifest(r), Method::HEAD) => manifests::get(&reg, c, &repo, &r, p, false).await,
+        (Endpoint::Manifest(r), Method::PUT) => manifests::put(&reg, c, &repo, &r, p, body).await,
+        (Endpoint::Manifest(r), Method::DELETE) => manifests::delete(&reg, c, &repo, &r).await,
         (Endpoint::Tags, Method::GET) => listing::tags(&reg, &repo, p).await,
         (Endpoint::Referrers(d), Method::GET) => listing::referrers(&reg, &repo, &d, p).await,
         (_, m) => Err(ApiError::unsupported(format!(
@@ -106,6 +176,51 @@ async fn dispatch(State(reg): State<AppState>, req: Request) -> Response {
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
+
+/// Refuses writes in read-only mode and deletes when deleting is disabled, before any work.
+fn check_allowed(s: &EdgeSettings, method: &Method, endpoint: &Endpoint) -> Result<(), ApiError> {
+    let write = !matches!(*method, Method::GET | Method::HEAD);
+    if s.read_only && write {
+        return Err(ApiError::unsupported(
+            "the registry is in read-only mode (storage.maintenance.readonly)",
+        ));
+    }
+    let deletes_content = matches!(endpoint, Endpoint::Blob(_) | Endpoint::Manifest(_));
+    if !s.delete_enabled && *method == Method::DELETE && deletes_content {
+        return Err(ApiError::unsupported(
+            "deleting is disabled on this registry (storage.delete.enabled is false)",
+        ));
+    }
+    Ok(())
+}
+
+/// Who is asking, through which request: passed to the core for events and logs.
+fn request_context(edge: &Edge, parts: &Parts) -> RequestContext {
+    let h = |name| header_str(&parts.headers, name).unwrap_or("").to_string();
+    let host = h(axum::http::header::HOST);
+    let addr = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    let base_url = match &edge.settings.host {
+        Some(h) => h.trim_end_matches('/').to_string(),
+        None => format!("http://{host}"),
+    };
+    RequestContext {
+        id: uuid::Uuid::new_v4().to_string(),
+        addr,
+        host,
+        method: parts.method.to_string(),
+        user_agent: h(axum::http::header::USER_AGENT),
+        actor: parts.extensions.get::<Actor>().map(|a| a.0.clone()),
+        base_url: format!("{base_url}{}", edge.settings.prefix),
+    }
+}
+
+/// The authenticated name of the client, put in the request extensions by the auth layer.
+#[derive(Clone, Debug)]
+pub struct Actor(pub String);
 
 /// The query parameters of a request.
 fn query(req: &Parts) -> Vec<(String, String)> {

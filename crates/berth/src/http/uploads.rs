@@ -11,23 +11,35 @@ use super::{
     CONTENT_DIGEST,
 };
 use crate::registry::digest::Digest;
+use crate::registry::events::RequestContext;
 use crate::registry::name::RepoName;
 
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 
-fn session_headers(repo: &RepoName, id: &str, size: u64) -> Vec<(HeaderName, String)> {
+fn session_headers(
+    reg: &AppState,
+    repo: &RepoName,
+    id: &str,
+    size: u64,
+) -> Vec<(HeaderName, String)> {
     vec![
-        (header::LOCATION, format!("/v2/{repo}/blobs/uploads/{id}")),
+        (
+            header::LOCATION,
+            reg.url(&format!("/v2/{repo}/blobs/uploads/{id}")),
+        ),
         (UPLOAD_UUID, id.to_string()),
         (header::RANGE, upload_range(size)),
     ]
 }
 
-fn created(repo: &RepoName, digest: &Digest) -> ApiResult {
+fn created(reg: &AppState, repo: &RepoName, digest: &Digest) -> ApiResult {
     respond(
         StatusCode::CREATED,
         &[
-            (header::LOCATION, format!("/v2/{repo}/blobs/{digest}")),
+            (
+                header::LOCATION,
+                reg.url(&format!("/v2/{repo}/blobs/{digest}")),
+            ),
             (CONTENT_DIGEST, digest.to_string()),
         ],
         Body::empty(),
@@ -40,30 +52,39 @@ fn digest_param(q: &[(String, String)]) -> Result<Option<Digest>, ApiError> {
 
 /// Adds the session's headers to an error about it (e.g. the 416 of an out-of-order chunk), so
 /// the client knows where to resume.
-fn with_location(e: ApiError, repo: &RepoName, id: &str) -> ApiError {
-    e.with_header(header::LOCATION, &format!("/v2/{repo}/blobs/uploads/{id}"))
-        .with_header(UPLOAD_UUID, id)
+fn with_location(reg: &AppState, e: ApiError, repo: &RepoName, id: &str) -> ApiError {
+    e.with_header(
+        header::LOCATION,
+        &reg.url(&format!("/v2/{repo}/blobs/uploads/{id}")),
+    )
+    .with_header(UPLOAD_UUID, id)
 }
 
-pub async fn start(reg: &AppState, repo: &RepoName, req: &Parts, body: Body) -> ApiResult {
+pub async fn start(
+    reg: &AppState,
+    ctx: &RequestContext,
+    repo: &RepoName,
+    req: &Parts,
+    body: Body,
+) -> ApiResult {
     let q = query(req);
     if let Some(mount) = query_param(&q, "mount") {
         let digest: Digest = mount.parse()?;
         let from = query_param(&q, "from")
             .map(str::parse::<RepoName>)
             .transpose()?;
-        if reg.mount_blob(repo, &digest, from.as_ref()).await? {
-            return created(repo, &digest);
+        if reg.mount_blob(ctx, repo, &digest, from.as_ref()).await? {
+            return created(reg, repo, &digest);
         }
         // Not mountable: fall back to a new upload session, as the spec asks.
     } else if let Some(digest) = digest_param(&q)? {
-        reg.push_blob(repo, &digest, body_stream(body)).await?;
-        return created(repo, &digest);
+        reg.push_blob(ctx, repo, &digest, body_stream(body)).await?;
+        return created(reg, repo, &digest);
     }
     let up = reg.start_upload(repo).await?;
     respond(
         StatusCode::ACCEPTED,
-        &session_headers(repo, &up.id, 0),
+        &session_headers(reg, repo, &up.id, 0),
         Body::empty(),
     )
 }
@@ -72,7 +93,7 @@ pub async fn status(reg: &AppState, repo: &RepoName, id: &str) -> ApiResult {
     let up = reg.upload(repo, id).await?;
     respond(
         StatusCode::NO_CONTENT,
-        &session_headers(repo, id, up.size),
+        &session_headers(reg, repo, id, up.size),
         Body::empty(),
     )
 }
@@ -132,15 +153,22 @@ pub async fn patch(
     let up = reg
         .write_chunk(repo, id, start, body_stream(body))
         .await
-        .map_err(|e| with_location(e.into(), repo, id))?;
+        .map_err(|e| with_location(reg, e.into(), repo, id))?;
     respond(
         StatusCode::ACCEPTED,
-        &session_headers(repo, id, up.size),
+        &session_headers(reg, repo, id, up.size),
         Body::empty(),
     )
 }
 
-pub async fn put(reg: &AppState, repo: &RepoName, id: &str, req: &Parts, body: Body) -> ApiResult {
+pub async fn put(
+    reg: &AppState,
+    ctx: &RequestContext,
+    repo: &RepoName,
+    id: &str,
+    req: &Parts,
+    body: Body,
+) -> ApiResult {
     let q = query(req);
     let digest = digest_param(&q)?.ok_or_else(|| {
         ApiError::new(
@@ -157,10 +185,10 @@ pub async fn put(reg: &AppState, repo: &RepoName, id: &str, req: &Parts, body: B
         true => Some((chunk_start(req)?, body_stream(body))),
         false => None,
     };
-    reg.finish_upload(repo, id, &digest, last)
+    reg.finish_upload(ctx, repo, id, &digest, last)
         .await
-        .map_err(|e| with_location(e.into(), repo, id))?;
-    created(repo, &digest)
+        .map_err(|e| with_location(reg, e.into(), repo, id))?;
+    created(reg, repo, &digest)
 }
 
 pub async fn cancel(reg: &AppState, repo: &RepoName, id: &str) -> ApiResult {

@@ -9,6 +9,7 @@
 //! between leaves unreferenced bytes, never a visible reference to missing or partial bytes.
 
 pub mod digest;
+pub mod events;
 pub mod manifest;
 pub mod name;
 
@@ -23,6 +24,7 @@ use futures::Stream;
 use crate::meta::{Change, ManifestRecord, MetaError, MetaStore, Page, UploadRecord};
 use crate::storage::{new_part_name, BlobStore, ByteStream, StorageError};
 use digest::{Algorithm, Digest, Hasher};
+use events::{EventAction, EventSink, RegistryEvent, RequestContext, BLOB_MEDIA_TYPE};
 use manifest::MAX_MANIFEST_SIZE;
 use name::{Reference, RepoName};
 
@@ -101,6 +103,7 @@ pub struct Registry {
     meta: Arc<dyn MetaStore>,
     store: BlobStore,
     hashers: Mutex<HashMap<String, (u64, Hasher)>>,
+    events: Option<Arc<dyn EventSink>>,
 }
 
 impl Registry {
@@ -109,7 +112,48 @@ impl Registry {
             meta,
             store,
             hashers: Mutex::new(HashMap::new()),
+            events: None,
         }
+    }
+
+    /// Reports every change (and pull) to `sink`, in the same transaction as the change.
+    pub fn with_events(mut self, sink: Arc<dyn EventSink>) -> Registry {
+        self.events = Some(sink);
+        self
+    }
+
+    /// The outbox entries for an event built by `event`, if anyone wants events of `action`.
+    fn events_for(
+        &self,
+        action: EventAction,
+        event: impl FnOnce() -> RegistryEvent,
+    ) -> Vec<Change> {
+        match &self.events {
+            Some(sink) if sink.wants(action) => sink.changes_for(&event()),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Records that content was pulled (a GET of a manifest or blob), for event consumers.
+    pub async fn note_pull(
+        &self,
+        ctx: &RequestContext,
+        repo: &RepoName,
+        digest: &Digest,
+        media_type: &str,
+        size: u64,
+        tag: Option<&name::Tag>,
+    ) -> Result<()> {
+        let changes = self.events_for(EventAction::Pull, || {
+            let mut e =
+                RegistryEvent::new(EventAction::Pull, repo, ctx).target(digest, media_type, size);
+            e.tag = tag.cloned();
+            e
+        });
+        if !changes.is_empty() {
+            self.meta.apply(changes).await?;
+        }
+        Ok(())
     }
 
     // ---- blobs -------------------------------------------------------------------------------
@@ -139,15 +183,22 @@ impl Registry {
     }
 
     /// Removes a blob from a repository (its bytes stay while other repositories link them).
-    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        match self
-            .meta
-            .apply(vec![Change::UnlinkBlob {
-                repo: repo.clone(),
-                digest: digest.clone(),
-            }])
-            .await
-        {
+    pub async fn delete_blob(
+        &self,
+        ctx: &RequestContext,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<()> {
+        let mut changes = vec![Change::UnlinkBlob {
+            repo: repo.clone(),
+            digest: digest.clone(),
+        }];
+        changes.extend(self.events_for(EventAction::Delete, || {
+            let mut e = RegistryEvent::new(EventAction::Delete, repo, ctx);
+            e.digest = Some(digest.clone());
+            e
+        }));
+        match self.meta.apply(changes).await {
             Err(MetaError::NotFound(_)) => Err(RegistryError::BlobUnknown(digest.clone())),
             other => Ok(other?),
         }
@@ -157,43 +208,82 @@ impl Registry {
     /// no `from`, in any repository). Returns whether it was mounted.
     pub async fn mount_blob(
         &self,
+        ctx: &RequestContext,
         repo: &RepoName,
         digest: &Digest,
         from: Option<&RepoName>,
     ) -> Result<bool> {
-        let size = match from {
-            Some(from) => self.meta.blob_in_repo(from, digest).await?,
+        let source = match from {
+            Some(from) => self
+                .meta
+                .blob_in_repo(from, digest)
+                .await?
+                .map(|size| (from.clone(), size)),
             None => self
                 .meta
                 .repos_with_blob(digest, 1)
                 .await?
-                .first()
-                .map(|(_, size)| *size),
+                .into_iter()
+                .next(),
         };
-        let Some(size) = size else {
+        let Some((source, size)) = source else {
             return Ok(false);
         };
         if self.store.stat_blob(digest).await?.is_none() {
             tracing::error!(%digest, "blob is linked but missing from storage; not mounting");
             return Ok(false);
         }
-        self.link(repo, digest, size).await?;
+        let events = self.events_for(EventAction::Mount, || {
+            let mut e = RegistryEvent::new(EventAction::Mount, repo, ctx).target(
+                digest,
+                BLOB_MEDIA_TYPE,
+                size,
+            );
+            e.from = Some(source);
+            e
+        });
+        self.link(repo, digest, size, events).await?;
         Ok(true)
     }
 
-    async fn link(&self, repo: &RepoName, digest: &Digest, size: u64) -> Result<()> {
-        self.meta
-            .apply(vec![Change::LinkBlob {
-                repo: repo.clone(),
-                digest: digest.clone(),
-                size,
-            }])
-            .await?;
+    /// Makes a blob visible in `repo`, with the outbox entries reporting it.
+    async fn link(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        events: Vec<Change>,
+    ) -> Result<()> {
+        let mut changes = vec![Change::LinkBlob {
+            repo: repo.clone(),
+            digest: digest.clone(),
+            size,
+        }];
+        changes.extend(events);
+        self.meta.apply(changes).await?;
         Ok(())
     }
 
+    fn blob_pushed(
+        &self,
+        ctx: &RequestContext,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Vec<Change> {
+        self.events_for(EventAction::Push, || {
+            RegistryEvent::new(EventAction::Push, repo, ctx).target(digest, BLOB_MEDIA_TYPE, size)
+        })
+    }
+
     /// Stores a whole blob sent in one request and makes it visible in `repo`.
-    pub async fn push_blob<S>(&self, repo: &RepoName, digest: &Digest, body: S) -> Result<u64>
+    pub async fn push_blob<S>(
+        &self,
+        ctx: &RequestContext,
+        repo: &RepoName,
+        digest: &Digest,
+        body: S,
+    ) -> Result<u64>
     where
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
     {
@@ -209,7 +299,13 @@ impl Registry {
             self.store
                 .commit_upload(&id, &parts, size, digest, Some(hasher.finish()))
                 .await?;
-            self.link(repo, digest, size).await?;
+            self.link(
+                repo,
+                digest,
+                size,
+                self.blob_pushed(ctx, repo, digest, size),
+            )
+            .await?;
             Ok(size)
         }
         .await;
@@ -329,6 +425,7 @@ impl Registry {
     /// makes it visible in `repo`.
     pub async fn finish_upload<S>(
         &self,
+        ctx: &RequestContext,
         repo: &RepoName,
         id: &str,
         digest: &Digest,
@@ -346,16 +443,16 @@ impl Registry {
             self.store
                 .commit_upload(id, &up.parts, up.size, digest, known)
                 .await?;
-            self.meta
-                .apply(vec![
-                    Change::LinkBlob {
-                        repo: repo.clone(),
-                        digest: digest.clone(),
-                        size: up.size,
-                    },
-                    Change::DeleteUpload { id: id.to_string() },
-                ])
-                .await?;
+            let mut changes = vec![
+                Change::LinkBlob {
+                    repo: repo.clone(),
+                    digest: digest.clone(),
+                    size: up.size,
+                },
+                Change::DeleteUpload { id: id.to_string() },
+            ];
+            changes.extend(self.blob_pushed(ctx, repo, digest, up.size));
+            self.meta.apply(changes).await?;
             Ok(())
         }
         .await;
@@ -393,6 +490,7 @@ impl Registry {
     /// Validates and stores a manifest, tagging it when `reference` is a tag.
     pub async fn put_manifest(
         &self,
+        ctx: &RequestContext,
         repo: &RepoName,
         reference: &Reference,
         content_type: Option<&str>,
@@ -415,6 +513,17 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::of(Algorithm::Sha256, &body),
         };
+        let events = self.events_for(EventAction::Push, || {
+            let mut e = RegistryEvent::new(EventAction::Push, repo, ctx).target(
+                &digest,
+                &parsed.media_type,
+                body.len() as u64,
+            );
+            if let Reference::Tag(t) = reference {
+                e.tag = Some(t.clone());
+            }
+            e
+        });
         let record = ManifestRecord {
             digest: digest.clone(),
             media_type: parsed.media_type,
@@ -437,6 +546,7 @@ impl Registry {
                 digest: digest.clone(),
             });
         }
+        changes.extend(events);
         match self.meta.apply(changes).await {
             Err(MetaError::MissingReference(d)) => Err(RegistryError::ManifestBlobUnknown(d)),
             other => other.map_err(RegistryError::from),
@@ -470,8 +580,13 @@ impl Registry {
     }
 
     /// Deletes a manifest (by digest: with every tag pointing at it) or just a tag.
-    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
-        let change = match reference {
+    pub async fn delete_manifest(
+        &self,
+        ctx: &RequestContext,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<()> {
+        let mut changes = vec![match reference {
             Reference::Digest(d) => Change::DeleteManifest {
                 repo: repo.clone(),
                 digest: d.clone(),
@@ -480,8 +595,16 @@ impl Registry {
                 repo: repo.clone(),
                 tag: t.clone(),
             },
-        };
-        match self.meta.apply(vec![change]).await {
+        }];
+        changes.extend(self.events_for(EventAction::Delete, || {
+            let mut e = RegistryEvent::new(EventAction::Delete, repo, ctx);
+            match reference {
+                Reference::Digest(d) => e.digest = Some(d.clone()),
+                Reference::Tag(t) => e.tag = Some(t.clone()),
+            }
+            e
+        }));
+        match self.meta.apply(changes).await {
             Err(MetaError::NotFound(_)) => {
                 Err(RegistryError::ManifestUnknown(reference.to_string()))
             }
