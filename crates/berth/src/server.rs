@@ -1,27 +1,167 @@
-//! Wiring: opens the stores under a data directory, builds the router, and serves it until a
-//! shutdown signal, letting in-flight requests finish.
+//! Wiring: turns the configuration into running parts — stores, the core, the HTTP edge with its
+//! layers, the debug server, maintenance tasks — and serves until a shutdown signal, letting
+//! in-flight requests finish.
 
 use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use axum::http::{HeaderName, HeaderValue};
 use tokio::net::TcpListener;
 
+use crate::config::{Config, Status};
+use crate::http::EdgeSettings;
 use crate::import;
 use crate::meta::sqlite::SqliteMetaStore;
 use crate::meta::MetaStore;
 use crate::registry::Registry;
 use crate::storage::BlobStore;
 
-/// Where the registry keeps its data and where it listens.
+/// The configuration Berth uses when it is given no configuration file. `REGISTRY_*`
+/// environment variables and command-line flags apply on top of it.
+pub const DEFAULT_CONFIG: &str = "\
+version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: ./berth-data
+  delete:
+    enabled: true
+http:
+  addr: 0.0.0.0:5000
+";
+
+/// Where blobs are kept.
 #[derive(Clone, Debug)]
-pub struct ServeOptions {
+pub enum StorageKind {
+    /// The local filesystem under this root (Distribution's `filesystem.rootdirectory`).
+    Fs(PathBuf),
+    /// Process memory (Distribution's `inmemory`): lost on exit; for tests.
+    Memory,
+}
+
+/// Upload purging (`storage.maintenance.uploadpurging`).
+#[derive(Clone, Debug)]
+pub struct Purging {
+    pub age: Duration,
+    pub interval: Duration,
+    pub dry_run: bool,
+}
+
+/// The debug listener (`http.debug`).
+#[derive(Clone, Debug)]
+pub struct DebugServer {
     pub addr: String,
-    /// Storage root for blobs and uploads; the SQLite database lives at `berth/meta.db` inside it.
-    pub data: PathBuf,
+    /// The Prometheus metrics path, when enabled.
+    pub metrics_path: Option<String>,
+}
+
+/// Everything `serve` needs, derived from the configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub addr: String,
+    pub storage: StorageKind,
+    /// The SQLite metadata database file.
+    pub meta_path: PathBuf,
+    pub edge: EdgeSettings,
+    /// Certificate, key and client CA files for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf, Vec<String>)>,
+    pub debug: Option<DebugServer>,
+    pub purging: Option<Purging>,
+    /// Extra headers on every response (`http.headers`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub access_log: bool,
+    pub config: Config,
+}
+
+/// `:5000` listens on every address, as in Go.
+fn listen_addr(addr: &str) -> String {
+    match addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => addr.to_string(),
+    }
+}
+
+impl Settings {
+    /// Derives the settings from a loaded configuration.
+    pub fn from_config(config: &Config) -> anyhow::Result<Settings> {
+        let storage = match (&config.storage.filesystem, &config.storage.inmemory) {
+            (Some(fs), _) => StorageKind::Fs(PathBuf::from(&fs.rootdirectory)),
+            (None, Some(_)) => StorageKind::Memory,
+            _ => bail!(
+                "storage driver {} is not supported yet; use filesystem or inmemory",
+                config.storage.driver_name().unwrap_or("(none)")
+            ),
+        };
+        let meta_path = match &storage {
+            StorageKind::Fs(root) => root.join("berth").join("meta.db"),
+            StorageKind::Memory => std::env::temp_dir()
+                .join(format!("berth-inmemory-{}", uuid::Uuid::new_v4().simple()))
+                .join("meta.db"),
+        };
+        if config.http.net == "unix" {
+            bail!("http.net: unix sockets are not supported yet; use tcp");
+        }
+        let h = &config.http;
+        let tls = match (&h.tls.certificate, &h.tls.key) {
+            (Some(c), Some(k)) => {
+                Some((PathBuf::from(c), PathBuf::from(k), h.tls.clientcas.clone()))
+            }
+            _ => None,
+        };
+        let mut headers = Vec::new();
+        for (name, values) in &h.headers {
+            let n = HeaderName::try_from(name.as_str())
+                .with_context(|| format!("http.headers: {name:?} is not a header name"))?;
+            for v in values {
+                let v = HeaderValue::try_from(v.as_str())
+                    .with_context(|| format!("http.headers.{name}: {v:?} is not a header value"))?;
+                headers.push((n.clone(), v));
+            }
+        }
+        let purge = &config.storage.maintenance.uploadpurging;
+        Ok(Settings {
+            addr: listen_addr(&h.addr),
+            storage,
+            meta_path,
+            edge: EdgeSettings {
+                host: h.host.clone().filter(|s| !s.is_empty()),
+                prefix: h
+                    .prefix
+                    .as_deref()
+                    .unwrap_or("")
+                    .trim_end_matches('/')
+                    .to_string(),
+                delete_enabled: config.storage.delete.enabled,
+                read_only: config.storage.maintenance.readonly.enabled,
+                headers: headers.clone(),
+                access_log: !config.log.accesslog.disabled,
+                metrics: false,
+            },
+            tls,
+            debug: h.debug.addr.as_ref().map(|addr| DebugServer {
+                addr: listen_addr(addr),
+                metrics_path: h
+                    .debug
+                    .prometheus
+                    .enabled
+                    .then(|| h.debug.prometheus.path.clone()),
+            }),
+            purging: purge.enabled.then(|| Purging {
+                age: purge.age.0,
+                interval: purge.interval.0,
+                dry_run: purge.dryrun,
+            }),
+            headers,
+            access_log: !config.log.accesslog.disabled,
+            config: config.clone(),
+        })
+    }
 }
 
 /// Opens the blob store and metadata store of a data directory.
@@ -47,37 +187,140 @@ pub async fn import_if_needed(store: &BlobStore, meta: &dyn MetaStore) -> anyhow
     Ok(())
 }
 
-/// Binds the listener and reports the bound address (`berth listening on ADDR` on stdout, which
+/// Binds a listener and reports the bound address (`<what> listening on ADDR` on stdout, which
 /// scripts and tests read to learn an ephemeral port).
-pub async fn bind(addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+pub async fn bind(addr: &str, what: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
-    println!("berth listening on {local}");
+    println!("{what} listening on {local}");
     Ok((listener, local))
+}
+
+/// Logs what the configuration asks for that Berth does not do (yet), so nothing is ignored
+/// silently.
+pub fn report_options(config: &Config) {
+    for opt in crate::config::option_report(config) {
+        match opt.status {
+            Status::NotImplemented => tracing::warn!(
+                key = %opt.key,
+                "configuration option is accepted but not implemented by Berth yet; it has no effect"
+            ),
+            Status::Ignored => tracing::info!(
+                key = %opt.key,
+                "configuration option is accepted for compatibility and not needed by Berth"
+            ),
+            Status::Active => {}
+        }
+    }
 }
 
 /// Runs the registry until `shutdown` completes.
 pub async fn serve(
-    opts: ServeOptions,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (store, meta) = open_stores(&opts.data).await?;
+    let (store, meta): (BlobStore, Arc<dyn MetaStore>) = match &settings.storage {
+        StorageKind::Fs(root) => {
+            let store = BlobStore::fs(root)
+                .with_context(|| format!("opening storage under {}", root.display()))?;
+            let meta = SqliteMetaStore::open(&settings.meta_path)
+                .await
+                .context("opening the metadata database")?;
+            (store, Arc::new(meta))
+        }
+        StorageKind::Memory => {
+            let meta = SqliteMetaStore::open(&settings.meta_path)
+                .await
+                .context("opening the metadata database")?;
+            (BlobStore::memory()?, Arc::new(meta))
+        }
+    };
     import_if_needed(&store, meta.as_ref()).await?;
     let registry = Arc::new(Registry::new(meta, store));
-    let app = crate::http::router(registry, crate::http::EdgeSettings::default());
-    let (listener, local) = bind(&opts.addr).await?;
-    tracing::info!(%local, data = %opts.data.display(), "serving");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .context("serving")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    if let Some(p) = settings.purging.clone() {
+        tasks.push(tokio::spawn(purge_loop(
+            registry.clone(),
+            p,
+            stop_rx.clone(),
+        )));
+    }
+    let mut edge = settings.edge.clone();
+    if let Some(d) = &settings.debug {
+        edge.metrics = crate::http::debug::start(
+            &d.addr,
+            d.metrics_path.as_deref(),
+            registry.clone(),
+            stop_rx.clone(),
+        )
+        .await?;
+    }
+    let app = crate::http::router(registry.clone(), edge);
+    let (listener, local) = bind(&settings.addr, "berth").await?;
+    tracing::info!(%local, tls = settings.tls.is_some(), "serving");
+    let graceful = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    match &settings.tls {
+        None => {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
+            )
+            .with_graceful_shutdown(graceful)
+            .await
+            .context("serving")?;
+        }
+        Some((cert, key, cas)) => {
+            let config = crate::tls::server_config(cert, key, cas)?;
+            let listener = crate::tls::TlsListener::new(listener, config)?;
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
+            )
+            .with_graceful_shutdown(graceful)
+            .await
+            .context("serving")?;
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    if let StorageKind::Memory = settings.storage {
+        if let Some(dir) = settings.meta_path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Removes abandoned uploads every `interval`.
+async fn purge_loop(
+    registry: Arc<Registry>,
+    p: Purging,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let interval = p.interval.max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        match registry.purge_uploads(p.age, p.dry_run).await {
+            Ok(0) => {}
+            Ok(n) if p.dry_run => {
+                tracing::info!(uploads = n, "upload purging (dry run): would remove")
+            }
+            Ok(n) => tracing::info!(uploads = n, "upload purging: removed abandoned uploads"),
+            Err(e) => tracing::warn!(error = %e, "upload purging failed"),
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

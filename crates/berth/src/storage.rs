@@ -355,6 +355,50 @@ impl BlobStore {
         self.sync_dirs(path).await
     }
 
+    /// Upload ids that have data in storage and whose newest file is older than `cutoff`.
+    pub async fn upload_data_older_than(
+        &self,
+        cutoff: std::time::SystemTime,
+    ) -> Result<Vec<String>> {
+        let mut newest: std::collections::HashMap<String, std::time::SystemTime> =
+            std::collections::HashMap::new();
+        let mut lister = self
+            .op
+            .lister_with("berth/uploads/")
+            .recursive(true)
+            .await?;
+        while let Some(entry) = lister.try_next().await? {
+            let Some(rest) = entry.path().strip_prefix("berth/uploads/") else {
+                continue;
+            };
+            let Some((id, _)) = rest.split_once('/') else {
+                continue;
+            };
+            if !entry.metadata().is_file() {
+                continue;
+            }
+            let modified = match entry.metadata().last_modified() {
+                Some(t) => t.into(),
+                None => match self.op.stat(entry.path()).await {
+                    Ok(m) => m
+                        .last_modified()
+                        .map(Into::into)
+                        .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+                    Err(_) => continue,
+                },
+            };
+            let e = newest.entry(id.to_string()).or_insert(modified);
+            if modified > *e {
+                *e = modified;
+            }
+        }
+        Ok(newest
+            .into_iter()
+            .filter(|(_, t)| *t < cutoff)
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     /// Removes everything stored for an upload.
     pub async fn delete_upload(&self, upload: &str) -> Result<()> {
         self.op

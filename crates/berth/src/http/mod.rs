@@ -6,7 +6,9 @@
 //! where an authentication layer turns a request into an identity and checks its scope.
 
 mod blobs;
+pub mod debug;
 mod error;
+mod layers;
 mod listing;
 mod manifests;
 mod routes;
@@ -45,6 +47,12 @@ pub struct EdgeSettings {
     pub delete_enabled: bool,
     /// Whether every write is refused (`storage.maintenance.readonly.enabled`).
     pub read_only: bool,
+    /// Extra headers on every response (`http.headers`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whether each request is logged (`log.accesslog.disabled` turns it off).
+    pub access_log: bool,
+    /// Whether request metrics are recorded (a Prometheus endpoint is configured).
+    pub metrics: bool,
 }
 
 impl Default for EdgeSettings {
@@ -54,6 +62,9 @@ impl Default for EdgeSettings {
             prefix: String::new(),
             delete_enabled: true,
             read_only: false,
+            headers: Vec::new(),
+            access_log: false,
+            metrics: false,
         }
     }
 }
@@ -98,23 +109,41 @@ const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-diges
 /// The router for the whole registry API.
 pub fn router(registry: Arc<Registry>, settings: EdgeSettings) -> Router {
     let prefix = settings.prefix.clone();
-    let edge = Arc::new(Edge { registry, settings });
+    let headers = Arc::new(settings.headers.clone());
+    let (access_log, metrics) = (settings.access_log, settings.metrics);
+    let edge = Arc::new(Edge {
+        registry: registry.clone(),
+        settings,
+    });
     let api = Router::new()
         .route("/v2/", get(base))
         .route("/v2", get(base))
         .route("/v2/_catalog", get(listing::catalog))
         .fallback(dispatch)
-        .with_state(edge);
+        .with_state(edge)
+        .route("/debug/health", get(debug::health).with_state(registry));
     let app = if prefix.is_empty() {
         api
     } else {
         Router::new().nest(&prefix, api)
     };
-    app.layer(SetResponseHeaderLayer::if_not_present(
+    let mut app = app.layer(SetResponseHeaderLayer::if_not_present(
         API_VERSION,
         HeaderValue::from_static("registry/2.0"),
-    ))
-    .layer(TraceLayer::new_for_http())
+    ));
+    if !headers.is_empty() {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            headers,
+            layers::extra_headers,
+        ));
+    }
+    if metrics {
+        app = app.layer(axum::middleware::from_fn(layers::request_metrics));
+    }
+    if access_log {
+        app = app.layer(axum::middleware::from_fn(layers::access_log));
+    }
+    app.layer(TraceLayer::new_for_http())
 }
 
 /// `GET /v2/`: the API version check.
@@ -200,8 +229,8 @@ fn request_context(edge: &Edge, parts: &Parts) -> RequestContext {
     let host = h(axum::http::header::HOST);
     let addr = parts
         .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.to_string())
+        .get::<axum::extract::ConnectInfo<PeerAddr>>()
+        .map(|c| c.0 .0.to_string())
         .unwrap_or_default();
     let base_url = match &edge.settings.host {
         Some(h) => h.trim_end_matches('/').to_string(),
@@ -215,6 +244,19 @@ fn request_context(edge: &Edge, parts: &Parts) -> RequestContext {
         user_agent: h(axum::http::header::USER_AGENT),
         actor: parts.extensions.get::<Actor>().map(|a| a.0.clone()),
         base_url: format!("{base_url}{}", edge.settings.prefix),
+    }
+}
+
+/// The client's address, as connection info of both the plain and the TLS listener.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
     }
 }
 

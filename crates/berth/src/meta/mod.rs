@@ -160,6 +160,8 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<Vec<ManifestRecord>>;
     /// An upload session.
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>>;
+    /// Up to `limit` upload sessions that have not grown since `before` (Unix seconds).
+    async fn idle_uploads(&self, before: i64, limit: u32) -> Result<Vec<UploadRecord>>;
     /// Applies `changes` in one transaction: all or nothing.
     async fn apply(&self, changes: Vec<Change>) -> Result<()>;
     /// The oldest `limit` events of `topic` in the outbox, in the order they were written.

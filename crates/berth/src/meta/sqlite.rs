@@ -102,6 +102,23 @@ fn limit(page: &Page) -> i64 {
 const MANIFEST_COLUMNS: &str =
     "m.digest, m.media_type, m.size, m.artifact_type, m.subject, m.annotations";
 
+const UPLOAD_SELECT: &str = "SELECT u.id, r.name, u.size, u.parts, u.created_at FROM uploads u \
+     JOIN repositories r ON r.id = u.repo_id";
+
+fn upload_row(row: &SqliteRow) -> Result<UploadRecord> {
+    let name: &str = row.try_get("name")?;
+    Ok(UploadRecord {
+        id: row.try_get("id")?,
+        repo: name
+            .parse()
+            .map_err(|e| MetaError::Corrupt(format!("stored repository name: {e}")))?,
+        size: row.try_get::<i64, _>("size")? as u64,
+        parts: serde_json::from_str(row.try_get::<&str, _>("parts")?)
+            .map_err(|e| MetaError::Corrupt(format!("stored upload parts: {e}")))?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
 fn manifest_row(row: &SqliteRow) -> Result<ManifestRecord> {
     let subject: Option<String> = row.try_get("subject")?;
     let annotations: Option<String> = row.try_get("annotations")?;
@@ -517,27 +534,22 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {
-        let row = sqlx::query(
-            "SELECT u.id, r.name, u.size, u.parts, u.created_at FROM uploads u \
-             JOIN repositories r ON r.id = u.repo_id WHERE u.id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&self.reader)
+        let row = sqlx::query(&format!("{UPLOAD_SELECT} WHERE u.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(upload_row).transpose()
+    }
+
+    async fn idle_uploads(&self, before: i64, limit: u32) -> Result<Vec<UploadRecord>> {
+        let rows = sqlx::query(&format!(
+            "{UPLOAD_SELECT} WHERE u.updated_at < ? ORDER BY u.updated_at LIMIT ?"
+        ))
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
         .await?;
-        row.map(|row| {
-            let name: &str = row.try_get("name")?;
-            Ok(UploadRecord {
-                id: row.try_get("id")?,
-                repo: name
-                    .parse()
-                    .map_err(|e| MetaError::Corrupt(format!("stored repository name: {e}")))?,
-                size: row.try_get::<i64, _>("size")? as u64,
-                parts: serde_json::from_str(row.try_get::<&str, _>("parts")?)
-                    .map_err(|e| MetaError::Corrupt(format!("stored upload parts: {e}")))?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        rows.iter().map(upload_row).collect()
     }
 
     async fn apply(&self, changes: Vec<Change>) -> Result<()> {

@@ -333,6 +333,12 @@ pub async fn run(store: &dyn MetaStore) {
         (u.size, u.parts),
         (7, vec!["p0".to_string(), "p5".to_string()])
     );
+    let idle = store.idle_uploads(i64::MAX, 10).await.unwrap();
+    assert_eq!(
+        idle.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
+        vec!["u1"]
+    );
+    assert!(store.idle_uploads(0, 10).await.unwrap().is_empty());
     store
         .apply(vec![Change::DeleteUpload { id: "u1".into() }])
         .await

@@ -485,6 +485,59 @@ impl Registry {
         Ok(())
     }
 
+    /// Removes upload sessions idle for longer than `age`, and upload data that no session owns
+    /// and that nothing has written for as long. With `dry_run`, only counts them. Returns the
+    /// number of sessions and orphaned data directories concerned.
+    pub async fn purge_uploads(&self, age: std::time::Duration, dry_run: bool) -> Result<usize> {
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let before = cutoff
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut purged = 0;
+        loop {
+            let idle = self.meta.idle_uploads(before, 500).await?;
+            if idle.is_empty() || dry_run {
+                purged += idle.len();
+                break;
+            }
+            for up in idle {
+                match self
+                    .meta
+                    .apply(vec![Change::DeleteUpload { id: up.id.clone() }])
+                    .await
+                {
+                    Ok(()) | Err(MetaError::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.take_hasher(&up.id, u64::MAX);
+                self.cleanup_upload_data(&up.id).await;
+                purged += 1;
+            }
+        }
+        // Data without a session: monolithic pushes that crashed, sessions removed above whose
+        // data removal failed, residue of concurrent finishes.
+        for id in self.store.upload_data_older_than(cutoff).await? {
+            if self.meta.upload(&id).await?.is_none() {
+                if !dry_run {
+                    self.cleanup_upload_data(&id).await;
+                }
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
+    /// Checks that storage and metadata answer (for health endpoints).
+    pub async fn check_health(&self) -> Result<()> {
+        self.meta.idle_uploads(0, 1).await?;
+        let probe = Digest::of(Algorithm::Sha256, b"berth health probe");
+        self.store.stat_blob(&probe).await?;
+        Ok(())
+    }
+
     // ---- manifests ---------------------------------------------------------------------------
 
     /// Validates and stores a manifest, tagging it when `reference` is a tag.

@@ -1,0 +1,156 @@
+//! Log output as Distribution's `log` section configures it: level, formatter (`text`, `json`,
+//! `logstash`) and static `fields` added to every line. One line per event, on stderr.
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// How lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    Logstash,
+}
+
+/// Writes events in one of the [`Format`]s, with the configured static fields.
+pub struct LineFormat {
+    format: Format,
+    fields: Map<String, Value>,
+}
+
+#[derive(Default)]
+struct Collect {
+    message: String,
+    fields: Map<String, Value>,
+}
+
+impl Visit for Collect {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_string();
+        } else {
+            self.fields.insert(field.name().to_string(), value.into());
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.fields.insert(field.name().to_string(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.fields.insert(field.name().to_string(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.fields.insert(field.name().to_string(), value.into());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            self.fields
+                .insert(field.name().to_string(), format!("{value:?}").into());
+        }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for LineFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let mut c = Collect::default();
+        event.record(&mut c);
+        let meta = event.metadata();
+        let time = humantime_rfc3339(std::time::SystemTime::now());
+        let level = meta.level().as_str().to_ascii_lowercase();
+        match self.format {
+            Format::Text => {
+                write!(writer, "time=\"{time}\" level={level} msg={:?}", c.message)?;
+                for (k, v) in self.fields.iter().chain(c.fields.iter()) {
+                    match v {
+                        Value::String(s) => write!(writer, " {k}={s:?}")?,
+                        v => write!(writer, " {k}={v}")?,
+                    }
+                }
+                writeln!(writer)
+            }
+            Format::Json | Format::Logstash => {
+                let mut line = self.fields.clone();
+                line.extend(c.fields);
+                if self.format == Format::Logstash {
+                    line.insert("@timestamp".into(), time.into());
+                    line.insert("@version".into(), "1".into());
+                    line.insert("message".into(), c.message.into());
+                } else {
+                    line.insert("time".into(), time.into());
+                    line.insert("msg".into(), c.message.into());
+                }
+                line.insert("level".into(), level.into());
+                line.insert("target".into(), meta.target().into());
+                writeln!(writer, "{}", Value::Object(line))
+            }
+        }
+    }
+}
+
+/// RFC 3339 UTC time with millisecond precision.
+fn humantime_rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut s = String::with_capacity(24);
+    let _ = write!(
+        s,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_millis()
+    );
+    s
+}
+
+/// Installs the global subscriber. `level` is a tracing filter (e.g. `info`); `RUST_LOG`
+/// overrides it when set.
+pub fn init(level: &str, format: Format, fields: Map<String, Value>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .event_format(LineFormat { format, fields })
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        assert_eq!(super::humantime_rfc3339(t), "2023-11-14T22:13:20.123Z");
+    }
+}
