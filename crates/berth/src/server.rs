@@ -152,7 +152,7 @@ impl Settings {
                     .enabled
                     .then(|| h.debug.prometheus.path.clone()),
             }),
-            purging: purge.enabled.then(|| Purging {
+            purging: purge.enabled.then_some(Purging {
                 age: purge.age.0,
                 interval: purge.interval.0,
                 dry_run: purge.dryrun,

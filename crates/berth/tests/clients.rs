@@ -8,115 +8,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
+use common::cli::{output, report, run, run_bytes, run_fails, Env};
 use common::image::{self, Blob};
 use common::Registry;
 use serde_json::Value;
-
-// ---------------------------------------------------------------------------------------------
-// Running external commands
-// ---------------------------------------------------------------------------------------------
-
-fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().to_string();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
-fn output(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)))
-}
-
-fn report(cmd: &Command, out: &Output) -> String {
-    format!(
-        "`{}` exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        describe(cmd),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Run a command that must succeed; returns its stdout. Panics with stdout+stderr otherwise.
-fn run(cmd: &mut Command) -> String {
-    let out = output(cmd);
-    if !out.status.success() {
-        panic!("command failed: {}", report(cmd, &out));
-    }
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Run a command that must succeed; returns its raw stdout.
-fn run_bytes(cmd: &mut Command) -> Vec<u8> {
-    let out = output(cmd);
-    if !out.status.success() {
-        panic!("command failed: {}", report(cmd, &out));
-    }
-    out.stdout
-}
-
-/// Run a command that must fail; returns its stderr. Panics with stdout+stderr otherwise.
-fn run_fails(cmd: &mut Command) -> String {
-    let out = output(cmd);
-    if out.status.success() {
-        panic!("command unexpectedly succeeded: {}", report(cmd, &out));
-    }
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
-
-/// A private environment for client tools: HOME, XDG dirs, auth file and TMPDIR all inside a
-/// temporary directory.
-struct Env {
-    tmp: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        for d in ["home", "runtime", "config", "data", "cache", "tmp"] {
-            std::fs::create_dir_all(tmp.path().join(d)).unwrap();
-        }
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(
-            tmp.path().join("runtime"),
-            std::fs::Permissions::from_mode(0o700),
-        )
-        .unwrap();
-        std::fs::write(tmp.path().join("auth.json"), "{\"auths\":{}}").unwrap();
-        Env { tmp }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        let p = self.tmp.path();
-        c.env("HOME", p.join("home"))
-            .env("XDG_RUNTIME_DIR", p.join("runtime"))
-            .env("XDG_CONFIG_HOME", p.join("config"))
-            .env("XDG_DATA_HOME", p.join("data"))
-            .env("XDG_CACHE_HOME", p.join("cache"))
-            .env("REGISTRY_AUTH_FILE", p.join("auth.json"))
-            .env("DOCKER_CONFIG", p.join("home/.docker"))
-            .env("TMPDIR", p.join("tmp"));
-        c
-    }
-
-    /// `skopeo --insecure-policy <args>`.
-    fn skopeo(&self) -> Command {
-        let mut c = self.cmd("skopeo");
-        c.arg("--insecure-policy");
-        c
-    }
-}
 
 fn read_digestfile(p: &Path) -> String {
     let d =

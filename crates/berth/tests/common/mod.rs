@@ -2,15 +2,31 @@
 //! directory, and stops it (SIGKILL on drop, or on demand to simulate a crash).
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod oci;
 
 pub mod image;
+
+pub mod token;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// How to start `berth serve`.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Arguments after `serve`.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Where stderr goes (inherited when unset).
+    pub stderr: Option<PathBuf>,
+    /// Leave `RUST_LOG` unset so the configuration's log level applies.
+    pub keep_log_level: bool,
+}
 
 /// A running `berth serve` process.
 pub struct Registry {
@@ -34,20 +50,43 @@ impl Registry {
 
     /// Start a server on an existing (or new) data directory, with extra CLI arguments.
     pub fn start_on(data: &Path, extra: &[&str]) -> Registry {
+        let mut args: Vec<String> = vec!["--addr".into(), "127.0.0.1:0".into(), "--data".into()];
+        args.push(data.to_string_lossy().into_owned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let launch = Launch {
+            args,
+            ..Launch::default()
+        };
+        let mut r = Registry::launch(&launch).unwrap_or_else(|e| panic!("{e}"));
+        r.data = data.to_path_buf();
+        r
+    }
+
+    /// Start `berth serve <args>` as `launch` says. Fails (with the server's stderr when it was
+    /// captured) if the process exits before it reports its listening address.
+    pub fn launch(launch: &Launch) -> Result<Registry, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
         cmd.arg("serve")
-            .arg("--addr")
-            .arg("127.0.0.1:0")
-            .arg("--data")
-            .arg(data)
-            .args(extra)
+            .args(&launch.args)
             .env(
                 "RUST_LOG",
                 std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::piped());
+        if launch.keep_log_level {
+            cmd.env_remove("RUST_LOG");
+        }
+        match &launch.stderr {
+            Some(path) => {
+                let f = std::fs::File::create(path).expect("stderr file");
+                cmd.stderr(Stdio::from(f));
+            }
+            None => {
+                cmd.stderr(Stdio::inherit());
+            }
+        }
         let mut child = cmd.spawn().expect("spawn berth");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -62,15 +101,32 @@ impl Registry {
                 }
             }
         });
-        let addr: String = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("berth did not report its listening address");
-        Registry {
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                let stderr = launch
+                    .stderr
+                    .as_ref()
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .unwrap_or_default();
+                return Err(format!(
+                    "berth did not report its listening address (exit: {status:?}); stderr:\n{stderr}"
+                ));
+            }
+        };
+        Ok(Registry {
             child: Some(child),
             addr: addr.parse().expect("listening address"),
-            data: data.to_path_buf(),
+            data: PathBuf::new(),
             _tmp: None,
-        }
+        })
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// `http://127.0.0.1:PORT` + path.
