@@ -259,7 +259,9 @@ pub async fn serve(
         )
         .await?;
     }
-    let app = crate::http::router(registry.clone(), edge);
+    let authenticator =
+        crate::auth::Authenticator::from_config(&settings.config.auth).context("auth")?;
+    let app = crate::http::router(registry.clone(), edge, authenticator);
     let (listener, local) = bind(&settings.addr, "berth").await?;
     tracing::info!(%local, tls = settings.tls.is_some(), "serving");
     let graceful = async move {

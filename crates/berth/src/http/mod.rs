@@ -5,6 +5,7 @@
 //! shape the response. Cross-cutting concerns are tower layers added in [`router`]; this is also
 //! where an authentication layer turns a request into an identity and checks its scope.
 
+pub mod auth;
 mod blobs;
 pub mod debug;
 mod error;
@@ -106,8 +107,12 @@ type ApiResult = Result<Response, ApiError>;
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 
-/// The router for the whole registry API.
-pub fn router(registry: Arc<Registry>, settings: EdgeSettings) -> Router {
+/// The router for the whole registry API, behind `authenticator` when one is configured.
+pub fn router(
+    registry: Arc<Registry>,
+    settings: EdgeSettings,
+    authenticator: Option<crate::auth::Authenticator>,
+) -> Router {
     let prefix = settings.prefix.clone();
     let headers = Arc::new(settings.headers.clone());
     let (access_log, metrics) = (settings.access_log, settings.metrics);
@@ -135,6 +140,16 @@ pub fn router(registry: Arc<Registry>, settings: EdgeSettings) -> Router {
         app = app.layer(axum::middleware::from_fn_with_state(
             headers,
             layers::extra_headers,
+        ));
+    }
+    if let Some(authenticator) = authenticator {
+        let state = Arc::new(auth::AuthState {
+            authenticator,
+            prefix: prefix.clone(),
+        });
+        app = app.layer(axum::middleware::from_fn_with_state(
+            state,
+            auth::authenticate,
         ));
     }
     if metrics {

@@ -33,6 +33,8 @@ pub struct Registry {
     child: Option<Child>,
     /// The address the server listens on (127.0.0.1:<ephemeral>).
     pub addr: SocketAddr,
+    /// The debug listener's address, when one is configured.
+    pub debug_addr: Option<SocketAddr>,
     /// The data directory (storage + metadata). Survives restarts of the process.
     pub data: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -90,10 +92,15 @@ impl Registry {
         let mut child = cmd.spawn().expect("spawn berth");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let debug = std::sync::Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+        let debug_seen = debug.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("debug listening on ") {
+                    *debug_seen.lock().unwrap() = rest.trim().parse().ok();
+                }
                 if let Some(rest) = line.strip_prefix("berth listening on ") {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(rest.trim().to_string());
@@ -116,9 +123,11 @@ impl Registry {
                 ));
             }
         };
+        let debug_addr = *debug.lock().unwrap();
         Ok(Registry {
             child: Some(child),
             addr: addr.parse().expect("listening address"),
+            debug_addr,
             data: PathBuf::new(),
             _tmp: None,
         })

@@ -1,0 +1,191 @@
+//! The authentication layer: the one place where a request becomes an identity and its scope is
+//! checked. It works out what the request needs (`repository:<name>:pull,push`, ...) from the
+//! route, asks the configured [`Authenticator`], and either lets the request through with the
+//! identity in its extensions or answers 401 with the challenge.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::routes::{self, Endpoint};
+use super::Actor;
+use crate::auth::{Authenticator, Challenge, Scope};
+
+/// The state of the layer: the authenticator and the API's path prefix.
+pub struct AuthState {
+    pub authenticator: Authenticator,
+    pub prefix: String,
+}
+
+/// The access a request needs, from its method and path (`None`: no authentication at all).
+fn needed(method: &Method, path: &str, query: Option<&str>, prefix: &str) -> Option<Vec<Scope>> {
+    let path = path.strip_prefix(prefix).unwrap_or(path);
+    if path == "/debug/health" {
+        return None;
+    }
+    if path == "/v2/" || path == "/v2" {
+        return Some(Vec::new());
+    }
+    if path == "/v2/_catalog" {
+        return Some(vec![Scope::catalog()]);
+    }
+    let Some((name, endpoint)) = path.strip_prefix("/v2/").and_then(routes::parse) else {
+        return Some(Vec::new());
+    };
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    let actions: &[&str] = match endpoint {
+        Endpoint::Blob(_) | Endpoint::Manifest(_) if *method == Method::DELETE => &["delete"],
+        Endpoint::Blob(_) | Endpoint::Manifest(_) | Endpoint::Tags | Endpoint::Referrers(_)
+            if read =>
+        {
+            &["pull"]
+        }
+        _ => &["pull", "push"],
+    };
+    let mut scopes = vec![Scope::repository(name, actions)];
+    if let (Endpoint::UploadStart, Some(q)) = (endpoint, query) {
+        let from = url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "from")
+            .map(|(_, v)| v.into_owned());
+        if let Some(from) = from.filter(|f| f != name) {
+            scopes.push(Scope::repository(&from, &["pull"]));
+        }
+    }
+    Some(scopes)
+}
+
+fn refuse(ch: Challenge) -> Response {
+    let status = StatusCode::from_u16(ch.status).unwrap_or(StatusCode::UNAUTHORIZED);
+    let body = serde_json::json!({
+        "errors": [{ "code": ch.code(), "message": ch.message, "detail": ch.detail() }]
+    });
+    let mut resp = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(v) = ch
+        .www_authenticate
+        .as_deref()
+        .and_then(|v| header::HeaderValue::from_str(v).ok())
+    {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// The middleware.
+pub async fn authenticate(
+    State(state): State<Arc<AuthState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(needed) = needed(
+        req.method(),
+        req.uri().path(),
+        req.uri().query(),
+        &state.prefix,
+    ) else {
+        return next.run(req).await;
+    };
+    let (authorization, host, proto) = {
+        let h = |name| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        (
+            h(header::AUTHORIZATION),
+            h(header::HOST),
+            h(header::HeaderName::from_static("x-forwarded-proto")),
+        )
+    };
+    let check = {
+        let state = state.clone();
+        move || {
+            state.authenticator.authenticate_request(
+                authorization.as_deref(),
+                &needed,
+                host.as_deref(),
+                proto.as_deref(),
+            )
+        }
+    };
+    let result = if state.authenticator.is_cpu_heavy() {
+        match tokio::task::spawn_blocking(check).await {
+            Ok(r) => r,
+            Err(_) => {
+                return super::ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "UNKNOWN",
+                    "authentication failed unexpectedly",
+                )
+                .into_response()
+            }
+        }
+    } else {
+        check()
+    };
+    match result {
+        Ok(identity) => {
+            req.extensions_mut().insert(Actor(identity.subject));
+            next.run(req).await
+        }
+        Err(ch) => refuse(ch),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scopes(method: Method, path: &str, query: Option<&str>) -> Option<Vec<String>> {
+        needed(&method, path, query, "").map(|v| v.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn scopes_by_route() {
+        assert_eq!(scopes(Method::GET, "/v2/", None), Some(vec![]));
+        assert_eq!(scopes(Method::GET, "/debug/health", None), None);
+        assert_eq!(
+            scopes(Method::GET, "/v2/_catalog", None),
+            Some(vec!["registry:catalog:*".into()])
+        );
+        assert_eq!(
+            scopes(Method::HEAD, "/v2/a/b/manifests/latest", None),
+            Some(vec!["repository:a/b:pull".into()])
+        );
+        assert_eq!(
+            scopes(Method::PUT, "/v2/a/manifests/latest", None),
+            Some(vec!["repository:a:pull,push".into()])
+        );
+        assert_eq!(
+            scopes(Method::DELETE, "/v2/a/blobs/sha256:x", None),
+            Some(vec!["repository:a:delete".into()])
+        );
+        assert_eq!(
+            scopes(Method::PATCH, "/v2/a/blobs/uploads/u1", None),
+            Some(vec!["repository:a:pull,push".into()])
+        );
+        assert_eq!(
+            scopes(
+                Method::POST,
+                "/v2/a/blobs/uploads/",
+                Some("mount=sha256:x&from=other/repo")
+            ),
+            Some(vec![
+                "repository:a:pull,push".into(),
+                "repository:other/repo:pull".into()
+            ])
+        );
+        assert_eq!(
+            scopes(Method::GET, "/v2/a/tags/list", None),
+            Some(vec!["repository:a:pull".into()])
+        );
+    }
+}

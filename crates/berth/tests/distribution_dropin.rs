@@ -1,0 +1,669 @@
+//! Berth as a drop-in for CNCF Distribution: its `config.yml` files (the three real-world
+//! fixtures, rewritten to loopback and temporary directories), `REGISTRY_*` overrides, the
+//! behaviours its options switch on, and an existing Distribution storage directory written by
+//! the real Distribution (Debian's `docker-registry`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::cli::{run, Env};
+use common::image;
+use common::token::{Signer, TokenService};
+use common::{Launch, Registry};
+use serde_yaml::Value;
+
+fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("BERTH_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/distribution-configs"),
+    }
+}
+
+fn fixture(name: &str) -> Value {
+    let path = fixtures_dir().join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+    serde_yaml::from_str(&text).expect("fixture YAML")
+}
+
+/// Sets `path` (dot-separated) in a YAML mapping, creating mappings on the way.
+fn set(v: &mut Value, path: &str, value: Value) {
+    let mut cur = v;
+    let keys: Vec<&str> = path.split('.').collect();
+    for (i, k) in keys.iter().enumerate() {
+        let map = cur.as_mapping_mut().expect("mapping");
+        if i == keys.len() - 1 {
+            map.insert(Value::from(*k), value);
+            return;
+        }
+        cur = map
+            .entry(Value::from(*k))
+            .or_insert_with(|| Value::Mapping(Default::default()));
+    }
+}
+
+fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |cur, k| cur.get(k))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temporary directory with a config file in it.
+struct Setup {
+    tmp: tempfile::TempDir,
+    port: u16,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup {
+            tmp: tempfile::tempdir().unwrap(),
+            port: free_port(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// Points a configuration at this setup: storage, listen address, external host, debug
+    /// listener and notification endpoints all on loopback / in the temporary directory.
+    fn loopback(&self, cfg: &mut Value, receiver: Option<&str>) {
+        let root = self.path("root");
+        set(
+            cfg,
+            "storage.filesystem.rootdirectory",
+            root.to_string_lossy().as_ref().into(),
+        );
+        set(cfg, "http.addr", format!("127.0.0.1:{}", self.port).into());
+        if get(cfg, "http.host").is_some() {
+            set(
+                cfg,
+                "http.host",
+                format!("http://127.0.0.1:{}", self.port).into(),
+            );
+        }
+        if get(cfg, "http.debug.addr").is_some() {
+            set(cfg, "http.debug.addr", "127.0.0.1:0".into());
+        }
+        if let Some(eps) = cfg
+            .get_mut("notifications")
+            .and_then(|n| n.get_mut("endpoints"))
+            .and_then(|e| e.as_sequence_mut())
+        {
+            for ep in eps {
+                let url = receiver.unwrap_or("http://127.0.0.1:9/unused");
+                ep.as_mapping_mut()
+                    .unwrap()
+                    .insert("url".into(), url.into());
+            }
+        }
+    }
+
+    fn write(&self, cfg: &Value) -> PathBuf {
+        let p = self.path("config.yml");
+        std::fs::write(&p, serde_yaml::to_string(cfg).unwrap()).unwrap();
+        p
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
+    }
+
+    fn launch(&self, config: &Path, env: &[(&str, &str)]) -> Result<Registry, String> {
+        Registry::launch(&Launch {
+            args: vec![config.to_string_lossy().into_owned()],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            stderr: Some(self.path("stderr.log")),
+            keep_log_level: true,
+        })
+    }
+}
+
+/// Pushes a generated image with skopeo (optionally with credentials) and pulls it back;
+/// returns the digest of the manifest and checks every blob that came back.
+fn skopeo_round_trip(
+    reg_host: &str,
+    repo: &str,
+    creds: Option<&str>,
+    tls: Option<&Path>,
+) -> String {
+    let env = Env::new();
+    let src = env.path("src");
+    let img = image::oci_image(repo.len() as u64 * 7 + 3, 2);
+    image::write_image_layout(&src, "v1", &img);
+    let dest = format!("docker://{reg_host}/{repo}:v1");
+    let mut push = env.skopeo();
+    push.arg("copy");
+    match tls {
+        Some(dir) => push.arg(format!("--dest-cert-dir={}", dir.display())),
+        None => push.arg("--dest-tls-verify=false"),
+    };
+    if let Some(c) = creds {
+        push.arg(format!("--dest-creds={c}"));
+    }
+    run(push.arg(format!("oci:{}:v1", src.display())).arg(&dest));
+    let out = env.path("out");
+    let mut pull = env.skopeo();
+    pull.arg("copy");
+    match tls {
+        Some(dir) => pull.arg(format!("--src-cert-dir={}", dir.display())),
+        None => pull.arg("--src-tls-verify=false"),
+    };
+    if let Some(c) = creds {
+        pull.arg(format!("--src-creds={c}"));
+    }
+    run(pull.arg(&dest).arg(format!("oci:{}:v1", out.display())));
+    let got = image::read_oci_layout(&out, "v1");
+    assert_eq!(
+        got.top, img.manifest.data,
+        "manifest bytes differ after the round trip"
+    );
+    for b in img.blobs() {
+        assert_eq!(
+            got.reachable.get(&b.digest),
+            Some(&b.data),
+            "blob {} differs after the round trip",
+            b.digest
+        );
+    }
+    img.manifest.digest.clone()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn internal_registry_fixture_serves_and_logs_json_with_fields() {
+    let s = Setup::new();
+    let mut cfg = fixture("internal-registry.yml");
+    s.loopback(&mut cfg, None);
+    let config = s.write(&cfg);
+    let reg = s.launch(&config, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reg.addr.port(), s.port, "http.addr from the file is used");
+    assert!(
+        reg.debug_addr.is_some(),
+        "http.debug.addr starts the debug listener"
+    );
+
+    let host = reg.host();
+    tokio::task::spawn_blocking(move || skopeo_round_trip(&host, "fixtures/internal", None, None))
+        .await
+        .unwrap();
+
+    // http.host: Location headers are absolute URLs on it.
+    let resp = client()
+        .post(reg.url("/v2/fixtures/internal/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        loc.starts_with(&format!(
+            "http://127.0.0.1:{}/v2/fixtures/internal/blobs/uploads/",
+            s.port
+        )),
+        "{loc}"
+    );
+
+    // The debug listener answers its health check.
+    let health = client()
+        .get(format!("http://{}/debug/health", reg.debug_addr.unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // log.formatter json with log.fields: every line is a JSON object carrying service=registry;
+    // the access log is on and shows the requests.
+    let log = s.stderr();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "no log lines at debug level");
+    for l in &lines {
+        assert_eq!(l["service"], "registry", "{l}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["target"] == "access" && l["method"] == "PUT"),
+        "no access log line for the manifest PUT"
+    );
+}
+
+/// Starts a token service and points a token-auth fixture at it.
+fn token_setup(name: &str) -> (Setup, TokenService, PathBuf) {
+    let s = Setup::new();
+    let mut cfg = fixture(name);
+    let issuer = get(&cfg, "auth.token.issuer")
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    let signer = Signer::ec("token-signer");
+    let bundle = common::token::write_bundle(s.tmp.path(), &[&signer]);
+    let tokens = TokenService::start_default(signer, &issuer);
+    s.loopback(&mut cfg, None);
+    set(&mut cfg, "auth.token.realm", tokens.realm().into());
+    set(
+        &mut cfg,
+        "auth.token.rootcertbundle",
+        bundle.to_string_lossy().as_ref().into(),
+    );
+    let config = s.write(&cfg);
+    (s, tokens, config)
+}
+
+async fn assert_challenge(reg: &Registry, realm: &str, service: &str) {
+    let resp = client().get(reg.url("/v2/")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(challenge.starts_with("Bearer "), "{challenge}");
+    assert!(
+        challenge.contains(&format!("realm=\"{realm}\"")),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains(&format!("service=\"{service}\"")),
+        "{challenge}"
+    );
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+    // A repository request names its scope.
+    let resp = client()
+        .get(reg.url("/v2/team/app/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.contains("scope=\"repository:team/app:pull\""),
+        "{challenge}"
+    );
+    // A forged token is refused as invalid.
+    let resp = client()
+        .get(reg.url("/v2/"))
+        .bearer_auth("not.a.token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"].to_str().unwrap();
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+}
+
+#[tokio::test]
+async fn external_registry_fixture_uses_token_auth() {
+    let (s, tokens, config) = token_setup("external-registry.yml");
+    let reg = s.launch(&config, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_challenge(&reg, &tokens.realm(), "caas-registry").await;
+    let host = reg.host();
+    tokio::task::spawn_blocking(move || {
+        skopeo_round_trip(&host, "alice/app", Some("alice:alice-pass"), None)
+    })
+    .await
+    .unwrap();
+    // alice may not push outside alice/*.
+    let host = reg.host();
+    let denied = tokio::task::spawn_blocking(move || {
+        std::panic::catch_unwind(|| {
+            skopeo_round_trip(&host, "bob/app", Some("alice:alice-pass"), None)
+        })
+    })
+    .await
+    .unwrap();
+    assert!(denied.is_err(), "alice pushed to bob/app");
+}
+
+#[tokio::test]
+async fn private_cloud_fixture_uses_token_auth_without_access_log() {
+    let (s, tokens, config) = token_setup("private-cloud-registry.yml");
+    let reg = s.launch(&config, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_challenge(&reg, &tokens.realm(), "caas-registry").await;
+    let host = reg.host();
+    tokio::task::spawn_blocking(move || {
+        skopeo_round_trip(&host, "team/app", Some("admin:admin-pass"), None)
+    })
+    .await
+    .unwrap();
+    let log = s.stderr();
+    assert!(!log.is_empty(), "debug logging produced nothing");
+    assert!(
+        !log.contains("\"target\":\"access\""),
+        "log.accesslog.disabled is true, yet requests were logged"
+    );
+}
+
+#[tokio::test]
+async fn environment_overrides_beat_the_file() {
+    let s = Setup::new();
+    let mut cfg = fixture("internal-registry.yml");
+    s.loopback(&mut cfg, None);
+    // The file asks for a port that cannot be bound by us and a root we will not use.
+    set(&mut cfg, "http.addr", "127.0.0.1:1".into());
+    let config = s.write(&cfg);
+    let other_root = s.path("env-root");
+    let reg = s
+        .launch(
+            &config,
+            &[
+                ("REGISTRY_HTTP_ADDR", "127.0.0.1:0"),
+                (
+                    "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+                    other_root.to_str().unwrap(),
+                ),
+                ("REGISTRY_LOG_FORMATTER", "text"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(reg.addr.port(), 1);
+    let resp = client()
+        .post(reg.url("/v2/env/blobs/uploads/?digest=sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert!(other_root
+        .join("docker/registry/v2/blobs/sha256/2c")
+        .is_dir());
+    assert!(!s.path("root").join("docker").exists());
+    let log = s.stderr();
+    assert!(
+        log.lines().any(|l| l.starts_with("time=")),
+        "text formatter not applied: {log}"
+    );
+}
+
+#[test]
+fn unknown_keys_warn_and_bad_values_fail_naming_the_key() {
+    let s = Setup::new();
+    let mut cfg = fixture("internal-registry.yml");
+    s.loopback(&mut cfg, None);
+    set(&mut cfg, "http.adr", ":5000".into());
+    let config = s.write(&cfg);
+    let reg = s.launch(&config, &[]).unwrap_or_else(|e| panic!("{e}"));
+    drop(reg);
+    assert!(
+        s.stderr().contains("unknown configuration key http.adr"),
+        "{}",
+        s.stderr()
+    );
+
+    set(
+        &mut cfg,
+        "storage.maintenance.uploadpurging.age",
+        "5x".into(),
+    );
+    let config = s.write(&cfg);
+    let err = match s.launch(&config, &[]) {
+        Ok(_) => panic!("a bad duration was accepted"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("storage.maintenance.uploadpurging.age"),
+        "{err}"
+    );
+    assert!(err.contains("5x"), "{err}");
+}
+
+#[test]
+fn config_check_prints_masked_effective_configuration() {
+    let s = Setup::new();
+    let mut cfg = fixture("external-registry.yml");
+    s.loopback(&mut cfg, None);
+    set(&mut cfg, "http.secret", "very-secret-value".into());
+    let config = s.write(&cfg);
+    let out = run(Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["config", "check"])
+        .arg(&config));
+    assert!(!out.contains("very-secret-value"), "{out}");
+    assert!(out.contains("********"), "{out}");
+    assert!(out.contains("caas-registry"), "{out}");
+    assert!(out.contains("auth.token"), "{out}");
+    assert!(out.contains("configuration is valid"), "{out}");
+    set(&mut cfg, "version", "0.2".into());
+    let bad = s.write(&cfg);
+    let fail = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!fail.status.success());
+    assert!(String::from_utf8_lossy(&fail.stderr).contains("version"));
+}
+
+fn minimal(s: &Setup, extra: &str) -> PathBuf {
+    let text = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n{extra}\nhttp:\n  addr: 127.0.0.1:0\n",
+        s.path("root").display()
+    );
+    let p = s.path("config.yml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[tokio::test]
+async fn deletes_can_be_disabled_and_writes_refused_in_read_only_mode() {
+    let s = Setup::new();
+    // Distribution's default: delete disabled.
+    let config = minimal(&s, "");
+    let reg = s.launch(&config, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let d = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+    let resp = client()
+        .post(reg.url(&format!("/v2/ro/blobs/uploads/?digest={d}")))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let resp = client()
+        .delete(reg.url(&format!("/v2/ro/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNSUPPORTED");
+    drop(reg);
+
+    let s2 = Setup::new();
+    let config = minimal(&s2, "  maintenance:\n    readonly:\n      enabled: true");
+    let reg = s2.launch(&config, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let resp = client()
+        .post(reg.url("/v2/ro/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNSUPPORTED");
+    let ok = client().get(reg.url("/v2/")).send().await.unwrap();
+    assert_eq!(ok.status(), 200, "reads still work in read-only mode");
+}
+
+#[tokio::test]
+async fn prefix_headers_and_metrics() {
+    let s = Setup::new();
+    let text = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+         http:\n  addr: 127.0.0.1:0\n  prefix: /registry/\n  headers:\n    X-Content-Type-Options: [nosniff]\n\
+         \n  debug:\n    addr: 127.0.0.1:0\n    prometheus:\n      enabled: true\n      path: /metrics\n",
+        s.path("root").display()
+    );
+    let config = s.path("config.yml");
+    std::fs::write(&config, text).unwrap();
+    let reg = s.launch(&config, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let resp = client().get(reg.url("/registry/v2/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    // An upload through the prefix: the Location keeps it.
+    let resp = client()
+        .post(reg.url("/registry/v2/pre/fixed/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        loc.starts_with("/registry/v2/pre/fixed/blobs/uploads/"),
+        "{loc}"
+    );
+    let data = b"through the prefix";
+    let d = common::sha256(data);
+    let resp = client()
+        .put(reg.url(&format!("{loc}?digest={d}")))
+        .body(&data[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let got = client()
+        .get(reg.url(&format!("/registry/v2/pre/fixed/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.bytes().await.unwrap(), &data[..]);
+    // Prometheus metrics on the debug listener count those requests.
+    let metrics = client()
+        .get(format!(
+            "http://{}/metrics",
+            reg.debug_addr.expect("debug listener")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("registry_http_requests_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("method=\"PUT\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn abandoned_uploads_are_purged() {
+    let s = Setup::new();
+    let config = minimal(
+        &s,
+        "  maintenance:\n    uploadpurging:\n      enabled: true\n      age: 1s\n      interval: 1s\n      dryrun: false",
+    );
+    let reg = s.launch(&config, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let resp = client()
+        .post(reg.url("/v2/purge/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    let resp = client()
+        .patch(reg.url(&loc))
+        .body("some bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = client().get(reg.url(&loc)).send().await.unwrap().status();
+        if st == 404 {
+            break;
+        }
+        assert_eq!(st, 204);
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned upload was never purged"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let uploads = s.path("root").join("berth/uploads");
+    let left: Vec<_> = std::fs::read_dir(&uploads)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "upload data left behind: {left:?}");
+}
+
+#[tokio::test]
+async fn serves_https_with_a_generated_ca() {
+    let s = Setup::new();
+    // A CA and a server certificate for 127.0.0.1 issued by it.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "berth test CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+    let certs = s.path("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(certs.join("server.crt"), server_cert.pem()).unwrap();
+    std::fs::write(certs.join("server.key"), server_key.serialize_pem()).unwrap();
+    // The directory skopeo trusts: just the CA.
+    let trust = s.path("trust");
+    std::fs::create_dir_all(&trust).unwrap();
+    let ca_pem = ca_cert.pem();
+    std::fs::write(trust.join("ca.crt"), &ca_pem).unwrap();
+    let config = minimal(&s, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "http:\n  addr: 127.0.0.1:0\n",
+        &format!(
+            "http:\n  addr: 127.0.0.1:0\n  tls:\n    certificate: {}\n    key: {}\n",
+            certs.join("server.crt").display(),
+            certs.join("server.key").display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let reg = s.launch(&config, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let resp = https
+        .get(format!("https://127.0.0.1:{}/v2/", reg.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Plain HTTP is not served on the TLS port.
+    let plain = client().get(reg.url("/v2/")).send().await;
+    assert!(
+        !plain.map(|r| r.status() == 200).unwrap_or(false),
+        "plain HTTP answered on the TLS port"
+    );
+    let host = reg.host();
+    tokio::task::spawn_blocking(move || skopeo_round_trip(&host, "tls/app", None, Some(&trust)))
+        .await
+        .unwrap();
+}
