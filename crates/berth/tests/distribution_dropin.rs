@@ -667,3 +667,384 @@ async fn serves_https_with_a_generated_ca() {
         .await
         .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Taking over a storage directory written by the real Distribution
+// ---------------------------------------------------------------------------------------------
+
+/// Debian's `docker-registry` (Distribution 2.8) serving `root` on a loopback port.
+struct Distribution {
+    child: std::process::Child,
+    host: String,
+}
+
+impl Distribution {
+    fn start(root: &Path, dir: &Path) -> Distribution {
+        let port = free_port();
+        let config = dir.join("distribution.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry) must be installed");
+        let host = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = std::net::TcpStream::connect(&host).is_ok();
+            if up {
+                break;
+            }
+            assert!(Instant::now() < deadline, "Distribution did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Distribution { child, host }
+    }
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What was pushed: repository → tag → manifest digest.
+type Pushed = std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
+
+fn push_to(
+    env: &Env,
+    host: &str,
+    layout: &str,
+    repo_tag: &str,
+    extra: &[&str],
+    pushed: &mut Pushed,
+) {
+    let digestfile = env.path("digest");
+    let mut c = env.skopeo();
+    c.arg("copy")
+        .arg("--dest-tls-verify=false")
+        .args(extra)
+        .arg(format!("--digestfile={}", digestfile.display()))
+        .arg(layout)
+        .arg(format!("docker://{host}/{repo_tag}"));
+    run(&mut c);
+    let digest = std::fs::read_to_string(&digestfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    let (repo, tag) = repo_tag.split_once(':').unwrap();
+    pushed
+        .entry(repo.to_string())
+        .or_default()
+        .insert(tag.to_string(), digest);
+}
+
+/// Fills Distribution with single-arch, multi-arch, schema2 and many-tag repositories.
+fn populate(env: &Env, host: &str, repos: usize) -> Pushed {
+    let mut pushed = Pushed::new();
+    let single = env.path("single");
+    image::write_image_layout(&single, "v1", &image::oci_image(101, 2));
+    let multi = env.path("multi");
+    image::write_multi_arch_layout(&multi, "v1", &image::oci_multi_arch(202));
+    let single_ref = format!("oci:{}:v1", single.display());
+    let multi_ref = format!("oci:{}:v1", multi.display());
+    push_to(env, host, &single_ref, "lib/single:v1", &[], &mut pushed);
+    push_to(
+        env,
+        host,
+        &multi_ref,
+        "lib/multi:v1",
+        &["--all"],
+        &mut pushed,
+    );
+    push_to(
+        env,
+        host,
+        &single_ref,
+        "lib/schema2:v1",
+        &["--format=v2s2"],
+        &mut pushed,
+    );
+    for t in 0..12 {
+        push_to(
+            env,
+            host,
+            &single_ref,
+            &format!("lib/tags:t{t:02}"),
+            &[],
+            &mut pushed,
+        );
+    }
+    for r in 0..repos {
+        let dir = env.path(&format!("img{r}"));
+        image::write_image_layout(&dir, "v1", &image::oci_image(1000 + r as u64, 1));
+        let src = format!("oci:{}:v1", dir.display());
+        push_to(
+            env,
+            host,
+            &src,
+            &format!("many/repo{r:03}:v1"),
+            &[],
+            &mut pushed,
+        );
+    }
+    pushed
+}
+
+/// Every repository, tag and manifest pushed into Distribution is served by Berth, byte for
+/// byte, and nothing else.
+async fn assert_serves_everything(reg: &Registry, pushed: &Pushed) {
+    let c = client();
+    let catalog: serde_json::Value = c
+        .get(reg.url("/v2/_catalog"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let repos: Vec<String> = serde_json::from_value(catalog["repositories"].clone()).unwrap();
+    assert_eq!(repos, pushed.keys().cloned().collect::<Vec<_>>());
+    for (repo, tags) in pushed {
+        let list: serde_json::Value = c
+            .get(reg.url(&format!("/v2/{repo}/tags/list")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let got: Vec<String> = serde_json::from_value(list["tags"].clone()).unwrap();
+        assert_eq!(
+            got,
+            tags.keys().cloned().collect::<Vec<_>>(),
+            "tags of {repo}"
+        );
+        for (tag, digest) in tags {
+            let resp = c
+                .get(reg.url(&format!("/v2/{repo}/manifests/{tag}")))
+                .header("accept", "*/*")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{repo}:{tag}");
+            let body = resp.bytes().await.unwrap();
+            assert_eq!(&common::sha256(&body), digest, "{repo}:{tag}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn takes_over_a_distribution_root_without_copying_blobs() {
+    let s = Setup::new();
+    let root = s.path("root");
+    let env = Env::new();
+    let pushed = {
+        let dist = Distribution::start(&root, s.tmp.path());
+        let host = dist.host.clone();
+        let env_ref = &env;
+        let pushed = tokio::task::block_in_place(|| populate(env_ref, &host, 3));
+        drop(dist);
+        pushed
+    };
+    // Blob files before Berth: their inodes must not change (no copy, no rewrite).
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let blobs_dir = root.join("docker/registry/v2/blobs/sha256");
+    let mut before = Vec::new();
+    for prefix in std::fs::read_dir(&blobs_dir).unwrap().flatten() {
+        for blob in std::fs::read_dir(prefix.path()).unwrap().flatten() {
+            let data = blob.path().join("data");
+            before.push((data.clone(), inode(&data)));
+        }
+    }
+    assert!(before.len() > 10);
+
+    let reg = Registry::launch(&Launch {
+        args: vec![
+            "--addr".into(),
+            "127.0.0.1:0".into(),
+            "--data".into(),
+            root.to_string_lossy().into_owned(),
+        ],
+        stderr: Some(s.path("stderr.log")),
+        ..Launch::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(s.stderr().contains("import finished"), "{}", s.stderr());
+    assert_serves_everything(&reg, &pushed).await;
+    for (path, ino) in &before {
+        assert_eq!(inode(path), *ino, "{} was rewritten", path.display());
+    }
+    // Real clients pull the images back out, multi-arch included.
+    let host = reg.host();
+    tokio::task::block_in_place(|| {
+        let out = env.path("pulled");
+        let mut c = env.skopeo();
+        c.args(["copy", "--all", "--src-tls-verify=false"])
+            .arg(format!("docker://{host}/lib/multi:v1"))
+            .arg(format!("oci:{}:v1", out.display()));
+        run(&mut c);
+        let got = image::read_oci_layout(&out, "v1");
+        assert_eq!(common::sha256(&got.top), pushed["lib/multi"]["v1"]);
+    });
+    // Berth keeps working on the taken-over root: push a new tag.
+    let host = reg.host();
+    tokio::task::block_in_place(|| {
+        let mut more = Pushed::new();
+        let src = format!("oci:{}:v1", env.path("single").display());
+        push_to(&env, &host, &src, "lib/single:v2", &[], &mut more);
+        assert_eq!(more["lib/single"]["v2"], pushed["lib/single"]["v1"]);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn import_killed_part_way_finishes_on_restart_without_duplicates() {
+    let s = Setup::new();
+    let root = s.path("root");
+    let env = Env::new();
+    let pushed = {
+        let dist = Distribution::start(&root, s.tmp.path());
+        let host = dist.host.clone();
+        let env_ref = &env;
+        let pushed = tokio::task::block_in_place(|| populate(env_ref, &host, 40));
+        drop(dist);
+        pushed
+    };
+    // Kill the first starts at several moments during their import: counted from when the
+    // metadata database appears, so the first kill lands before the import can have finished.
+    let marker = root.join("berth/imported-distribution");
+    let db = root.join("berth/meta.db");
+    let mut interrupted = 0;
+    for delay_ms in [0u64, 40, 150] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+            .arg(&root)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !db.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        if !marker.exists() {
+            interrupted += 1;
+        }
+    }
+    assert!(interrupted > 0, "no kill interrupted the import");
+    let reg = Registry::launch(&Launch {
+        args: vec![
+            "--addr".into(),
+            "127.0.0.1:0".into(),
+            "--data".into(),
+            root.to_string_lossy().into_owned(),
+        ],
+        stderr: Some(s.path("stderr.log")),
+        ..Launch::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_serves_everything(&reg, &pushed).await;
+    drop(reg);
+    // Running the import again by hand changes nothing and finds everything.
+    let out = run(Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["import", "distribution"])
+        .arg(&root));
+    let tags: usize = pushed.values().map(|t| t.len()).sum();
+    assert!(
+        out.contains(&format!("{} repositories", pushed.len()))
+            && out.contains(&format!("{tags} tags")),
+        "{out}"
+    );
+    assert!(out.contains("0 skipped"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_blobs_are_reported_and_never_served() {
+    let s = Setup::new();
+    let root = s.path("root");
+    let env = Env::new();
+    let pushed = {
+        let dist = Distribution::start(&root, s.tmp.path());
+        let host = dist.host.clone();
+        let env_ref = &env;
+        let pushed = tokio::task::block_in_place(|| populate(env_ref, &host, 2));
+        drop(dist);
+        pushed
+    };
+    // Corrupt one layer of many/repo001's image.
+    let img = image::oci_image(1001, 1);
+    let layer = &img.layers[0];
+    let path = root.join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{}/data",
+        &layer.hex()[..2],
+        layer.hex()
+    ));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let reg = Registry::launch(&Launch {
+        args: vec![
+            "--addr".into(),
+            "127.0.0.1:0".into(),
+            "--data".into(),
+            root.to_string_lossy().into_owned(),
+        ],
+        stderr: Some(s.path("stderr.log")),
+        ..Launch::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let log = s.stderr();
+    assert!(
+        log.contains(&format!("blob {}: corrupt", layer.digest)),
+        "{log}"
+    );
+    let c = client();
+    let resp = c
+        .get(reg.url(&format!("/v2/many/repo001/blobs/{}", layer.digest)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "a corrupt blob was served");
+    let resp = c
+        .get(reg.url("/v2/many/repo001/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        404,
+        "a manifest with a corrupt layer was served"
+    );
+    // Everything else is intact.
+    let mut rest = pushed.clone();
+    rest.remove("many/repo001");
+    for (repo, tags) in &rest {
+        for (tag, digest) in tags {
+            let body = c
+                .get(reg.url(&format!("/v2/{repo}/manifests/{tag}")))
+                .header("accept", "*/*")
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(&common::sha256(&body), digest);
+        }
+    }
+}
