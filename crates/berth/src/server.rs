@@ -238,10 +238,19 @@ pub async fn serve(
         }
     };
     import_if_needed(&store, meta.as_ref()).await?;
-    let registry = Arc::new(Registry::new(meta, store));
+    let notifications = &settings.config.notifications;
+    let notifier = crate::events::Notifier::new(notifications, settings.addr.clone())
+        .context("notifications")?;
+    let mut registry = Registry::new(meta.clone(), store);
+    if notifier.is_active() {
+        registry = registry.with_events(Arc::new(notifier));
+    }
+    let registry = Arc::new(registry);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::new();
+    let delivery_stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks =
+        crate::events::spawn_delivery(meta, &notifications.endpoints, delivery_stop.clone());
     if let Some(p) = settings.purging.clone() {
         tasks.push(tokio::spawn(purge_loop(
             registry.clone(),
@@ -267,6 +276,7 @@ pub async fn serve(
     let graceful = async move {
         shutdown.await;
         let _ = stop_tx.send(true);
+        delivery_stop.cancel();
     };
     match &settings.tls {
         None => {

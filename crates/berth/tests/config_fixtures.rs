@@ -78,10 +78,10 @@ fn external_registry() {
         Some(Duration::from_secs(30))
     );
 
-    assert_eq!(status(&loaded, "auth.token"), Some(Status::NotImplemented));
+    assert_eq!(status(&loaded, "auth.token"), Some(Status::Active));
     assert_eq!(
         status(&loaded, "notifications.endpoints"),
-        Some(Status::NotImplemented)
+        Some(Status::Active)
     );
     assert_eq!(status(&loaded, "log.level"), Some(Status::Active));
     // This file leaves the formatter at its default, so it is not reported.
@@ -123,7 +123,7 @@ fn private_cloud_registry() {
     assert_eq!(token.issuer.as_deref(), Some("caas-issuer"));
     assert!(c.notifications.endpoints.is_empty());
 
-    assert_eq!(status(&loaded, "auth.token"), Some(Status::NotImplemented));
+    assert_eq!(status(&loaded, "auth.token"), Some(Status::Active));
     assert_eq!(status(&loaded, "log.formatter"), Some(Status::Active));
     assert_eq!(
         status(&loaded, "log.accesslog.disabled"),

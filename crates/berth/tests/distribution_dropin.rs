@@ -183,6 +183,55 @@ fn skopeo_round_trip(
     img.manifest.digest.clone()
 }
 
+/// A webhook receiver on loopback that records every envelope POSTed to it.
+struct Receiver {
+    url: String,
+    events: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        use axum::routing::post;
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let app = axum::Router::new().route(
+            "/notify",
+            post(move |body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let envelope: serde_json::Value =
+                        serde_json::from_slice(&body).expect("envelope JSON");
+                    let list = envelope["events"].as_array().cloned().unwrap_or_default();
+                    seen.lock().unwrap().extend(list);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/notify", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { url, events }
+    }
+
+    /// Waits (up to a minute) for an event matching `pred`.
+    async fn wait_for(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(e) = self.events.lock().unwrap().iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            assert!(Instant::now() < deadline, "no {what} event arrived");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -190,11 +239,12 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn internal_registry_fixture_serves_and_logs_json_with_fields() {
     let s = Setup::new();
+    let receiver = Receiver::start().await;
     let mut cfg = fixture("internal-registry.yml");
-    s.loopback(&mut cfg, None);
+    s.loopback(&mut cfg, Some(&receiver.url));
     let config = s.write(&cfg);
     let reg = s.launch(&config, &[]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(reg.addr.port(), s.port, "http.addr from the file is used");
@@ -204,9 +254,31 @@ async fn internal_registry_fixture_serves_and_logs_json_with_fields() {
     );
 
     let host = reg.host();
-    tokio::task::spawn_blocking(move || skopeo_round_trip(&host, "fixtures/internal", None, None))
-        .await
-        .unwrap();
+    let digest = tokio::task::spawn_blocking(move || {
+        skopeo_round_trip(&host, "fixtures/internal", None, None)
+    })
+    .await
+    .unwrap();
+    // notifications.endpoints: the push reaches the webhook in Distribution's envelope.
+    let event = receiver
+        .wait_for("manifest push", |e| {
+            e["action"] == "push" && e["target"]["digest"] == digest.as_str()
+        })
+        .await;
+    assert_eq!(event["target"]["repository"], "fixtures/internal");
+    assert_eq!(event["target"]["tag"], "v1");
+    assert_eq!(
+        event["target"]["url"],
+        format!(
+            "http://127.0.0.1:{}/v2/fixtures/internal/manifests/{digest}",
+            s.port
+        )
+    );
+    receiver
+        .wait_for("manifest pull", |e| {
+            e["action"] == "pull" && e["target"]["digest"] == digest.as_str()
+        })
+        .await;
 
     // http.host: Location headers are absolute URLs on it.
     let resp = client()

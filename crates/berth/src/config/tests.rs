@@ -472,7 +472,7 @@ fn option_report_lists_what_the_user_set() {
             .find(|row| row.key == key)
             .map(|row| row.status)
     };
-    assert_eq!(status("auth.token"), Some(Status::NotImplemented));
+    assert_eq!(status("auth.token"), Some(Status::Active));
     assert_eq!(status("log.formatter"), Some(Status::Active));
     assert_eq!(status("log.level"), Some(Status::Active));
     assert_eq!(status("log.fields"), Some(Status::Active));
@@ -482,10 +482,7 @@ fn option_report_lists_what_the_user_set() {
         status("storage.maintenance.uploadpurging"),
         Some(Status::Active)
     );
-    assert_eq!(
-        status("notifications.endpoints"),
-        Some(Status::NotImplemented)
-    );
+    assert_eq!(status("notifications.endpoints"), Some(Status::Active));
     // Defaults the user did not change are not reported.
     assert_eq!(status("http.addr"), None);
     assert_eq!(status("storage.filesystem.rootdirectory"), None);
