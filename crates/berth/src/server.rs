@@ -238,6 +238,7 @@ pub async fn serve(
         }
     };
     import_if_needed(&store, meta.as_ref()).await?;
+    let meta: Arc<dyn MetaStore> = Arc::new(crate::meta::cache::CachedMetaStore::new(meta));
     let notifications = &settings.config.notifications;
     let notifier = crate::events::Notifier::new(notifications, settings.addr.clone())
         .context("notifications")?;
@@ -280,6 +281,7 @@ pub async fn serve(
     };
     match &settings.tls {
         None => {
+            let listener = crate::listener::PlainListener(listener);
             axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
@@ -289,8 +291,8 @@ pub async fn serve(
             .context("serving")?;
         }
         Some((cert, key, cas)) => {
-            let config = crate::tls::server_config(cert, key, cas)?;
-            let listener = crate::tls::TlsListener::new(listener, config)?;
+            let config = crate::listener::server_config(cert, key, cas)?;
+            let listener = crate::listener::TlsListener::new(listener, config)?;
             axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),

@@ -237,6 +237,9 @@ impl BlobStore {
             StorageError::Backend(e) if e.kind() == ErrorKind::NotFound => {
                 StorageError::PartMissing(format!("upload {upload}: {e}"))
             }
+            StorageError::Io(e) if e.kind() == io::ErrorKind::NotFound => {
+                StorageError::PartMissing(format!("upload {upload}: {e}"))
+            }
             e => e,
         };
         async {

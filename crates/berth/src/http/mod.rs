@@ -266,15 +266,6 @@ fn request_context(edge: &Edge, parts: &Parts) -> RequestContext {
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
 /// The authenticated name of the client, put in the request extensions by the auth layer.
 #[derive(Clone, Debug)]
 pub struct Actor(pub String);

@@ -10,6 +10,7 @@
 //! (`RepoName`, `Digest`, `Tag`); checks that must be atomic with a write (a manifest's references
 //! exist, an upload is at the expected offset) happen inside the write's transaction.
 
+pub mod cache;
 pub mod sqlite;
 #[cfg(test)]
 pub mod testsuite;
@@ -168,4 +169,11 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn outbox_peek(&self, topic: &str, limit: u32) -> Result<Vec<OutboxEvent>>;
     /// Removes the events of `topic` up to and including `seq` (delivered).
     async fn outbox_ack(&self, topic: &str, seq: i64) -> Result<()>;
+
+    /// A number that changes (before `apply` returns) whenever a committed change may alter what
+    /// reads return — including changes made by other processes sharing the store. `None` when
+    /// the store cannot tell, which disables read caching ([`cache::CachedMetaStore`]).
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 }

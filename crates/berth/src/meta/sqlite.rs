@@ -15,6 +15,9 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Acquire, Row, Sqlite, Transaction};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -27,6 +30,47 @@ pub struct SqliteMetaStore {
     reader: SqlitePool,
     writer: SqlitePool,
     writes: mpsc::Sender<WriteRequest>,
+    generation: Arc<Generation>,
+}
+
+/// A counter in a small memory-mapped file beside the database, shared by every process that
+/// opens it, bumped after each commit: readers compare it to decide whether cached reads are
+/// still current (see [`crate::meta::cache`]).
+struct Generation {
+    map: memmap2::MmapMut,
+}
+
+impl Generation {
+    fn open(path: &Path) -> std::io::Result<Generation> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        if file.metadata()?.len() < 8 {
+            file.set_len(8)?;
+        }
+        // SAFETY: the mapping is private to this struct and lives as long as it; other processes
+        // map the same 8 bytes and, like this one, only ever access them through the atomic
+        // below. A file that shrinks under a live mapping would fault, and nothing truncates it.
+        let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
+        Ok(Generation { map })
+    }
+
+    fn counter(&self) -> &AtomicU64 {
+        // SAFETY: the mapping is page-aligned and at least 8 bytes long, so it holds a properly
+        // aligned u64 for as long as `self` lives.
+        unsafe { &*(self.map.as_ptr() as *const AtomicU64) }
+    }
+
+    fn bump(&self) {
+        self.counter().fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn get(&self) -> u64 {
+        self.counter().load(Ordering::SeqCst)
+    }
 }
 
 /// One caller's changes, waiting for the writer task.
@@ -42,10 +86,17 @@ const MAX_GROUP: usize = 128;
 /// [`MAX_GROUP`]), applies each inside its own savepoint of one transaction, so one caller's
 /// failure does not undo another's, and commits once. A caller is answered only after the commit
 /// that holds its changes is durable.
-async fn write_loop(pool: SqlitePool, mut queue: mpsc::Receiver<WriteRequest>) {
+async fn write_loop(
+    pool: SqlitePool,
+    generation: Arc<Generation>,
+    mut queue: mpsc::Receiver<WriteRequest>,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let outcomes = match write_group(&pool, &mut group).await {
+        let result = write_group(&pool, &mut group).await;
+        // Announce the commit before any caller hears of it.
+        generation.bump();
+        let outcomes = match result {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 let msg = e.to_string();
@@ -163,12 +214,21 @@ impl SqliteMetaStore {
             .max_lifetime(None)
             .connect_with(options.read_only(true))
             .await?;
+        let mut gen_path = path.as_os_str().to_owned();
+        gen_path.push("-generation");
+        let generation = Arc::new(
+            Generation::open(Path::new(&gen_path)).map_err(|e| MetaError::Database(e.into()))?,
+        );
+        // Whatever this process cached before (nothing) or another process may have cached while
+        // a previous writer died between commit and bump: start a new generation.
+        generation.bump();
         let (writes, queue) = mpsc::channel(1024);
-        tokio::spawn(write_loop(writer.clone(), queue));
+        tokio::spawn(write_loop(writer.clone(), generation.clone(), queue));
         Ok(SqliteMetaStore {
             reader,
             writer,
             writes,
+            generation,
         })
     }
 }
@@ -583,6 +643,10 @@ impl MetaStore for SqliteMetaStore {
             .collect()
     }
 
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation.get())
+    }
+
     async fn outbox_ack(&self, topic: &str, seq: i64) -> Result<()> {
         sqlx::query("DELETE FROM outbox WHERE topic = ? AND seq <= ?")
             .bind(topic)
@@ -602,5 +666,32 @@ mod tests {
             .await
             .unwrap();
         crate::meta::testsuite::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn cached_sqlite_passes_the_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::SqliteMetaStore::open(&dir.path().join("meta.db"))
+            .await
+            .unwrap();
+        let cached = crate::meta::cache::CachedMetaStore::new(std::sync::Arc::new(store));
+        crate::meta::testsuite::run(&cached).await;
+    }
+
+    #[tokio::test]
+    async fn the_generation_is_shared_by_stores_on_one_file() {
+        use crate::meta::{Change, MetaStore};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let a = super::SqliteMetaStore::open(&path).await.unwrap();
+        let b = super::SqliteMetaStore::open(&path).await.unwrap();
+        let before = b.generation().unwrap();
+        a.apply(vec![Change::CreateUpload {
+            id: "u".into(),
+            repo: "r".parse().unwrap(),
+        }])
+        .await
+        .unwrap();
+        assert!(b.generation().unwrap() > before);
     }
 }

@@ -104,7 +104,23 @@ pub struct Registry {
     store: BlobStore,
     hashers: Mutex<HashMap<String, (u64, Hasher)>>,
     events: Option<Arc<dyn EventSink>>,
+    /// Manifest bytes by digest. Content-addressed, so never stale: which repository may see
+    /// a manifest is still decided by the metadata store on every request.
+    manifest_bytes: quick_cache::sync::Cache<Digest, Bytes, ManifestWeight>,
 }
+
+/// Weighs cached manifests by their size.
+#[derive(Clone)]
+struct ManifestWeight;
+
+impl quick_cache::Weighter<Digest, Bytes> for ManifestWeight {
+    fn weight(&self, _key: &Digest, val: &Bytes) -> u64 {
+        val.len().max(1) as u64
+    }
+}
+
+/// Bytes of manifests kept in memory.
+const MANIFEST_CACHE_BYTES: u64 = 64 << 20;
 
 impl Registry {
     pub fn new(meta: Arc<dyn MetaStore>, store: BlobStore) -> Registry {
@@ -113,6 +129,11 @@ impl Registry {
             store,
             hashers: Mutex::new(HashMap::new()),
             events: None,
+            manifest_bytes: quick_cache::sync::Cache::with_weighter(
+                16_384,
+                MANIFEST_CACHE_BYTES,
+                ManifestWeight,
+            ),
         }
     }
 
@@ -623,7 +644,14 @@ impl Registry {
 
     /// A manifest's bytes.
     pub async fn manifest_bytes(&self, record: &ManifestRecord) -> Result<Bytes> {
+        if let Some(b) = self.manifest_bytes.get(&record.digest) {
+            return Ok(b);
+        }
         match self.store.read_blob_bytes(&record.digest).await {
+            Ok(b) => {
+                self.manifest_bytes.insert(record.digest.clone(), b.clone());
+                Ok(b)
+            }
             Err(StorageError::NotFound(_)) => {
                 tracing::error!(digest = %record.digest, "manifest is recorded but missing from storage");
                 Err(RegistryError::ManifestUnknown(record.digest.to_string()))

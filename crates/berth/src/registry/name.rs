@@ -142,7 +142,7 @@ impl fmt::Debug for Tag {
 }
 
 /// What a manifest URL names: a tag or a digest.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Reference {
     Tag(Tag),
     Digest(Digest),

@@ -1,5 +1,6 @@
-//! HTTPS: a rustls server configuration from PEM files (`http.tls`), and an axum listener that
-//! completes TLS handshakes off the accept path so one slow client cannot stall the others.
+//! Listeners: plain TCP with `TCP_NODELAY`, and HTTPS — a rustls server configuration from PEM
+//! files (`http.tls`) and a listener that completes TLS handshakes off the accept path so one
+//! slow client cannot stall the others. Both report the peer as [`PeerAddr`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,6 +16,8 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+
+use crate::http::PeerAddr;
 
 /// Builds the server configuration: certificate chain and key, and — when `client_cas` are
 /// given — required client certificates signed by one of them.
@@ -72,7 +75,10 @@ impl TlsListener {
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = match tcp.accept().await {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        let _ = x.0.set_nodelay(true);
+                        x
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -121,9 +127,36 @@ impl axum::serve::Listener for TlsListener {
 }
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for crate::http::PeerAddr
+    for PeerAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        crate::http::PeerAddr(*stream.remote_addr())
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// Plain TCP with `TCP_NODELAY` on every connection: small responses (manifests, upload
+/// acknowledgements) must not wait for Nagle's algorithm.
+pub struct PlainListener(pub TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        let _ = io.set_nodelay(true);
+        (io, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
     }
 }
