@@ -136,14 +136,27 @@ fn humantime_rfc3339(t: std::time::SystemTime) -> String {
 
 /// Installs the global subscriber. `level` is a tracing filter (e.g. `info`); `RUST_LOG`
 /// overrides it when set.
-pub fn init(level: &str, format: Format, fields: Map<String, Value>) {
+///
+/// Lines are formatted on the logging thread and written to stderr by a background thread, so
+/// request handling never waits on the write (nor pays a system call per line when busy); the
+/// queue blocks rather than drops when full. Keep the returned guard alive until exit: dropping
+/// it flushes what is queued.
+pub fn init(
+    level: &str,
+    format: Format,
+    fields: Map<String, Value>,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .event_format(LineFormat { format, fields })
         .try_init();
+    guard
 }
 
 #[cfg(test)]

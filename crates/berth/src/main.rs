@@ -75,7 +75,7 @@ fn load(file: Option<&PathBuf>) -> anyhow::Result<Loaded> {
     Ok(loaded)
 }
 
-fn init_logging(cfg: &config::Config) {
+fn init_logging(cfg: &config::Config) -> tracing_appender::non_blocking::WorkerGuard {
     let format = match cfg.log.formatter {
         config::LogFormatter::Json => Format::Json,
         config::LogFormatter::Logstash => Format::Logstash,
@@ -88,7 +88,7 @@ fn init_logging(cfg: &config::Config) {
         .filter_map(|(k, v)| Some((k.clone(), serde_json::to_value(v).ok()?)))
         .collect();
     let level = format!("{},tower_http=warn", cfg.log.level.as_str());
-    logging::init(&level, format, fields);
+    logging::init(&level, format, fields)
 }
 
 fn main() -> std::process::ExitCode {
@@ -125,7 +125,7 @@ fn run() -> anyhow::Result<()> {
                     ..Default::default()
                 });
             }
-            init_logging(&cfg);
+            let _log = init_logging(&cfg);
             for w in &warnings {
                 tracing::warn!("{w}");
             }
@@ -154,7 +154,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Import(ImportSource::Distribution { dir }) => {
-            logging::init("warn", Format::Text, Default::default());
+            let _log = logging::init("warn", Format::Text, Default::default());
             runtime.block_on(async {
                 let (store, meta) = server::open_stores(&dir).await?;
                 let report = berth::import::import_distribution(

@@ -21,6 +21,7 @@
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -121,6 +122,9 @@ impl BlobStore {
 
     /// Streams `range` of a published blob.
     pub async fn read_blob(&self, d: &Digest, range: Range<u64>) -> Result<ByteStream> {
+        if let Some(root) = &self.fs_root {
+            return mapped_stream(root.join(blob_path(d)), range, d).await;
+        }
         let reader = self
             .op
             .reader_with(&blob_path(d))
@@ -167,6 +171,9 @@ impl BlobStore {
     where
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
     {
+        if let Some(root) = &self.fs_root {
+            return write_local_part(root, &part_path(upload, part), body, hasher).await;
+        }
         let mut w = self
             .op
             .writer_with(&part_path(upload, part))
@@ -249,25 +256,39 @@ impl BlobStore {
                 [] => None,
                 [one] => Some(part_path(upload, one)),
                 _ => {
-                    // Several parts: concatenate them into one file, hashing on the way.
                     let data = format!("berth/uploads/{upload}/data");
-                    let mut hasher = expected.algorithm().hasher();
-                    let mut w = self.op.writer_with(&data).chunk(IO_CHUNK).await?;
-                    for (part, len) in parts.iter().zip(&lengths) {
-                        let mut s = self
-                            .op
-                            .reader_with(&part_path(upload, part))
-                            .chunk(IO_CHUNK)
-                            .await?
-                            .into_bytes_stream(0..*len)
-                            .await?;
-                        while let Some(chunk) = s.try_next().await? {
-                            hasher.update(&chunk);
-                            w.write(chunk).await?;
+                    match (&self.fs_root, &known) {
+                        // The digest is known already: let the kernel concatenate the parts
+                        // (copy_file_range) without the bytes passing through this process.
+                        (Some(root), Some(k)) => {
+                            let files: Vec<PathBuf> = parts
+                                .iter()
+                                .map(|p| root.join(part_path(upload, p)))
+                                .collect();
+                            concat_files(files, root.join(&data)).await?;
+                            check(expected, k.clone())?;
+                        }
+                        _ => {
+                            // Concatenate through the operator, hashing on the way.
+                            let mut hasher = expected.algorithm().hasher();
+                            let mut w = self.op.writer_with(&data).chunk(IO_CHUNK).await?;
+                            for (part, len) in parts.iter().zip(&lengths) {
+                                let mut s = self
+                                    .op
+                                    .reader_with(&part_path(upload, part))
+                                    .chunk(IO_CHUNK)
+                                    .await?
+                                    .into_bytes_stream(0..*len)
+                                    .await?;
+                                while let Some(chunk) = s.try_next().await? {
+                                    hasher.update(&chunk);
+                                    w.write(chunk).await?;
+                                }
+                            }
+                            w.close().await?;
+                            check(expected, hasher.finish())?;
                         }
                     }
-                    w.close().await?;
-                    check(expected, hasher.finish())?;
                     Some(data)
                 }
             };
@@ -284,7 +305,10 @@ impl BlobStore {
                 match &source {
                     None => self.op.write(&target, Bytes::new()).await.map(|_| ())?,
                     // Publish: one atomic rename (fs) of verified, fsynced data.
-                    Some(path) => self.publish(path, &target).await?,
+                    Some(path) => {
+                        self.sync_file(path).await?;
+                        self.publish(path, &target).await?
+                    }
                 }
                 self.sync_dirs(&target).await?;
             }
@@ -411,6 +435,19 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Makes a file's data durable (fs only: other backends' writes are durable when they
+    /// complete).
+    async fn sync_file(&self, path: &str) -> Result<()> {
+        let Some(root) = &self.fs_root else {
+            return Ok(());
+        };
+        let full = root.join(path);
+        tokio::task::spawn_blocking(move || std::fs::File::open(full)?.sync_data())
+            .await
+            .map_err(io::Error::other)??;
+        Ok(())
+    }
+
     /// Makes the directory entries leading to `path` durable (fs only; a no-op elsewhere).
     async fn sync_dirs(&self, path: &str) -> Result<()> {
         let Some(root) = self.fs_root.clone() else {
@@ -432,6 +469,176 @@ impl BlobStore {
         .map_err(io::Error::other)??;
         Ok(())
     }
+}
+
+/// Writes an upload part to a local file: under a temporary name, renamed into place when the
+/// body is complete. Not fsynced: a part only needs to survive a crash of this process (the page
+/// cache does that); a power loss can cost an upload in progress, never a published blob —
+/// publishing syncs the data first.
+async fn write_local_part<S>(
+    root: &Path,
+    rel: &str,
+    mut body: S,
+    mut hasher: Option<&mut Hasher>,
+) -> Result<u64>
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
+{
+    let target = root.join(rel);
+    let tmp = root
+        .join("berth/tmp")
+        .join(format!("part-{}", uuid::Uuid::new_v4().simple()));
+    let (file, tmp) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok((Arc::new(std::fs::File::create(&tmp)?), (tmp, target)))
+    })
+    .await
+    .map_err(io::Error::other)??;
+    let (tmp, target) = tmp;
+    // Writes the buffered bytes on a blocking thread, handing the buffer over (no copy).
+    let flush = |buf: &mut bytes::BytesMut| {
+        let data = std::mem::replace(buf, bytes::BytesMut::with_capacity(IO_CHUNK)).freeze();
+        let file = file.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                (&*file).write_all(&data)
+            })
+            .await
+            .map_err(io::Error::other)?
+        }
+    };
+    let mut buf = bytes::BytesMut::with_capacity(IO_CHUNK);
+    let mut written = 0u64;
+    let result: Result<()> = async {
+        loop {
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    if let Some(h) = hasher.as_deref_mut() {
+                        h.update(&chunk);
+                    }
+                    written += chunk.len() as u64;
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() >= IO_CHUNK {
+                        flush(&mut buf).await?;
+                    }
+                }
+                Some(Err(e)) => return Err(StorageError::Body(e)),
+                None => break,
+            }
+        }
+        if !buf.is_empty() {
+            flush(&mut buf).await?;
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            tokio::fs::rename(&tmp, &target).await?;
+            Ok(written)
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
+    }
+}
+
+/// How much of a local blob is mapped at a time when streaming it.
+const MAP_WINDOW: u64 = 8 << 20;
+
+/// Maps `len` bytes of `file` from `offset`, with the pages read in up front.
+fn map_window(file: &std::fs::File, offset: u64, len: u64) -> io::Result<Bytes> {
+    // SAFETY: published blob files are immutable: never written again and never truncated
+    // (removing one unlinks it, which leaves an open mapping intact), so the mapped bytes
+    // cannot change or vanish while the `Bytes` that owns the mapping lives.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len as usize)
+            .populate()
+            .map(file)?
+    };
+    Ok(Bytes::from_owner(map))
+}
+
+/// Streams a range of a local blob as memory-mapped windows: the bytes go from the page cache to
+/// the socket without being copied through a buffer of ours, and memory stays bounded (one
+/// window per stream in flight).
+async fn mapped_stream(path: PathBuf, range: Range<u64>, d: &Digest) -> Result<ByteStream> {
+    let first_len = (range.end - range.start).min(MAP_WINDOW);
+    let opened = tokio::task::spawn_blocking(move || -> io::Result<_> {
+        let file = std::fs::File::open(&path)?;
+        // Mapping past the end of a file faults on access: refuse ranges the file does not hold.
+        let len = file.metadata()?.len();
+        if len < range.end {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} holds {len} bytes, {} requested",
+                    path.display(),
+                    range.end
+                ),
+            ));
+        }
+        let first = if first_len > 0 {
+            map_window(&file, range.start, first_len)?
+        } else {
+            Bytes::new()
+        };
+        Ok((Arc::new(file), first))
+    })
+    .await
+    .map_err(io::Error::other)?;
+    let (file, first) = match opened {
+        Ok(x) => x,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StorageError::NotFound(d.to_string()))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let end = range.end;
+    let rest = futures::stream::try_unfold(range.start + first_len, move |pos| {
+        let file = file.clone();
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let len = (end - pos).min(MAP_WINDOW);
+            let window = tokio::task::spawn_blocking(move || map_window(&file, pos, len))
+                .await
+                .map_err(io::Error::other)??;
+            Ok(Some((window, pos + len)))
+        }
+    });
+    let head = futures::stream::iter((first_len > 0).then_some(Ok(first)));
+    Ok(Box::pin(head.chain(rest)))
+}
+
+/// Writes the concatenation of `parts` to `target` (local files): under a temporary name, fsynced,
+/// then renamed into place. `std::io::copy` between files uses `copy_file_range` on Linux.
+async fn concat_files(parts: Vec<PathBuf>, target: PathBuf) -> Result<()> {
+    tokio::task::spawn_blocking(move || -> io::Result<()> {
+        let tmp = target.with_extension(format!("partial-{}", uuid::Uuid::new_v4().simple()));
+        let result = (|| {
+            let mut out = std::fs::File::create(&tmp)?;
+            for p in &parts {
+                io::copy(&mut std::fs::File::open(p)?, &mut out)?;
+            }
+            out.sync_all()?;
+            std::fs::rename(&tmp, &target)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    })
+    .await
+    .map_err(io::Error::other)??;
+    Ok(())
 }
 
 fn check(expected: &Digest, actual: Digest) -> Result<()> {
@@ -522,6 +729,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.read_blob_bytes(&d512).await.unwrap(), &b"abcdef"[..]);
+
+        // Several parts whose digest was computed while they streamed in.
+        let dk = Digest::of(Algorithm::Sha256, b"xyz!");
+        let (a, b) = (new_part_name(0), new_part_name(1));
+        store
+            .write_part("u6", &a, body(&[b"x"]), None)
+            .await
+            .unwrap();
+        store
+            .write_part("u6", &b, body(&[b"yz!"]), None)
+            .await
+            .unwrap();
+        let parts = [a, b];
+        store
+            .commit_upload("u6", &parts, 4, &dk, Some(dk.clone()))
+            .await
+            .unwrap();
+        assert_eq!(store.read_blob_bytes(&dk).await.unwrap(), &b"xyz!"[..]);
 
         // Missing parts and wrong totals are detected, not papered over.
         let p = new_part_name(0);

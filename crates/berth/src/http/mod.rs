@@ -197,7 +197,12 @@ async fn dispatch(State(reg): State<AppState>, req: Request) -> Response {
     if let Err(e) = check_allowed(&reg.settings, &parts.method, &endpoint) {
         return e.into_response();
     }
-    let ctx = request_context(&reg, &parts);
+    // Only events read the request context: skip building it when nobody listens.
+    let ctx = if reg.registry.reports_events() {
+        request_context(&reg, &parts)
+    } else {
+        RequestContext::default()
+    };
     let (p, c) = (&parts, &ctx);
     let result = match (endpoint, parts.method.clone()) {
         (Endpoint::Blob(d), Method::GET) => blobs::get(&reg, c, &repo, &d, p, true).await,

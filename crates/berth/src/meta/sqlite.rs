@@ -307,6 +307,12 @@ async fn apply_one(tx: &mut Transaction<'_, Sqlite>, change: Change) -> Result<(
             children,
         } => {
             let id = ensure_repo(tx, &repo).await?;
+            let digest = manifest.digest.to_string();
+            if has_manifest(tx, id, &digest).await? {
+                // The same content again (e.g. pushed under another tag): its references were
+                // checked and recorded when it was first pushed.
+                return Ok(());
+            }
             for b in &blobs {
                 let linked: Option<i64> =
                     sqlx::query_scalar("SELECT 1 FROM repo_blobs WHERE repo_id = ? AND digest = ?")
@@ -323,7 +329,6 @@ async fn apply_one(tx: &mut Transaction<'_, Sqlite>, change: Change) -> Result<(
                     return Err(MetaError::MissingReference(c.clone()));
                 }
             }
-            let digest = manifest.digest.to_string();
             sqlx::query(
                 "INSERT INTO manifests (repo_id, digest, media_type, size, artifact_type, subject, \
                  annotations, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \

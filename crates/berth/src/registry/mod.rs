@@ -143,6 +143,11 @@ impl Registry {
         self
     }
 
+    /// Whether any change is reported as an event (see [`Registry::with_events`]).
+    pub fn reports_events(&self) -> bool {
+        self.events.is_some()
+    }
+
     /// The outbox entries for an event built by `event`, if anyone wants events of `action`.
     fn events_for(
         &self,
@@ -606,7 +611,11 @@ impl Registry {
             subject: parsed.subject.clone(),
             annotations: parsed.annotations,
         };
-        self.store.put_blob_bytes(&digest, body).await?;
+        // Bytes already in the cache came from (or went to) storage, so they are stored.
+        if self.manifest_bytes.get(&digest).is_none() {
+            self.store.put_blob_bytes(&digest, body.clone()).await?;
+            self.manifest_bytes.insert(digest.clone(), body);
+        }
         let mut changes = vec![Change::PutManifest {
             repo: repo.clone(),
             manifest: record,
