@@ -426,6 +426,34 @@ impl BlobStore {
             .collect())
     }
 
+    /// Removes temporary files (of writes that never completed, e.g. cut short by a crash) older
+    /// than `cutoff`. Returns how many were removed. Local filesystem only: other backends write
+    /// whole objects or nothing.
+    pub async fn remove_stale_temporaries(&self, cutoff: std::time::SystemTime) -> Result<usize> {
+        let Some(root) = self.fs_root.clone() else {
+            return Ok(0);
+        };
+        let removed = tokio::task::spawn_blocking(move || -> io::Result<usize> {
+            let mut removed = 0;
+            let dir = match std::fs::read_dir(root.join("berth/tmp")) {
+                Ok(d) => d,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(e),
+            };
+            for entry in dir.flatten() {
+                let meta = entry.metadata()?;
+                if meta.is_file() && meta.modified()? < cutoff {
+                    std::fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(removed)
+    }
+
     /// Removes everything stored for an upload.
     pub async fn delete_upload(&self, upload: &str) -> Result<()> {
         self.op
@@ -547,8 +575,9 @@ where
     }
 }
 
-/// How much of a local blob is mapped at a time when streaming it.
-const MAP_WINDOW: u64 = 8 << 20;
+/// How much of a local blob is mapped at a time when streaming it. Mapped pages count in the
+/// process's resident set while a window is alive, so this bounds memory per download.
+const MAP_WINDOW: u64 = 2 << 20;
 
 /// Maps `len` bytes of `file` from `offset`, with the pages read in up front.
 fn map_window(file: &std::fs::File, offset: u64, len: u64) -> io::Result<Bytes> {

@@ -648,6 +648,15 @@ async fn abandoned_uploads_are_purged() {
         "  maintenance:\n    uploadpurging:\n      enabled: true\n      age: 1s\n      interval: 1s\n      dryrun: false",
     );
     let reg = s.launch(&config, &[]).unwrap_or_else(|e| panic!("{e}"));
+    // A temporary file left by a write cut short by a crash, an hour old.
+    let stale = s.path("root").join("berth/tmp/part-left-by-a-crash");
+    std::fs::write(&stale, b"partial").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
     let resp = client()
         .post(reg.url("/v2/purge/blobs/uploads/"))
         .send()
@@ -679,6 +688,7 @@ async fn abandoned_uploads_are_purged() {
         .map(|d| d.flatten().collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "upload data left behind: {left:?}");
+    assert!(!stale.exists(), "a stale temporary file was not removed");
 }
 
 #[tokio::test]
@@ -1119,4 +1129,132 @@ async fn corrupt_blobs_are_reported_and_never_served() {
             assert_eq!(&common::sha256(&body), digest);
         }
     }
+}
+
+/// A token from the test token service for `scopes`, as `user`.
+async fn token_for(tokens: &TokenService, user: &str, password: &str, scopes: &[&str]) -> String {
+    let mut query = vec![("service", "caas-registry")];
+    query.extend(scopes.iter().map(|s| ("scope", *s)));
+    let resp = client()
+        .get(tokens.realm())
+        .query(&query)
+        .basic_auth(user, Some(password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    body["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mounts_without_from_only_reach_repositories_the_caller_may_read() {
+    let s = Setup::new();
+    let mut cfg = fixture("external-registry.yml");
+    let signer = Signer::ec("token-signer");
+    let bundle = common::token::write_bundle(s.tmp.path(), &[&signer]);
+    let users = vec![
+        common::token::User::new(
+            "admin",
+            "admin-pass",
+            &[("repository", "*", &["pull", "push", "delete"])],
+        ),
+        common::token::User::new(
+            "bob",
+            "bob-pass",
+            &[("repository", "bob/*", &["pull", "push"])],
+        ),
+    ];
+    let hint = common::token::KeyHint::X5c(vec![signer.cert_der.clone()]);
+    let tokens = TokenService::start(signer, "caas-issuer", users, hint);
+    s.loopback(&mut cfg, None);
+    set(&mut cfg, "auth.token.realm", tokens.realm().into());
+    set(
+        &mut cfg,
+        "auth.token.rootcertbundle",
+        bundle.to_string_lossy().as_ref().into(),
+    );
+    let config = s.write(&cfg);
+    let reg = s.launch(&config, &[]).unwrap_or_else(|e| panic!("{e}"));
+
+    // admin pushes a blob into a private repository.
+    let data = b"private layer bytes";
+    let d = common::sha256(data);
+    let admin = token_for(
+        &tokens,
+        "admin",
+        "admin-pass",
+        &["repository:secret/app:pull,push"],
+    )
+    .await;
+    let resp = client()
+        .post(reg.url(&format!("/v2/secret/app/blobs/uploads/?digest={d}")))
+        .bearer_auth(&admin)
+        .body(&data[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+
+    // bob knows the digest but may not read secret/app: no mount, a fresh upload instead.
+    let bob = token_for(
+        &tokens,
+        "bob",
+        "bob-pass",
+        &["repository:bob/app:pull,push"],
+    )
+    .await;
+    let resp = client()
+        .post(reg.url(&format!("/v2/bob/app/blobs/uploads/?mount={d}")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        202,
+        "bob mounted a blob from a repository he cannot read"
+    );
+    let resp = client()
+        .head(reg.url(&format!("/v2/bob/app/blobs/{d}")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+
+    // Naming the source explicitly needs pull on it: refused with insufficient_scope.
+    let resp = client()
+        .post(reg.url(&format!(
+            "/v2/bob/app/blobs/uploads/?mount={d}&from=secret/app"
+        )))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(challenge.contains("insufficient_scope"), "{challenge}");
+
+    // A token that grants pull on secret/app mounts it without naming it.
+    let admin2 = token_for(
+        &tokens,
+        "admin",
+        "admin-pass",
+        &[
+            "repository:other/app:pull,push",
+            "repository:secret/app:pull",
+        ],
+    )
+    .await;
+    let resp = client()
+        .post(reg.url(&format!("/v2/other/app/blobs/uploads/?mount={d}")))
+        .bearer_auth(&admin2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
 }

@@ -300,7 +300,13 @@ async fn every_kind_of_event_arrives_with_distributions_fields() {
     .await
     .unwrap();
     assert!(reg
-        .mount_blob(&ctx("POST"), &repo("other"), &blob, Some(&repo("lib/app")))
+        .mount_blob(
+            &ctx("POST"),
+            &repo("other"),
+            &blob,
+            Some(&repo("lib/app")),
+            &|_| true,
+        )
         .await
         .unwrap());
     reg.delete_manifest(&ctx("DELETE"), &repo("lib/app"), &"latest".parse().unwrap())

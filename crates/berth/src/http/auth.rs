@@ -133,7 +133,8 @@ pub async fn authenticate(
     };
     match result {
         Ok(identity) => {
-            req.extensions_mut().insert(Actor(identity.subject));
+            req.extensions_mut().insert(Actor(identity.subject.clone()));
+            req.extensions_mut().insert(Arc::new(identity));
             next.run(req).await
         }
         Err(ch) => refuse(ch),

@@ -10,6 +10,9 @@ use super::{
     body_stream, header_str, query, query_param, respond, ApiError, ApiResult, AppState,
     CONTENT_DIGEST,
 };
+use std::sync::Arc;
+
+use crate::auth::{Identity, Scope};
 use crate::registry::digest::Digest;
 use crate::registry::events::RequestContext;
 use crate::registry::name::RepoName;
@@ -73,7 +76,16 @@ pub async fn start(
         let from = query_param(&q, "from")
             .map(str::parse::<RepoName>)
             .transpose()?;
-        if reg.mount_blob(ctx, repo, &digest, from.as_ref()).await? {
+        // Without `from`, only repositories the caller may pull from are candidates.
+        let identity = req.extensions.get::<Arc<Identity>>().cloned();
+        let readable = move |r: &RepoName| match &identity {
+            Some(id) => id.allows(&Scope::repository(r.as_str(), &["pull"])),
+            None => true,
+        };
+        if reg
+            .mount_blob(ctx, repo, &digest, from.as_ref(), &readable)
+            .await?
+        {
             return created(reg, repo, &digest);
         }
         // Not mountable: fall back to a new upload session, as the spec asks.

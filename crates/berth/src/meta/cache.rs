@@ -37,7 +37,22 @@ pub struct CachedMetaStore {
     manifests: Cache<(RepoName, Reference), Entry<Option<ManifestRecord>>>,
     blobs: Cache<(RepoName, Digest), Entry<Option<u64>>>,
     repositories: Cache<RepoName, Entry<bool>>,
+    /// Listings (tags of a repository, the catalog), keyed by the page asked for.
+    listings: Cache<ListingKey, Entry<Option<Vec<String>>>>,
 }
+
+/// A [`Page`] as a cache key.
+type PageKey = (Option<String>, Option<u32>);
+
+/// Which listing: the tags of a repository, or the catalog (`None`), and the page.
+type ListingKey = (Option<RepoName>, PageKey);
+
+fn page_key(page: &Page) -> PageKey {
+    (page.after.clone(), page.limit)
+}
+
+/// Listing pages kept (each may hold many names).
+const LISTING_CAPACITY: usize = 1_000;
 
 impl CachedMetaStore {
     pub fn new(inner: Arc<dyn MetaStore>) -> CachedMetaStore {
@@ -46,6 +61,7 @@ impl CachedMetaStore {
             manifests: Cache::new(CAPACITY),
             blobs: Cache::new(CAPACITY),
             repositories: Cache::new(CAPACITY),
+            listings: Cache::new(LISTING_CAPACITY),
         }
     }
 }
@@ -126,11 +142,22 @@ impl MetaStore for CachedMetaStore {
     }
 
     async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>> {
-        self.inner.tags(repo, page).await
+        let g = self.inner.generation();
+        cached(
+            &self.listings,
+            g,
+            (Some(repo.clone()), page_key(page)),
+            self.inner.tags(repo, page),
+        )
+        .await
     }
 
     async fn repositories(&self, page: &Page) -> Result<Vec<String>> {
-        self.inner.repositories(page).await
+        let g = self.inner.generation();
+        let load = async { Ok(Some(self.inner.repositories(page).await?)) };
+        Ok(cached(&self.listings, g, (None, page_key(page)), load)
+            .await?
+            .unwrap_or_default())
     }
 
     async fn referrers(

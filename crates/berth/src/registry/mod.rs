@@ -91,6 +91,9 @@ pub struct PushedManifest {
     pub subject: Option<Digest>,
 }
 
+/// How many repositories holding a blob are considered for a mount without `from`.
+const MOUNT_CANDIDATES: u32 = 256;
+
 /// The most running hashes kept for uploads in progress (a cache: see [`Registry`]).
 const MAX_CACHED_HASHERS: usize = 4096;
 
@@ -231,13 +234,15 @@ impl Registry {
     }
 
     /// Makes a blob that is already stored visible in `repo`, if it is visible in `from` (or, with
-    /// no `from`, in any repository). Returns whether it was mounted.
+    /// no `from`, in some repository the caller may read: `readable`). Returns whether it was
+    /// mounted.
     pub async fn mount_blob(
         &self,
         ctx: &RequestContext,
         repo: &RepoName,
         digest: &Digest,
         from: Option<&RepoName>,
+        readable: &(dyn Fn(&RepoName) -> bool + Send + Sync),
     ) -> Result<bool> {
         let source = match from {
             Some(from) => self
@@ -247,10 +252,10 @@ impl Registry {
                 .map(|size| (from.clone(), size)),
             None => self
                 .meta
-                .repos_with_blob(digest, 1)
+                .repos_with_blob(digest, MOUNT_CANDIDATES)
                 .await?
                 .into_iter()
-                .next(),
+                .find(|(r, _)| readable(r)),
         };
         let Some((source, size)) = source else {
             return Ok(false);
@@ -542,6 +547,10 @@ impl Registry {
                 self.cleanup_upload_data(&up.id).await;
                 purged += 1;
             }
+        }
+        // Temporary files of writes cut short by a crash.
+        if !dry_run {
+            purged += self.store.remove_stale_temporaries(cutoff).await?;
         }
         // Data without a session: monolithic pushes that crashed, sessions removed above whose
         // data removal failed, residue of concurrent finishes.
