@@ -92,8 +92,12 @@ async fn write_loop(
     mut queue: mpsc::Receiver<WriteRequest>,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut ids = RepoIds::new();
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let result = write_group(&pool, &mut group).await;
+        let result = write_group(&pool, &mut ids, &mut group).await;
+        if result.is_err() {
+            ids.clear();
+        }
         // Announce the commit before any caller hears of it.
         generation.bump();
         let outcomes = match result {
@@ -112,21 +116,28 @@ async fn write_loop(
     }
 }
 
-async fn write_group(pool: &SqlitePool, group: &mut [WriteRequest]) -> Result<Vec<Result<()>>> {
+async fn write_group(
+    pool: &SqlitePool,
+    ids: &mut RepoIds,
+    group: &mut [WriteRequest],
+) -> Result<Vec<Result<()>>> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let mut outcomes = Vec::with_capacity(group.len());
     for req in group.iter_mut() {
         let mut savepoint = tx.begin().await?;
         let mut outcome = Ok(());
         for change in std::mem::take(&mut req.changes) {
-            if let Err(e) = apply_one(&mut savepoint, change).await {
+            if let Err(e) = apply_one(&mut savepoint, ids, change).await {
                 outcome = Err(e);
                 break;
             }
         }
         match outcome {
             Ok(()) => savepoint.commit().await?,
-            Err(_) => savepoint.rollback().await?,
+            Err(_) => {
+                ids.clear();
+                savepoint.rollback().await?
+            }
         }
         outcomes.push(outcome);
     }
@@ -233,17 +244,35 @@ impl SqliteMetaStore {
     }
 }
 
-async fn repo_id(tx: &mut Transaction<'_, Sqlite>, repo: &RepoName) -> Result<Option<i64>> {
-    Ok(
-        sqlx::query_scalar("SELECT id FROM repositories WHERE name = ?")
-            .bind(repo.as_str())
-            .fetch_optional(&mut **tx)
-            .await?,
-    )
+/// Repository ids the writer has read, by name. Ids never change and repositories are never
+/// removed, so an id read once stays right — unless the transaction that created it is rolled
+/// back, which is why the writer clears this on every rollback.
+type RepoIds = std::collections::HashMap<String, i64>;
+
+async fn repo_id(
+    tx: &mut Transaction<'_, Sqlite>,
+    ids: &mut RepoIds,
+    repo: &RepoName,
+) -> Result<Option<i64>> {
+    if let Some(id) = ids.get(repo.as_str()) {
+        return Ok(Some(*id));
+    }
+    let id: Option<i64> = sqlx::query_scalar("SELECT id FROM repositories WHERE name = ?")
+        .bind(repo.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    if let Some(id) = id {
+        ids.insert(repo.as_str().to_string(), id);
+    }
+    Ok(id)
 }
 
-async fn ensure_repo(tx: &mut Transaction<'_, Sqlite>, repo: &RepoName) -> Result<i64> {
-    if let Some(id) = repo_id(tx, repo).await? {
+async fn ensure_repo(
+    tx: &mut Transaction<'_, Sqlite>,
+    ids: &mut RepoIds,
+    repo: &RepoName,
+) -> Result<i64> {
+    if let Some(id) = repo_id(tx, ids, repo).await? {
         return Ok(id);
     }
     Ok(
@@ -257,8 +286,12 @@ async fn ensure_repo(tx: &mut Transaction<'_, Sqlite>, repo: &RepoName) -> Resul
     )
 }
 
-async fn existing_repo(tx: &mut Transaction<'_, Sqlite>, repo: &RepoName) -> Result<i64> {
-    repo_id(tx, repo)
+async fn existing_repo(
+    tx: &mut Transaction<'_, Sqlite>,
+    ids: &mut RepoIds,
+    repo: &RepoName,
+) -> Result<i64> {
+    repo_id(tx, ids, repo)
         .await?
         .ok_or_else(|| MetaError::NotFound(format!("repository {repo}")))
 }
@@ -274,10 +307,14 @@ async fn has_manifest(tx: &mut Transaction<'_, Sqlite>, repo: i64, digest: &str)
     )
 }
 
-async fn apply_one(tx: &mut Transaction<'_, Sqlite>, change: Change) -> Result<()> {
+async fn apply_one(
+    tx: &mut Transaction<'_, Sqlite>,
+    ids: &mut RepoIds,
+    change: Change,
+) -> Result<()> {
     match change {
         Change::LinkBlob { repo, digest, size } => {
-            let id = ensure_repo(tx, &repo).await?;
+            let id = ensure_repo(tx, ids, &repo).await?;
             sqlx::query(
                 "INSERT INTO repo_blobs (repo_id, digest, size, created_at) VALUES (?, ?, ?, ?) \
                  ON CONFLICT (repo_id, digest) DO NOTHING",
@@ -290,7 +327,7 @@ async fn apply_one(tx: &mut Transaction<'_, Sqlite>, change: Change) -> Result<(
             .await?;
         }
         Change::UnlinkBlob { repo, digest } => {
-            let id = existing_repo(tx, &repo).await?;
+            let id = existing_repo(tx, ids, &repo).await?;
             let done = sqlx::query("DELETE FROM repo_blobs WHERE repo_id = ? AND digest = ?")
                 .bind(id)
                 .bind(digest.to_string())
@@ -306,7 +343,7 @@ async fn apply_one(tx: &mut Transaction<'_, Sqlite>, change: Change) -> Result<(
             blobs,
             children,
         } => {
-            let id = ensure_repo(tx, &repo).await?;
+            let id = ensure_repo(tx, ids, &repo).await?;
             let digest = manifest.digest.to_string();
             if has_manifest(tx, id, &digest).await? {
                 // The same content again (e.g. pushed under another tag): its references were
@@ -362,25 +399,29 @@ async fn apply_one(tx: &mut Transaction<'_, Sqlite>, change: Change) -> Result<(
             }
         }
         Change::SetTag { repo, tag, digest } => {
-            let id = ensure_repo(tx, &repo).await?;
+            let id = ensure_repo(tx, ids, &repo).await?;
             let d = digest.to_string();
-            if !has_manifest(tx, id, &d).await? {
-                return Err(MetaError::MissingReference(digest));
-            }
-            sqlx::query(
-                "INSERT INTO tags (repo_id, name, digest, updated_at) VALUES (?, ?, ?, ?) \
+            // One statement: set the tag only if the manifest is recorded in the repository.
+            let done = sqlx::query(
+                "INSERT INTO tags (repo_id, name, digest, updated_at) SELECT ?, ?, ?, ? \
+                 WHERE EXISTS (SELECT 1 FROM manifests WHERE repo_id = ? AND digest = ?) \
                  ON CONFLICT (repo_id, name) DO UPDATE SET digest = excluded.digest, \
                  updated_at = excluded.updated_at",
             )
             .bind(id)
             .bind(tag.as_str())
-            .bind(d)
+            .bind(&d)
             .bind(now())
+            .bind(id)
+            .bind(&d)
             .execute(&mut **tx)
             .await?;
+            if done.rows_affected() == 0 {
+                return Err(MetaError::MissingReference(digest));
+            }
         }
         Change::DeleteTag { repo, tag } => {
-            let id = existing_repo(tx, &repo).await?;
+            let id = existing_repo(tx, ids, &repo).await?;
             let done = sqlx::query("DELETE FROM tags WHERE repo_id = ? AND name = ?")
                 .bind(id)
                 .bind(tag.as_str())
@@ -391,7 +432,7 @@ async fn apply_one(tx: &mut Transaction<'_, Sqlite>, change: Change) -> Result<(
             }
         }
         Change::DeleteManifest { repo, digest } => {
-            let id = existing_repo(tx, &repo).await?;
+            let id = existing_repo(tx, ids, &repo).await?;
             let d = digest.to_string();
             let done = sqlx::query("DELETE FROM manifests WHERE repo_id = ? AND digest = ?")
                 .bind(id)
@@ -413,7 +454,7 @@ async fn apply_one(tx: &mut Transaction<'_, Sqlite>, change: Change) -> Result<(
                 .await?;
         }
         Change::CreateUpload { id, repo } => {
-            let rid = ensure_repo(tx, &repo).await?;
+            let rid = ensure_repo(tx, ids, &repo).await?;
             let t = now();
             sqlx::query(
                 "INSERT INTO uploads (id, repo_id, size, created_at, updated_at) VALUES (?, ?, 0, ?, ?)",
