@@ -18,3 +18,4 @@ pub mod meta;
 pub mod registry;
 pub mod server;
 pub mod storage;
+pub mod time;

@@ -1,8 +1,6 @@
 //! Log output as Distribution's `log` section configures it: level, formatter (`text`, `json`,
 //! `logstash`) and static `fields` added to every line. One line per event, on stderr.
 
-use std::fmt::Write as _;
-
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -75,7 +73,7 @@ where
         let mut c = Collect::default();
         event.record(&mut c);
         let meta = event.metadata();
-        let time = humantime_rfc3339(std::time::SystemTime::now());
+        let time = crate::time::rfc3339(std::time::SystemTime::now());
         let level = meta.level().as_str().to_ascii_lowercase();
         match self.format {
             Format::Text => {
@@ -107,33 +105,6 @@ where
     }
 }
 
-/// RFC 3339 UTC time with millisecond precision.
-fn humantime_rfc3339(t: std::time::SystemTime) -> String {
-    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let mut s = String::with_capacity(24);
-    let _ = write!(
-        s,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_millis()
-    );
-    s
-}
-
 /// Installs the global subscriber. `level` is a tracing filter (e.g. `info`); `RUST_LOG`
 /// overrides it when set.
 ///
@@ -157,13 +128,4 @@ pub fn init(
         .event_format(LineFormat { format, fields })
         .try_init();
     guard
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
-        assert_eq!(super::humantime_rfc3339(t), "2023-11-14T22:13:20.123Z");
-    }
 }
