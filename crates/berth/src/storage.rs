@@ -166,7 +166,7 @@ impl BlobStore {
         upload: &str,
         part: &str,
         body: S,
-        mut hasher: Option<&mut Hasher>,
+        hasher: Option<&mut Hasher>,
     ) -> Result<u64>
     where
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
@@ -179,26 +179,19 @@ impl BlobStore {
             .writer_with(&part_path(upload, part))
             .chunk(IO_CHUNK)
             .await?;
-        let mut body = body;
+        let mut body = hashing(body, hasher);
         let mut written = 0u64;
-        loop {
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    if let Some(h) = hasher.as_deref_mut() {
-                        h.update(&chunk);
-                    }
-                    written += chunk.len() as u64;
-                    if let Err(e) = w.write(chunk).await {
-                        let _ = w.abort().await;
-                        return Err(e.into());
-                    }
-                }
-                Some(Err(e)) => {
-                    let _ = w.abort().await;
-                    return Err(StorageError::Body(e));
-                }
-                None => break,
+        let copied: Result<()> = async {
+            while let Some(chunk) = body.try_next().await? {
+                written += chunk.len() as u64;
+                w.write(chunk).await?;
             }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = copied {
+            let _ = w.abort().await;
+            return Err(e);
         }
         w.close().await?;
         Ok(written)
@@ -499,6 +492,26 @@ impl BlobStore {
     }
 }
 
+/// The body of an upload with every chunk fed to `hasher` (when given) on the way; a failing body
+/// becomes [`StorageError::Body`].
+fn hashing<'a, S>(
+    body: S,
+    mut hasher: Option<&'a mut Hasher>,
+) -> impl Stream<Item = Result<Bytes>> + Send + Unpin + 'a
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + Unpin + 'a,
+{
+    body.map(move |chunk| match chunk {
+        Ok(chunk) => {
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(&chunk);
+            }
+            Ok(chunk)
+        }
+        Err(e) => Err(StorageError::Body(e)),
+    })
+}
+
 /// Writes an upload part to a local file: under a temporary name, renamed into place when the
 /// body is complete. Not fsynced: a part only needs to survive a crash of this process (the page
 /// cache does that); a power loss can cost an upload in progress, never a published blob —
@@ -506,8 +519,8 @@ impl BlobStore {
 async fn write_local_part<S>(
     root: &Path,
     rel: &str,
-    mut body: S,
-    mut hasher: Option<&mut Hasher>,
+    body: S,
+    hasher: Option<&mut Hasher>,
 ) -> Result<u64>
 where
     S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
@@ -540,21 +553,13 @@ where
     };
     let mut buf = bytes::BytesMut::with_capacity(IO_CHUNK);
     let mut written = 0u64;
+    let mut body = hashing(body, hasher);
     let result: Result<()> = async {
-        loop {
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    if let Some(h) = hasher.as_deref_mut() {
-                        h.update(&chunk);
-                    }
-                    written += chunk.len() as u64;
-                    buf.extend_from_slice(&chunk);
-                    if buf.len() >= IO_CHUNK {
-                        flush(&mut buf).await?;
-                    }
-                }
-                Some(Err(e)) => return Err(StorageError::Body(e)),
-                None => break,
+        while let Some(chunk) = body.try_next().await? {
+            written += chunk.len() as u64;
+            buf.extend_from_slice(&chunk);
+            if buf.len() >= IO_CHUNK {
+                flush(&mut buf).await?;
             }
         }
         if !buf.is_empty() {
