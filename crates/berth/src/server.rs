@@ -280,26 +280,11 @@ pub async fn serve(
         delivery_stop.cancel();
     };
     match &settings.tls {
-        None => {
-            let listener = crate::listener::PlainListener(listener);
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
-            )
-            .with_graceful_shutdown(graceful)
-            .await
-            .context("serving")?;
-        }
+        None => serve_on(crate::listener::PlainListener(listener), app, graceful).await?,
         Some((cert, key, cas)) => {
             let config = crate::listener::server_config(cert, key, cas)?;
             let listener = crate::listener::TlsListener::new(listener, config)?;
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
-            )
-            .with_graceful_shutdown(graceful)
-            .await
-            .context("serving")?;
+            serve_on(listener, app, graceful).await?
         }
     }
     for t in tasks {
@@ -312,6 +297,27 @@ pub async fn serve(
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Serves `app` on `listener` until `graceful` completes, then lets in-flight requests finish.
+async fn serve_on<L>(
+    listener: L,
+    app: axum::Router,
+    graceful: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    crate::http::PeerAddr:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
+    )
+    .with_graceful_shutdown(graceful)
+    .await
+    .context("serving")
 }
 
 /// Removes abandoned uploads every `interval`.
