@@ -120,6 +120,21 @@ impl Setup {
         std::fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
     }
 
+    /// Starts Berth with its defaults on a data directory, logging to this setup's stderr file.
+    fn launch_on(&self, root: &Path) -> Registry {
+        Registry::launch(&Launch {
+            args: vec![
+                "--addr".into(),
+                "127.0.0.1:0".into(),
+                "--data".into(),
+                root.to_string_lossy().into_owned(),
+            ],
+            stderr: Some(self.path("stderr.log")),
+            ..Launch::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     fn launch(&self, config: &Path, env: &[(&str, &str)]) -> Result<Registry, String> {
         Registry::launch(&Launch {
             args: vec![config.to_string_lossy().into_owned()],
@@ -951,17 +966,7 @@ async fn takes_over_a_distribution_root_without_copying_blobs() {
     }
     assert!(before.len() > 10);
 
-    let reg = Registry::launch(&Launch {
-        args: vec![
-            "--addr".into(),
-            "127.0.0.1:0".into(),
-            "--data".into(),
-            root.to_string_lossy().into_owned(),
-        ],
-        stderr: Some(s.path("stderr.log")),
-        ..Launch::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let reg = s.launch_on(&root);
     assert!(s.stderr().contains("import finished"), "{}", s.stderr());
     assert_serves_everything(&reg, &pushed).await;
     for (path, ino) in &before {
@@ -1028,17 +1033,7 @@ async fn import_killed_part_way_finishes_on_restart_without_duplicates() {
         }
     }
     assert!(interrupted > 0, "no kill interrupted the import");
-    let reg = Registry::launch(&Launch {
-        args: vec![
-            "--addr".into(),
-            "127.0.0.1:0".into(),
-            "--data".into(),
-            root.to_string_lossy().into_owned(),
-        ],
-        stderr: Some(s.path("stderr.log")),
-        ..Launch::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let reg = s.launch_on(&root);
     assert_serves_everything(&reg, &pushed).await;
     drop(reg);
     // Running the import again by hand changes nothing and finds everything.
@@ -1079,17 +1074,7 @@ async fn corrupt_blobs_are_reported_and_never_served() {
     bytes[0] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();
 
-    let reg = Registry::launch(&Launch {
-        args: vec![
-            "--addr".into(),
-            "127.0.0.1:0".into(),
-            "--data".into(),
-            root.to_string_lossy().into_owned(),
-        ],
-        stderr: Some(s.path("stderr.log")),
-        ..Launch::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let reg = s.launch_on(&root);
     let log = s.stderr();
     assert!(
         log.contains(&format!("blob {}: corrupt", layer.digest)),
