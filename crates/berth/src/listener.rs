@@ -17,7 +17,9 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::http::PeerAddr;
+/// The client's address, as connection info of both the plain and the TLS listener.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// Builds the server configuration: certificate chain and key, and — when `client_cas` are
 /// given — required client certificates signed by one of them.
@@ -159,4 +161,15 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Plai
     fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
         PeerAddr(*stream.remote_addr())
     }
+}
+
+/// Binds a listener and reports the bound address (`<what> listening on ADDR` on stdout, which
+/// scripts and tests read to learn an ephemeral port).
+pub async fn bind(addr: &str, what: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    println!("{what} listening on {local}");
+    Ok((listener, local))
 }

@@ -4,14 +4,12 @@
 
 use std::future::Future;
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axum::http::{HeaderName, HeaderValue};
-use tokio::net::TcpListener;
 
 use crate::config::{Config, Status};
 use crate::http::EdgeSettings;
@@ -187,17 +185,6 @@ pub async fn import_if_needed(store: &BlobStore, meta: &dyn MetaStore) -> anyhow
     Ok(())
 }
 
-/// Binds a listener and reports the bound address (`<what> listening on ADDR` on stdout, which
-/// scripts and tests read to learn an ephemeral port).
-pub async fn bind(addr: &str, what: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    let local = listener.local_addr()?;
-    println!("{what} listening on {local}");
-    Ok((listener, local))
-}
-
 /// Logs what the configuration asks for that Berth does not do (yet), so nothing is ignored
 /// silently.
 pub fn report_options(config: &Config) {
@@ -272,7 +259,7 @@ pub async fn serve(
     let authenticator =
         crate::auth::Authenticator::from_config(&settings.config.auth).context("auth")?;
     let app = crate::http::router(registry.clone(), edge, authenticator);
-    let (listener, local) = bind(&settings.addr, "berth").await?;
+    let (listener, local) = crate::listener::bind(&settings.addr, "berth").await?;
     tracing::info!(%local, tls = settings.tls.is_some(), "serving");
     let graceful = async move {
         shutdown.await;

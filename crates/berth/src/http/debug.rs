@@ -51,7 +51,7 @@ pub async fn start(
         None => false,
     };
     let app = app.with_state(registry);
-    let (listener, _) = crate::server::bind(addr, "debug").await?;
+    let (listener, _) = crate::listener::bind(addr, "debug").await?;
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.changed().await;

@@ -267,9 +267,7 @@ fn request_context(edge: &Edge, parts: &Parts) -> RequestContext {
     }
 }
 
-/// The client's address, as connection info of both the plain and the TLS listener.
-#[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub std::net::SocketAddr);
+pub use crate::listener::PeerAddr;
 
 /// The authenticated name of the client, put in the request extensions by the auth layer.
 #[derive(Clone, Debug)]
