@@ -224,23 +224,3 @@ mod tests {
         assert_eq!(v["schemaVersion"], 2);
     }
 }
-
-#[cfg(test)]
-mod speed {
-    #[test]
-    #[ignore]
-    fn sha256_speed() {
-        use sha2::{Digest as _, Sha256};
-        let buf = super::gen_bytes(1, 64 << 20);
-        let t = std::time::Instant::now();
-        let mut h = Sha256::new();
-        for _ in 0..4 {
-            h.update(&buf);
-        }
-        let _ = h.finalize();
-        eprintln!(
-            "sha256: {:.0} MB/s",
-            256.0 * 1.048576 / t.elapsed().as_secs_f64()
-        );
-    }
-}

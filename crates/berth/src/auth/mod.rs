@@ -15,20 +15,8 @@
 //!   Distribution;
 //! - credentials (tokens, passwords) are never logged nor put in messages.
 //!
-//! Typical edge use (an axum middleware):
-//!
-//! ```ignore
-//! let auth = Authenticator::from_config(&config.auth)?; // None: no auth configured
-//! // per request:
-//! let needed = vec![Scope::repository("library/alpine", &["pull"])];
-//! let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-//! match auth.authenticate(header, &needed) {
-//!     Ok(identity) => { /* continue; identity.subject for logs/events */ }
-//!     Err(ch) => { /* ch.status, WWW-Authenticate: ch.www_authenticate,
-//!                     body {"errors":[{"code": ch.code(), "message": ch.message,
-//!                                      "detail": ch.detail()}]} */ }
-//! }
-//! ```
+//! The edge calls [`Authenticator::authenticate_request`] once per request, from its
+//! authentication layer (`http::auth`), with the scopes the route needs.
 
 pub mod htpasswd;
 mod keys;
