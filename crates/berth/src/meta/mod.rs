@@ -2,7 +2,7 @@
 //! referrers, upload sessions and the event outbox.
 //!
 //! [`MetaStore`] is the one interface the core uses; SQLite implements it now and PostgreSQL will
-//! implement the same trait and pass the same test suite ([`testsuite`]). Every change goes
+//! implement the same trait and pass the same test suite (`testsuite`). Every change goes
 //! through [`MetaStore::apply`]: one call, one transaction, so a change and the event that reports
 //! it ([`Change::Enqueue`]) commit together or not at all.
 //!

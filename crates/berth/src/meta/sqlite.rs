@@ -1,7 +1,7 @@
 //! [`MetaStore`] on embedded SQLite (sqlx), the default metadata store.
 //!
 //! One writer connection driven by one task that commits the changes of many callers together
-//! (group commit; see [`write_loop`]); `BEGIN IMMEDIATE` plus a busy timeout serializes it with
+//! (group commit; see `write_loop`); `BEGIN IMMEDIATE` plus a busy timeout serializes it with
 //! other processes sharing the file. A small pool of readers, WAL journal, `synchronous = FULL` so
 //! that an acknowledged change survives a power cut.
 
