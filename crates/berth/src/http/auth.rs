@@ -151,42 +151,61 @@ mod tests {
 
     #[test]
     fn scopes_by_route() {
-        assert_eq!(scopes(Method::GET, "/v2/", None), Some(vec![]));
-        assert_eq!(scopes(Method::GET, "/debug/health", None), None);
-        assert_eq!(
-            scopes(Method::GET, "/v2/_catalog", None),
-            Some(vec!["registry:catalog:*".into()])
-        );
-        assert_eq!(
-            scopes(Method::HEAD, "/v2/a/b/manifests/latest", None),
-            Some(vec!["repository:a/b:pull".into()])
-        );
-        assert_eq!(
-            scopes(Method::PUT, "/v2/a/manifests/latest", None),
-            Some(vec!["repository:a:pull,push".into()])
-        );
-        assert_eq!(
-            scopes(Method::DELETE, "/v2/a/blobs/sha256:x", None),
-            Some(vec!["repository:a:delete".into()])
-        );
-        assert_eq!(
-            scopes(Method::PATCH, "/v2/a/blobs/uploads/u1", None),
-            Some(vec!["repository:a:pull,push".into()])
-        );
-        assert_eq!(
-            scopes(
+        // (method, path, query, the scopes it needs; None: no authentication at all)
+        type Case<'a> = (Method, &'a str, Option<&'a str>, Option<&'a [&'a str]>);
+        let cases: &[Case] = &[
+            (Method::GET, "/v2/", None, Some(&[])),
+            (Method::GET, "/debug/health", None, None),
+            (
+                Method::GET,
+                "/v2/_catalog",
+                None,
+                Some(&["registry:catalog:*"]),
+            ),
+            (
+                Method::HEAD,
+                "/v2/a/b/manifests/latest",
+                None,
+                Some(&["repository:a/b:pull"]),
+            ),
+            (
+                Method::PUT,
+                "/v2/a/manifests/latest",
+                None,
+                Some(&["repository:a:pull,push"]),
+            ),
+            (
+                Method::DELETE,
+                "/v2/a/blobs/sha256:x",
+                None,
+                Some(&["repository:a:delete"]),
+            ),
+            (
+                Method::PATCH,
+                "/v2/a/blobs/uploads/u1",
+                None,
+                Some(&["repository:a:pull,push"]),
+            ),
+            (
                 Method::POST,
                 "/v2/a/blobs/uploads/",
-                Some("mount=sha256:x&from=other/repo")
+                Some("mount=sha256:x&from=other/repo"),
+                Some(&["repository:a:pull,push", "repository:other/repo:pull"]),
             ),
-            Some(vec![
-                "repository:a:pull,push".into(),
-                "repository:other/repo:pull".into()
-            ])
-        );
-        assert_eq!(
-            scopes(Method::GET, "/v2/a/tags/list", None),
-            Some(vec!["repository:a:pull".into()])
-        );
+            (
+                Method::GET,
+                "/v2/a/tags/list",
+                None,
+                Some(&["repository:a:pull"]),
+            ),
+        ];
+        for (method, path, query, want) in cases {
+            let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(
+                scopes(method.clone(), path, *query),
+                want,
+                "{method} {path}"
+            );
+        }
     }
 }

@@ -173,11 +173,8 @@ async fn base() -> Response {
 /// Routes `/v2/<name>/...` requests, whose names span several path segments.
 async fn dispatch(State(reg): State<AppState>, req: Request) -> Response {
     let path = req.uri().path().to_string();
-    let Some(rest) = path.strip_prefix("/v2/").or_else(|| {
-        // Nested under a prefix, the path may still carry it.
-        path.strip_prefix(reg.settings.prefix.as_str())
-            .and_then(|p| p.strip_prefix("/v2/"))
-    }) else {
+    // Under `http.prefix` the router is nested, which strips the prefix before this point.
+    let Some(rest) = path.strip_prefix("/v2/") else {
         return ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "not an OCI API path")
             .into_response();
     };

@@ -93,10 +93,10 @@ pub async fn start(
         reg.push_blob(ctx, repo, &digest, body_stream(body)).await?;
         return created(reg, repo, &digest);
     }
-    let up = reg.start_upload(repo).await?;
+    let id = reg.start_upload(repo).await?;
     respond(
         StatusCode::ACCEPTED,
-        &session_headers(reg, repo, &up.id, 0),
+        &session_headers(reg, repo, &id, 0),
         Body::empty(),
     )
 }

@@ -705,21 +705,23 @@ impl MetaStore for SqliteMetaStore {
 
 #[cfg(test)]
 mod tests {
+    /// A store on a fresh database file (the directory must outlive the store).
+    async fn fresh(dir: &tempfile::TempDir) -> super::SqliteMetaStore {
+        super::SqliteMetaStore::open(&dir.path().join("meta.db"))
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn sqlite_passes_the_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let store = super::SqliteMetaStore::open(&dir.path().join("meta.db"))
-            .await
-            .unwrap();
-        crate::meta::testsuite::run(&store).await;
+        crate::meta::testsuite::run(&fresh(&dir).await).await;
     }
 
     #[tokio::test]
     async fn cached_sqlite_passes_the_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let store = super::SqliteMetaStore::open(&dir.path().join("meta.db"))
-            .await
-            .unwrap();
+        let store = fresh(&dir).await;
         let cached = crate::meta::cache::CachedMetaStore::new(std::sync::Arc::new(store));
         crate::meta::testsuite::run(&cached).await;
     }

@@ -352,8 +352,8 @@ impl Registry {
 
     // ---- uploads -----------------------------------------------------------------------------
 
-    /// Starts an upload session in `repo`.
-    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadRecord> {
+    /// Starts an upload session in `repo`; returns its id.
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
         self.meta
             .apply(vec![Change::CreateUpload {
@@ -361,13 +361,7 @@ impl Registry {
                 repo: repo.clone(),
             }])
             .await?;
-        Ok(UploadRecord {
-            id,
-            repo: repo.clone(),
-            size: 0,
-            parts: Vec::new(),
-            created_at: 0,
-        })
+        Ok(id)
     }
 
     /// An upload session of `repo`.
