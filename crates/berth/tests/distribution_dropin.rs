@@ -425,6 +425,19 @@ async fn external_registry_fixture_uses_token_auth() {
     .await
     .unwrap();
     assert!(denied.is_err(), "alice pushed to bob/app");
+    // The refusal is the registry's: nothing reached bob/app.
+    let admin = token_for(&tokens, "admin", "admin-pass", &["repository:bob/app:pull"]).await;
+    let resp = client()
+        .head(reg.url("/v2/bob/app/manifests/v1"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        404,
+        "bob/app:v1 exists after alice's refused push"
+    );
 }
 
 #[tokio::test]
