@@ -16,10 +16,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::meta::{Change, ManifestRecord, MetaError, MetaStore};
-use crate::registry::digest::Digest;
-use crate::registry::manifest;
-use crate::registry::name::{Reference, RepoName, Tag};
+use crate::meta::{Change, ChildRef, ManifestRecord, MetaError, MetaStore};
+use crate::oci::digest::Digest;
+use crate::oci::manifest;
+use crate::oci::name::{Reference, RepoName, Tag};
 use crate::storage::{BlobStore, StorageError};
 
 const REPOSITORIES: &str = "docker/registry/v2/repositories/";
@@ -219,6 +219,7 @@ async fn import_repo(
                 repo: repo.clone(),
                 digest: d.clone(),
                 size,
+                mounted_from: None,
             });
             report.blobs += 1;
         }
@@ -280,7 +281,14 @@ async fn import_repo(
                 annotations: parsed.annotations,
             },
             blobs: parsed.blobs,
-            children: parsed.children,
+            children: parsed
+                .children
+                .into_iter()
+                .map(|c| ChildRef {
+                    digest: c.digest,
+                    required: true,
+                })
+                .collect(),
         });
     }
     loop {

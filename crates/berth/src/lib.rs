@@ -15,6 +15,7 @@ pub mod import;
 pub mod listener;
 pub mod logging;
 pub mod meta;
+pub mod oci;
 pub mod registry;
 pub mod server;
 pub mod storage;

@@ -16,7 +16,8 @@ use crate::http::EdgeSettings;
 use crate::import;
 use crate::meta::sqlite::SqliteMetaStore;
 use crate::meta::MetaStore;
-use crate::registry::Registry;
+use crate::oci::manifest::Platform;
+use crate::registry::{IndexChildren, Registry};
 use crate::storage::BlobStore;
 
 /// The configuration Berth uses when it is given no configuration file. `REGISTRY_*`
@@ -163,6 +164,27 @@ impl Settings {
 }
 
 /// Opens the blob store and metadata store of a data directory.
+/// Which children of a pushed index must be present (`validation.manifests.indexes`). With
+/// `validation.disabled`, Distribution skips index checks altogether.
+fn index_children(v: &crate::config::Validation) -> IndexChildren {
+    let indexes = &v.manifests.indexes;
+    match indexes.platforms.as_deref().map(str::to_ascii_lowercase) {
+        _ if v.disabled && !v.enabled => IndexChildren::None,
+        Some(p) if p == "none" => IndexChildren::None,
+        Some(p) if p == "list" => IndexChildren::Platforms(
+            indexes
+                .platformlist
+                .iter()
+                .map(|p| Platform {
+                    architecture: p.architecture.clone().unwrap_or_default(),
+                    os: p.os.clone().unwrap_or_default(),
+                })
+                .collect(),
+        ),
+        _ => IndexChildren::All,
+    }
+}
+
 pub async fn open_stores(data: &Path) -> anyhow::Result<(BlobStore, Arc<dyn MetaStore>)> {
     let store =
         BlobStore::fs(data).with_context(|| format!("opening storage under {}", data.display()))?;
@@ -229,7 +251,8 @@ pub async fn serve(
     let notifications = &settings.config.notifications;
     let notifier = crate::events::Notifier::new(notifications, settings.addr.clone())
         .context("notifications")?;
-    let mut registry = Registry::new(meta.clone(), store);
+    let mut registry = Registry::new(meta.clone(), store)
+        .with_index_children(index_children(&settings.config.validation));
     if notifier.is_active() {
         registry = registry.with_events(Arc::new(notifier));
     }

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use opendal::{services, ErrorKind, Operator};
 
-use crate::registry::digest::{Digest, Hasher};
+use crate::oci::digest::{Digest, Hasher};
 
 /// Size of the buffered writes to the backend, and of reads from it.
 const IO_CHUNK: usize = 1 << 20;
@@ -45,10 +45,49 @@ pub enum StorageError {
     PartMissing(String),
     #[error("reading the request body failed: {0}")]
     Body(io::Error),
+    /// The backend has no space left: nothing was published.
+    #[error("no space left: {0}")]
+    Full(String),
     #[error("storage backend error: {0}")]
-    Backend(#[from] opendal::Error),
+    Backend(opendal::Error),
     #[error("storage I/O error: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+/// Whether an error (or one of its causes) says the device is full.
+fn is_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    const ENOSPC: i32 = 28;
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::StorageFull || io.raw_os_error() == Some(ENOSPC) {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    // Some backends keep only the message of the cause.
+    e.to_string().contains("No space left on device")
+}
+
+impl From<io::Error> for StorageError {
+    fn from(e: io::Error) -> Self {
+        if is_full(&e) {
+            StorageError::Full(e.to_string())
+        } else {
+            StorageError::Io(e)
+        }
+    }
+}
+
+impl From<opendal::Error> for StorageError {
+    fn from(e: opendal::Error) -> Self {
+        if is_full(&e) {
+            StorageError::Full(e.to_string())
+        } else {
+            StorageError::Backend(e)
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;
@@ -698,7 +737,7 @@ fn not_found_or(e: opendal::Error, d: &Digest) -> StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::digest::Algorithm;
+    use crate::oci::digest::Algorithm;
 
     fn body(chunks: &[&[u8]]) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin {
         futures::stream::iter(

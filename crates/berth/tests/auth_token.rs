@@ -351,7 +351,6 @@ fn authenticator_flow() {
             ch.www_authenticate.as_deref(),
             Some(format!(r#"{base},scope="repository:foo:pull""#).as_str())
         );
-        assert_eq!(ch.code(), "UNAUTHORIZED");
     }
     // Invalid token.
     let ch = auth

@@ -160,10 +160,11 @@ async fn invalid_tags() {
             "TAG_INVALID",
         )
         .await;
+        // Nothing can exist under an impossible reference: a read finds nothing.
         expect_error(
             get_manifest(&reg, repo, tag, None).await,
-            400,
-            "TAG_INVALID",
+            404,
+            "MANIFEST_UNKNOWN",
         )
         .await;
         let resp = client()

@@ -24,9 +24,9 @@ use berth::events::{
 };
 use berth::meta::sqlite::SqliteMetaStore;
 use berth::meta::MetaStore;
-use berth::registry::digest::{Algorithm, Digest};
-use berth::registry::events::RequestContext;
-use berth::registry::name::{Reference, RepoName};
+use berth::oci::digest::{Algorithm, Digest};
+use berth::oci::name::{Reference, RepoName};
+use berth::registry::events::{with_request, RequestContext};
 use berth::registry::Registry;
 use berth::storage::BlobStore;
 
@@ -203,7 +203,7 @@ fn sha256(data: &[u8]) -> Digest {
 async fn push_blob(reg: &Registry, repo_name: &str, data: &[u8]) -> Digest {
     let digest = sha256(data);
     let body = futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::copy_from_slice(data))]);
-    reg.push_blob(&ctx("PUT"), &repo(repo_name), &digest, body)
+    with_request(ctx("PUT"), reg.push_blob(&repo(repo_name), &digest, body))
         .await
         .unwrap();
     digest
@@ -245,16 +245,20 @@ async fn push_image(
     let body = image_manifest(&c, config.len(), &l, layer.len());
     let digest = sha256(&body);
     let reference: Reference = reference.parse().unwrap();
-    reg.put_manifest(
-        &ctx("PUT"),
-        &repo(repo_name),
-        &reference,
-        Some(OCI_MANIFEST),
-        body.clone(),
-    )
-    .await
-    .unwrap();
+    let target = repo(repo_name);
+    let put = reg.put_manifest(&target, &reference, &[], Some(OCI_MANIFEST), body.clone());
+    with_request(ctx("PUT"), put).await.unwrap();
     (digest, body)
+}
+
+/// Pulls a manifest by `reference` as a GET request would, returning its bytes.
+async fn pull(reg: &Registry, repo_name: &str, reference: &str) -> Bytes {
+    let reference: Reference = reference.parse().unwrap();
+    let repo = repo(repo_name);
+    let found = reg.manifest(&repo, &reference).await.unwrap();
+    with_request(ctx("GET"), reg.pull_manifest(&repo, &reference, &found))
+        .await
+        .unwrap()
 }
 
 /// (action, repository, digest or tag) of an event, for comparing sequences.
@@ -289,37 +293,25 @@ async fn every_kind_of_event_arrives_with_distributions_fields() {
 
     let blob = push_blob(&reg, "lib/app", b"a layer").await;
     let (manifest, body) = push_image(&reg, "lib/app", "one", "latest").await;
-    reg.note_pull(
-        &ctx("GET"),
-        &repo("lib/app"),
-        &manifest,
-        OCI_MANIFEST,
-        body.len() as u64,
-        Some(&"latest".parse().unwrap()),
+    assert_eq!(pull(&reg, "lib/app", "latest").await, body);
+    let (other, app) = (repo("other"), repo("lib/app"));
+    let mount = reg.mount_blob(&other, &blob, Some(&app), &|_| true);
+    assert!(with_request(ctx("POST"), mount).await.unwrap());
+    let latest = "latest".parse().unwrap();
+    with_request(
+        ctx("DELETE"),
+        reg.delete_manifest(&repo("lib/app"), &latest),
     )
     .await
     .unwrap();
-    assert!(reg
-        .mount_blob(
-            &ctx("POST"),
-            &repo("other"),
-            &blob,
-            Some(&repo("lib/app")),
-            &|_| true,
-        )
-        .await
-        .unwrap());
-    reg.delete_manifest(&ctx("DELETE"), &repo("lib/app"), &"latest".parse().unwrap())
-        .await
-        .unwrap();
-    reg.delete_manifest(
-        &ctx("DELETE"),
-        &repo("lib/app"),
-        &Reference::Digest(manifest.clone()),
+    let by_digest = Reference::Digest(manifest.clone());
+    with_request(
+        ctx("DELETE"),
+        reg.delete_manifest(&repo("lib/app"), &by_digest),
     )
     .await
     .unwrap();
-    reg.delete_blob(&ctx("DELETE"), &repo("other"), &blob)
+    with_request(ctx("DELETE"), reg.delete_blob(&repo("other"), &blob))
         .await
         .unwrap();
 
@@ -463,17 +455,9 @@ async fn ignored_actions_and_media_types_are_not_sent() {
     let tasks = spawn_delivery(meta.clone(), &config.endpoints, shutdown.clone());
 
     let (first, body) = push_image(&reg, "r", "one", "v1").await;
-    reg.note_pull(
-        &ctx("GET"),
-        &repo("r"),
-        &first,
-        OCI_MANIFEST,
-        body.len() as u64,
-        None,
-    )
-    .await
-    .unwrap();
-    reg.delete_manifest(&ctx("DELETE"), &repo("r"), &"v1".parse().unwrap())
+    assert_eq!(pull(&reg, "r", &first.to_string()).await, body);
+    let v1 = "v1".parse().unwrap();
+    with_request(ctx("DELETE"), reg.delete_manifest(&repo("r"), &v1))
         .await
         .unwrap();
     // A wanted event after the ignored ones: once it is in, nothing else will come.

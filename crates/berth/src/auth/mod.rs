@@ -115,12 +115,6 @@ pub struct Challenge {
 }
 
 impl Challenge {
-    /// The OCI error code for the body: `UNAUTHORIZED` (as Distribution, also for insufficient
-    /// scope).
-    pub fn code(&self) -> &'static str {
-        "UNAUTHORIZED"
-    }
-
     /// The error body's `detail`, as Distribution writes it: one object per needed action,
     /// `[{"Type":"repository","Class":"","Name":"foo","Action":"pull"}, ...]`.
     pub fn detail(&self) -> serde_json::Value {
@@ -207,7 +201,7 @@ impl Authenticator {
     ///
     /// `Ok(identity)`: go on. `Err(challenge)`: answer `challenge.status` with
     /// `WWW-Authenticate: challenge.www_authenticate` and an OCI error body
-    /// (`challenge.code()`, `challenge.message`, `challenge.detail()`).
+    /// (`challenge.message`, `challenge.detail()`; the edge renders it as `UNAUTHORIZED`).
     ///
     /// Token auth with `autoredirect`: use [`authenticate_request`](Self::authenticate_request).
     pub fn authenticate(

@@ -104,6 +104,7 @@ pub const OPTION_TABLE: &[(&str, Status)] = &[
     ("health", Status::NotImplemented),
     ("proxy", Status::NotImplemented),
     ("validation", Status::NotImplemented),
+    ("validation.manifests.indexes", Status::Active),
     ("compatibility", Status::NotImplemented),
     ("policy", Status::NotImplemented),
 ];

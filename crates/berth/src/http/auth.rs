@@ -6,13 +6,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::routes::{self, Endpoint};
 use super::Actor;
-use crate::auth::{Authenticator, Challenge, Scope};
+use crate::auth::{Authenticator, Scope};
 
 /// The state of the layer: the authenticator and the API's path prefix.
 pub struct AuthState {
@@ -57,27 +57,6 @@ fn needed(method: &Method, path: &str, query: Option<&str>, prefix: &str) -> Opt
     Some(scopes)
 }
 
-fn refuse(ch: Challenge) -> Response {
-    let status = StatusCode::from_u16(ch.status).unwrap_or(StatusCode::UNAUTHORIZED);
-    let body = serde_json::json!({
-        "errors": [{ "code": ch.code(), "message": ch.message, "detail": ch.detail() }]
-    });
-    let mut resp = (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response();
-    if let Some(v) = ch
-        .www_authenticate
-        .as_deref()
-        .and_then(|v| header::HeaderValue::from_str(v).ok())
-    {
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    }
-    resp
-}
-
 /// The middleware.
 pub async fn authenticate(
     State(state): State<Arc<AuthState>>,
@@ -120,12 +99,7 @@ pub async fn authenticate(
         match tokio::task::spawn_blocking(check).await {
             Ok(r) => r,
             Err(_) => {
-                return super::ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "UNKNOWN",
-                    "authentication failed unexpectedly",
-                )
-                .into_response()
+                return super::ApiError::internal("the authentication task failed").into_response()
             }
         }
     } else {
@@ -137,7 +111,7 @@ pub async fn authenticate(
             req.extensions_mut().insert(Arc::new(identity));
             next.run(req).await
         }
-        Err(ch) => refuse(ch),
+        Err(ch) => super::ApiError::from(ch).into_response(),
     }
 }
 

@@ -7,9 +7,8 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 
 use super::{header_str, respond, ApiResult, AppState, CONTENT_DIGEST};
-use crate::registry::digest::Digest;
-use crate::registry::events::{RequestContext, BLOB_MEDIA_TYPE};
-use crate::registry::name::RepoName;
+use crate::oci::digest::Digest;
+use crate::oci::name::RepoName;
 use crate::registry::RegistryError;
 
 /// What a `Range` request header asks of a blob of `size` bytes.
@@ -50,14 +49,13 @@ fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
 
 pub async fn get(
     reg: &AppState,
-    ctx: &RequestContext,
     repo: &RepoName,
     digest: &str,
     req: &Parts,
     with_body: bool,
 ) -> ApiResult {
     let digest: Digest = digest.parse()?;
-    let size = reg.blob_size(repo, &digest).await?;
+    let size = reg.core.blob_size(repo, &digest).await?;
     let range = parse_range(header_str(&req.headers, header::RANGE), size);
     let (status, range) = match range {
         RangeRequest::Whole => (StatusCode::OK, 0..size),
@@ -82,9 +80,7 @@ pub async fn get(
         ));
     }
     let body = if with_body && range.end > range.start {
-        let stream = reg.read_blob(repo, &digest, range).await?;
-        reg.note_pull(ctx, repo, &digest, BLOB_MEDIA_TYPE, size, None)
-            .await?;
+        let stream = reg.core.read_blob(repo, &digest, size, range).await?;
         Body::from_stream(stream)
     } else {
         Body::empty()
@@ -92,14 +88,9 @@ pub async fn get(
     respond(status, &headers, body)
 }
 
-pub async fn delete(
-    reg: &AppState,
-    ctx: &RequestContext,
-    repo: &RepoName,
-    digest: &str,
-) -> ApiResult {
+pub async fn delete(reg: &AppState, repo: &RepoName, digest: &str) -> ApiResult {
     let digest: Digest = digest.parse()?;
-    reg.delete_blob(ctx, repo, &digest).await?;
+    reg.core.delete_blob(repo, &digest).await?;
     respond(
         StatusCode::ACCEPTED,
         &[(CONTENT_DIGEST, digest.to_string())],

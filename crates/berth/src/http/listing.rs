@@ -8,10 +8,10 @@ use axum::http::{header, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::{query, query_param, respond, ApiError, ApiResult, AppState};
-use crate::meta::Page;
-use crate::registry::digest::Digest;
-use crate::registry::manifest::OCI_INDEX;
-use crate::registry::name::RepoName;
+use crate::oci::digest::Digest;
+use crate::oci::manifest::OCI_INDEX;
+use crate::oci::name::RepoName;
+use crate::oci::Page;
 
 const FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
 
@@ -21,11 +21,8 @@ fn page(req: &Parts) -> Result<(Page, Option<u32>), ApiError> {
     let n = match query_param(&q, "n") {
         None | Some("") => None,
         Some(v) => Some(v.parse::<u32>().map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "UNSUPPORTED",
-                format!("n={v:?} is not a non-negative integer"),
-            )
+            ApiError::unsupported(format!("n={v:?} is not a non-negative integer"))
+                .with_status(StatusCode::BAD_REQUEST)
         })?),
     };
     let page = Page {
@@ -66,16 +63,17 @@ fn json(
 pub async fn tags(reg: &AppState, repo: &RepoName, req: &Parts) -> ApiResult {
     let (page, n) = page(req)?;
     let mut tags = if n == Some(0) {
-        reg.tags(
-            repo,
-            &Page {
-                limit: Some(0),
-                ..page
-            },
-        )
-        .await?
+        reg.core
+            .tags(
+                repo,
+                &Page {
+                    limit: Some(0),
+                    ..page
+                },
+            )
+            .await?
     } else {
-        reg.tags(repo, &page).await?
+        reg.core.tags(repo, &page).await?
     };
     let link = paginate(&mut tags, n, &reg.url(&format!("/v2/{repo}/tags/list")));
     json(
@@ -93,7 +91,7 @@ pub async fn catalog(State(reg): State<AppState>, req: Request) -> Response {
         let mut repos = if n == Some(0) {
             Vec::new()
         } else {
-            reg.catalog(&page).await?
+            reg.core.catalog(&page).await?
         };
         let link = paginate(&mut repos, n, &reg.url("/v2/_catalog"));
         json(
@@ -111,7 +109,7 @@ pub async fn referrers(reg: &AppState, repo: &RepoName, digest: &str, req: &Part
     let subject: Digest = digest.parse()?;
     let q = query(req);
     let artifact_type = query_param(&q, "artifactType").filter(|t| !t.is_empty());
-    let records = reg.referrers(repo, &subject, artifact_type).await?;
+    let records = reg.core.referrers(repo, &subject, artifact_type).await?;
     let manifests: Vec<serde_json::Value> = records
         .into_iter()
         .map(|m| {

@@ -6,24 +6,30 @@ use axum::http::{header, HeaderName, StatusCode};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
-use super::{header_str, respond, ApiError, ApiResult, AppState, CONTENT_DIGEST};
-use crate::registry::events::RequestContext;
-use crate::registry::manifest::{self, MAX_MANIFEST_SIZE};
-use crate::registry::name::{Reference, RepoName};
+use super::{header_str, query, respond, ApiError, ApiResult, AppState, ErrorCode, CONTENT_DIGEST};
+use crate::oci::manifest::{self, MAX_MANIFEST_SIZE};
+use crate::oci::name::{Reference, ReferenceError, RepoName, Tag};
 use crate::registry::RegistryError;
 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
 
 pub async fn get(
     reg: &AppState,
-    ctx: &RequestContext,
     repo: &RepoName,
     reference: &str,
     req: &Parts,
     with_body: bool,
 ) -> ApiResult {
-    let reference: Reference = reference.parse()?;
-    let record = reg.manifest(repo, &reference).await?;
+    let reference: Reference = match reference.parse() {
+        Ok(r) => r,
+        // Nothing can be stored under a reference that is not a valid tag: it is unknown.
+        Err(ReferenceError::Tag(e)) => {
+            return Err(RegistryError::ManifestUnknown(format!("{reference} ({e})")).into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let record = reg.core.manifest(repo, &reference).await?;
     if let Reference::Tag(_) = reference {
         let accept: Vec<&str> = req
             .headers
@@ -46,21 +52,7 @@ pub async fn get(
         (header::ETAG, format!("\"{}\"", record.digest)),
     ];
     let body = if with_body {
-        let bytes = reg.manifest_bytes(&record).await?;
-        let tag = match &reference {
-            Reference::Tag(t) => Some(t),
-            Reference::Digest(_) => None,
-        };
-        reg.note_pull(
-            ctx,
-            repo,
-            &record.digest,
-            &record.media_type,
-            record.size,
-            tag,
-        )
-        .await?;
-        Body::from(bytes)
+        Body::from(reg.core.pull_manifest(repo, &reference, &record).await?)
     } else {
         Body::empty()
     };
@@ -69,13 +61,18 @@ pub async fn get(
 
 pub async fn put(
     reg: &AppState,
-    ctx: &RequestContext,
     repo: &RepoName,
     reference: &str,
     req: &Parts,
     body: Body,
 ) -> ApiResult {
     let reference: Reference = reference.parse()?;
+    // `?tag=` (when pushing by digest): more tags to point at the manifest.
+    let tags = query(req)
+        .into_iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.parse::<Tag>())
+        .collect::<Result<Vec<_>, _>>()?;
     let too_large = |len: usize| ApiError::from(RegistryError::ManifestTooLarge(len));
     let declared =
         header_str(&req.headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok());
@@ -85,7 +82,8 @@ pub async fn put(
     let content_type = header_str(&req.headers, header::CONTENT_TYPE).map(str::to_string);
     let body = read_limited(body).await?.map_err(too_large)?;
     let pushed = reg
-        .put_manifest(ctx, repo, &reference, content_type.as_deref(), body)
+        .core
+        .put_manifest(repo, &reference, &tags, content_type.as_deref(), body)
         .await?;
     let mut headers = vec![
         (
@@ -96,6 +94,10 @@ pub async fn put(
     ];
     if let Some(subject) = pushed.subject {
         headers.push((OCI_SUBJECT, subject.to_string()));
+    }
+    if !tags.is_empty() {
+        let accepted: Vec<&str> = pushed.tags.iter().map(Tag::as_str).collect();
+        headers.push((OCI_TAG, accepted.join(", ")));
     }
     respond(StatusCode::CREATED, &headers, Body::empty())
 }
@@ -112,8 +114,7 @@ async fn read_limited(body: Body) -> Result<Result<Bytes, usize>, ApiError> {
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "MANIFEST_INVALID",
+                ErrorCode::ManifestInvalid,
                 format!("reading the manifest body failed: {e}"),
             )
         })?;
@@ -131,13 +132,8 @@ async fn read_limited(body: Body) -> Result<Result<Bytes, usize>, ApiError> {
     })
 }
 
-pub async fn delete(
-    reg: &AppState,
-    ctx: &RequestContext,
-    repo: &RepoName,
-    reference: &str,
-) -> ApiResult {
+pub async fn delete(reg: &AppState, repo: &RepoName, reference: &str) -> ApiResult {
     let reference: Reference = reference.parse()?;
-    reg.delete_manifest(ctx, repo, &reference).await?;
+    reg.core.delete_manifest(repo, &reference).await?;
     respond(StatusCode::ACCEPTED, &[], Body::empty())
 }

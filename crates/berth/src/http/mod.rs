@@ -29,11 +29,11 @@ use futures::{Stream, TryStreamExt};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 use routes::Endpoint;
 
+use crate::oci::name::RepoName;
 use crate::registry::events::RequestContext;
-use crate::registry::name::RepoName;
 use crate::registry::Registry;
 
 /// How the edge behaves, from configuration.
@@ -70,18 +70,11 @@ impl Default for EdgeSettings {
     }
 }
 
-/// The edge's shared state: the registry and the settings. Dereferences to the [`Registry`] so
-/// handlers call the core directly.
+/// The edge's shared state: the core, which handlers call as `edge.core.<operation>`, and the
+/// settings.
 pub struct Edge {
-    pub registry: Arc<Registry>,
+    pub core: Arc<Registry>,
     pub settings: EdgeSettings,
-}
-
-impl std::ops::Deref for Edge {
-    type Target = Registry;
-    fn deref(&self) -> &Registry {
-        &self.registry
-    }
 }
 
 impl Edge {
@@ -117,7 +110,7 @@ pub fn router(
     let headers = Arc::new(settings.headers.clone());
     let (access_log, metrics) = (settings.access_log, settings.metrics);
     let edge = Arc::new(Edge {
-        registry: registry.clone(),
+        core: registry.clone(),
         settings,
     });
     let api = Router::new()
@@ -171,20 +164,28 @@ async fn base() -> Response {
 }
 
 /// Routes `/v2/<name>/...` requests, whose names span several path segments.
-async fn dispatch(State(reg): State<AppState>, req: Request) -> Response {
+async fn dispatch(State(edge): State<AppState>, req: Request) -> Response {
+    // Events report who asked: run the request with its context when anybody listens.
+    if edge.core.reports_events() {
+        let ctx = request_context(&edge, req.extensions(), req.headers(), req.method());
+        crate::registry::events::with_request(ctx, serve(edge, req)).await
+    } else {
+        serve(edge, req).await
+    }
+}
+
+async fn serve(reg: AppState, req: Request) -> Response {
     let path = req.uri().path().to_string();
     // Under `http.prefix` the router is nested, which strips the prefix before this point.
     let Some(rest) = path.strip_prefix("/v2/") else {
-        return ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "not an OCI API path")
+        return ApiError::unsupported("not an OCI API path")
+            .with_status(StatusCode::NOT_FOUND)
             .into_response();
     };
     let Some((name, endpoint)) = routes::parse(rest) else {
-        return ApiError::new(
-            StatusCode::NOT_FOUND,
-            "UNSUPPORTED",
-            format!("no API endpoint at {path}"),
-        )
-        .into_response();
+        return ApiError::unsupported(format!("no API endpoint at {path}"))
+            .with_status(StatusCode::NOT_FOUND)
+            .into_response();
     };
     let repo = match name.parse::<RepoName>() {
         Ok(r) => r,
@@ -194,26 +195,20 @@ async fn dispatch(State(reg): State<AppState>, req: Request) -> Response {
     if let Err(e) = check_allowed(&reg.settings, &parts.method, &endpoint) {
         return e.into_response();
     }
-    // Only events read the request context: skip building it when nobody listens.
-    let ctx = if reg.registry.reports_events() {
-        request_context(&reg, &parts)
-    } else {
-        RequestContext::default()
-    };
-    let (p, c) = (&parts, &ctx);
+    let p = &parts;
     let result = match (endpoint, parts.method.clone()) {
-        (Endpoint::Blob(d), Method::GET) => blobs::get(&reg, c, &repo, &d, p, true).await,
-        (Endpoint::Blob(d), Method::HEAD) => blobs::get(&reg, c, &repo, &d, p, false).await,
-        (Endpoint::Blob(d), Method::DELETE) => blobs::delete(&reg, c, &repo, &d).await,
-        (Endpoint::UploadStart, Method::POST) => uploads::start(&reg, c, &repo, p, body).await,
+        (Endpoint::Blob(d), Method::GET) => blobs::get(&reg, &repo, &d, p, true).await,
+        (Endpoint::Blob(d), Method::HEAD) => blobs::get(&reg, &repo, &d, p, false).await,
+        (Endpoint::Blob(d), Method::DELETE) => blobs::delete(&reg, &repo, &d).await,
+        (Endpoint::UploadStart, Method::POST) => uploads::start(&reg, &repo, p, body).await,
         (Endpoint::Upload(id), Method::GET) => uploads::status(&reg, &repo, &id).await,
         (Endpoint::Upload(id), Method::PATCH) => uploads::patch(&reg, &repo, &id, p, body).await,
-        (Endpoint::Upload(id), Method::PUT) => uploads::put(&reg, c, &repo, &id, p, body).await,
+        (Endpoint::Upload(id), Method::PUT) => uploads::put(&reg, &repo, &id, p, body).await,
         (Endpoint::Upload(id), Method::DELETE) => uploads::cancel(&reg, &repo, &id).await,
-        (Endpoint::Manifest(r), Method::GET) => manifests::get(&reg, c, &repo, &r, p, true).await,
-        (Endpoint::Manifest(r), Method::HEAD) => manifests::get(&reg, c, &repo, &r, p, false).await,
-        (Endpoint::Manifest(r), Method::PUT) => manifests::put(&reg, c, &repo, &r, p, body).await,
-        (Endpoint::Manifest(r), Method::DELETE) => manifests::delete(&reg, c, &repo, &r).await,
+        (Endpoint::Manifest(r), Method::GET) => manifests::get(&reg, &repo, &r, p, true).await,
+        (Endpoint::Manifest(r), Method::HEAD) => manifests::get(&reg, &repo, &r, p, false).await,
+        (Endpoint::Manifest(r), Method::PUT) => manifests::put(&reg, &repo, &r, p, body).await,
+        (Endpoint::Manifest(r), Method::DELETE) => manifests::delete(&reg, &repo, &r).await,
         (Endpoint::Tags, Method::GET) => listing::tags(&reg, &repo, p).await,
         (Endpoint::Referrers(d), Method::GET) => listing::referrers(&reg, &repo, &d, p).await,
         (_, m) => Err(ApiError::unsupported(format!(
@@ -240,12 +235,16 @@ fn check_allowed(s: &EdgeSettings, method: &Method, endpoint: &Endpoint) -> Resu
     Ok(())
 }
 
-/// Who is asking, through which request: passed to the core for events and logs.
-fn request_context(edge: &Edge, parts: &Parts) -> RequestContext {
-    let h = |name| header_str(&parts.headers, name).unwrap_or("").to_string();
+/// Who is asking, through which request: what the events of the request report.
+fn request_context(
+    edge: &Edge,
+    extensions: &axum::http::Extensions,
+    headers: &HeaderMap,
+    method: &Method,
+) -> RequestContext {
+    let h = |name| header_str(headers, name).unwrap_or("").to_string();
     let host = h(axum::http::header::HOST);
-    let addr = parts
-        .extensions
+    let addr = extensions
         .get::<axum::extract::ConnectInfo<PeerAddr>>()
         .map(|c| c.0 .0.to_string())
         .unwrap_or_default();
@@ -257,9 +256,9 @@ fn request_context(edge: &Edge, parts: &Parts) -> RequestContext {
         id: uuid::Uuid::new_v4().to_string(),
         addr,
         host,
-        method: parts.method.to_string(),
+        method: method.to_string(),
         user_agent: h(axum::http::header::USER_AGENT),
-        actor: parts.extensions.get::<Actor>().map(|a| a.0.clone()),
+        actor: extensions.get::<Actor>().map(|a| a.0.clone()),
         base_url: format!("{base_url}{}", edge.settings.prefix),
     }
 }
@@ -296,6 +295,5 @@ fn respond(status: StatusCode, headers: &[(HeaderName, String)], body: Body) -> 
     for (k, v) in headers {
         resp = resp.header(k, v);
     }
-    resp.body(body)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string()))
+    resp.body(body).map_err(ApiError::internal)
 }

@@ -7,15 +7,14 @@ use axum::http::{header, HeaderName, StatusCode};
 
 use super::error::upload_range;
 use super::{
-    body_stream, header_str, query, query_param, respond, ApiError, ApiResult, AppState,
+    body_stream, header_str, query, query_param, respond, ApiError, ApiResult, AppState, ErrorCode,
     CONTENT_DIGEST,
 };
 use std::sync::Arc;
 
 use crate::auth::{Identity, Scope};
-use crate::registry::digest::Digest;
-use crate::registry::events::RequestContext;
-use crate::registry::name::RepoName;
+use crate::oci::digest::Digest;
+use crate::oci::name::RepoName;
 
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 
@@ -63,13 +62,7 @@ fn with_location(reg: &AppState, e: ApiError, repo: &RepoName, id: &str) -> ApiE
     .with_header(UPLOAD_UUID, id)
 }
 
-pub async fn start(
-    reg: &AppState,
-    ctx: &RequestContext,
-    repo: &RepoName,
-    req: &Parts,
-    body: Body,
-) -> ApiResult {
+pub async fn start(reg: &AppState, repo: &RepoName, req: &Parts, body: Body) -> ApiResult {
     let q = query(req);
     if let Some(mount) = query_param(&q, "mount") {
         let digest: Digest = mount.parse()?;
@@ -83,17 +76,18 @@ pub async fn start(
             None => true,
         };
         if reg
-            .mount_blob(ctx, repo, &digest, from.as_ref(), &readable)
+            .core
+            .mount_blob(repo, &digest, from.as_ref(), &readable)
             .await?
         {
             return created(reg, repo, &digest);
         }
         // Not mountable: fall back to a new upload session, as the spec asks.
     } else if let Some(digest) = digest_param(&q)? {
-        reg.push_blob(ctx, repo, &digest, body_stream(body)).await?;
+        reg.core.push_blob(repo, &digest, body_stream(body)).await?;
         return created(reg, repo, &digest);
     }
-    let id = reg.start_upload(repo).await?;
+    let id = reg.core.start_upload(repo).await?;
     respond(
         StatusCode::ACCEPTED,
         &session_headers(reg, repo, &id, 0),
@@ -102,7 +96,7 @@ pub async fn start(
 }
 
 pub async fn status(reg: &AppState, repo: &RepoName, id: &str) -> ApiResult {
-    let up = reg.upload(repo, id).await?;
+    let up = reg.core.upload(repo, id).await?;
     respond(
         StatusCode::NO_CONTENT,
         &session_headers(reg, repo, id, up.size),
@@ -130,8 +124,7 @@ fn chunk_start(req: &Parts) -> Result<Option<u64>, ApiError> {
         Some(v) => {
             let (a, b) = content_range(v).ok_or_else(|| {
                 ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "BLOB_UPLOAD_INVALID",
+                    ErrorCode::BlobUploadInvalid,
                     format!("Content-Range {v:?} is not of the form <start>-<end>"),
                 )
             })?;
@@ -140,8 +133,7 @@ fn chunk_start(req: &Parts) -> Result<Option<u64>, ApiError> {
             {
                 if len != b - a + 1 {
                     return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "BLOB_UPLOAD_INVALID",
+                        ErrorCode::BlobUploadInvalid,
                         format!(
                             "Content-Range {v:?} covers {} bytes but Content-Length is {len}",
                             b - a + 1
@@ -163,6 +155,7 @@ pub async fn patch(
 ) -> ApiResult {
     let start = chunk_start(req)?;
     let up = reg
+        .core
         .write_chunk(repo, id, start, body_stream(body))
         .await
         .map_err(|e| with_location(reg, e.into(), repo, id))?;
@@ -173,19 +166,11 @@ pub async fn patch(
     )
 }
 
-pub async fn put(
-    reg: &AppState,
-    ctx: &RequestContext,
-    repo: &RepoName,
-    id: &str,
-    req: &Parts,
-    body: Body,
-) -> ApiResult {
+pub async fn put(reg: &AppState, repo: &RepoName, id: &str, req: &Parts, body: Body) -> ApiResult {
     let q = query(req);
     let digest = digest_param(&q)?.ok_or_else(|| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
+            ErrorCode::DigestInvalid,
             "the digest query parameter is required to finish an upload",
         )
     })?;
@@ -197,14 +182,15 @@ pub async fn put(
         true => Some((chunk_start(req)?, body_stream(body))),
         false => None,
     };
-    reg.finish_upload(ctx, repo, id, &digest, last)
+    reg.core
+        .finish_upload(repo, id, &digest, last)
         .await
         .map_err(|e| with_location(reg, e.into(), repo, id))?;
     created(reg, repo, &digest)
 }
 
 pub async fn cancel(reg: &AppState, repo: &RepoName, id: &str) -> ApiResult {
-    reg.cancel_upload(repo, id).await?;
+    reg.core.cancel_upload(repo, id).await?;
     respond(StatusCode::NO_CONTENT, &[], Body::empty())
 }
 

@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use quick_cache::sync::Cache;
 
-use super::{Change, ManifestRecord, MetaStore, OutboxEvent, Page, Result, UploadRecord};
-use crate::registry::digest::Digest;
-use crate::registry::name::{Reference, RepoName};
+use super::{
+    BlobRecord, Change, ManifestRecord, MetaStore, OutboxEvent, Page, Result, UploadRecord,
+};
+use crate::oci::digest::Digest;
+use crate::oci::name::{Reference, RepoName};
 
 /// The longest an entry is served, whatever the generation says.
 pub const MAX_AGE: Duration = Duration::from_secs(10);
@@ -167,6 +169,10 @@ impl MetaStore for CachedMetaStore {
         artifact_type: Option<&str>,
     ) -> Result<Vec<ManifestRecord>> {
         self.inner.referrers(repo, subject, artifact_type).await
+    }
+
+    async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
+        self.inner.blob(digest).await
     }
 
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {

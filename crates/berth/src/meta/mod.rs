@@ -17,8 +17,9 @@ pub mod testsuite;
 
 use async_trait::async_trait;
 
-use crate::registry::digest::Digest;
-use crate::registry::name::{Reference, RepoName, Tag};
+use crate::oci::digest::Digest;
+use crate::oci::name::{Reference, RepoName, Tag};
+use crate::oci::Page;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -37,13 +38,54 @@ pub enum MetaError {
     /// Stored data could not be decoded.
     #[error("corrupt metadata: {0}")]
     Corrupt(String),
+    /// The database's disk is full: nothing was written.
+    #[error("the metadata database's disk is full: {0}")]
+    Full(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("database migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl From<sqlx::Error> for MetaError {
+    fn from(e: sqlx::Error) -> Self {
+        const SQLITE_FULL: &str = "13";
+        let full = match &e {
+            sqlx::Error::Database(d) => d.code().as_deref() == Some(SQLITE_FULL),
+            sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        };
+        if full {
+            MetaError::Full(e.to_string())
+        } else {
+            MetaError::Database(e)
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, MetaError>;
+
+/// Where a blob's bytes are in their life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobState {
+    /// Published at the blob path.
+    Stored,
+    /// Claimed by a collector, whose deletion of the bytes is under way.
+    Deleting,
+}
+
+/// A blob (or manifest) as the global blob table knows it, whatever repositories link it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub digest: Digest,
+    pub size: u64,
+    pub state: BlobState,
+    /// Unix seconds when it was first recorded.
+    pub created_at: i64,
+    /// Unix seconds when a repository last linked or unlinked it, or a manifest recorded or
+    /// deleted named it.
+    pub last_referenced_at: i64,
+}
 
 /// A manifest as the metadata store knows it.
 #[derive(Clone, Debug, PartialEq)]
@@ -70,31 +112,35 @@ pub struct UploadRecord {
     pub created_at: i64,
 }
 
-/// A page of a sorted listing: at most `limit` names strictly after `after`.
-#[derive(Clone, Debug, Default)]
-pub struct Page {
-    pub after: Option<String>,
-    pub limit: Option<u32>,
+/// A manifest an index lists, and whether it must already be recorded in the repository (a
+/// sparse index may name children that are absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildRef {
+    pub digest: Digest,
+    pub required: bool,
 }
 
 /// One change to the metadata. A list of changes is applied in one transaction.
 #[derive(Clone, Debug)]
 pub enum Change {
     /// Makes a stored blob visible in a repository (creating the repository if needed).
+    /// `mounted_from` names the repository it was mounted from (the metadata store does not
+    /// need it; it is part of the fact reported).
     LinkBlob {
         repo: RepoName,
         digest: Digest,
         size: u64,
+        mounted_from: Option<RepoName>,
     },
     /// Removes a blob from a repository. `NotFound` if it was not linked.
     UnlinkBlob { repo: RepoName, digest: Digest },
     /// Records a manifest. Fails with `MissingReference` unless every blob in `blobs` is linked in
-    /// the repository and every manifest in `children` is recorded there.
+    /// the repository and every required manifest in `children` is recorded there.
     PutManifest {
         repo: RepoName,
         manifest: ManifestRecord,
         blobs: Vec<Digest>,
-        children: Vec<Digest>,
+        children: Vec<ChildRef>,
     },
     /// Points a tag at a manifest (which must be recorded in the repository).
     SetTag {
@@ -140,6 +186,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool>;
     /// The size of `digest` if it is linked in `repo`.
     async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>>;
+    /// The global record of a stored blob or manifest.
+    async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>>;
     /// Repositories in which `digest` is linked (at most `limit`), with its size.
     async fn repos_with_blob(&self, digest: &Digest, limit: u32) -> Result<Vec<(RepoName, u64)>>;
     /// A manifest by tag or digest.

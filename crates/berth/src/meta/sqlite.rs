@@ -21,10 +21,11 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Change, ManifestRecord, MetaError, MetaStore, OutboxEvent, Page, Result, UploadRecord,
+    BlobRecord, BlobState, Change, ManifestRecord, MetaError, MetaStore, OutboxEvent, Page, Result,
+    UploadRecord,
 };
-use crate::registry::digest::Digest;
-use crate::registry::name::{Reference, RepoName};
+use crate::oci::digest::Digest;
+use crate::oci::name::{Reference, RepoName};
 
 pub struct SqliteMetaStore {
     reader: SqlitePool,
@@ -202,7 +203,7 @@ impl SqliteMetaStore {
     /// Opens (creating if needed) the database file at `path` and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<SqliteMetaStore> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| MetaError::Database(e.into()))?;
+            std::fs::create_dir_all(dir).map_err(|e| MetaError::from(sqlx::Error::from(e)))?;
         }
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
@@ -228,7 +229,8 @@ impl SqliteMetaStore {
         let mut gen_path = path.as_os_str().to_owned();
         gen_path.push("-generation");
         let generation = Arc::new(
-            Generation::open(Path::new(&gen_path)).map_err(|e| MetaError::Database(e.into()))?,
+            Generation::open(Path::new(&gen_path))
+                .map_err(|e| MetaError::from(sqlx::Error::from(e)))?,
         );
         // Whatever this process cached before (nothing) or another process may have cached while
         // a previous writer died between commit and bump: start a new generation.
@@ -307,14 +309,47 @@ async fn has_manifest(tx: &mut Transaction<'_, Sqlite>, repo: i64, digest: &str)
     )
 }
 
+/// Records a stored blob (or manifest) in the global blob table, or marks it referenced now.
+async fn record_blob(tx: &mut Transaction<'_, Sqlite>, digest: &Digest, size: u64) -> Result<()> {
+    let t = now();
+    sqlx::query(
+        "INSERT INTO blobs (digest, size, state, created_at, last_referenced_at) \
+         VALUES (?, ?, 'stored', ?, ?) ON CONFLICT (digest) DO UPDATE SET \
+         state = 'stored', last_referenced_at = excluded.last_referenced_at",
+    )
+    .bind(digest.to_string())
+    .bind(size as i64)
+    .bind(t)
+    .bind(t)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks blobs already in the global blob table as referenced now.
+async fn touch_blobs(tx: &mut Transaction<'_, Sqlite>, digests: &[Digest]) -> Result<()> {
+    let t = now();
+    for d in digests {
+        sqlx::query("UPDATE blobs SET last_referenced_at = ? WHERE digest = ?")
+            .bind(t)
+            .bind(d.to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn apply_one(
     tx: &mut Transaction<'_, Sqlite>,
     ids: &mut RepoIds,
     change: Change,
 ) -> Result<()> {
     match change {
-        Change::LinkBlob { repo, digest, size } => {
+        Change::LinkBlob {
+            repo, digest, size, ..
+        } => {
             let id = ensure_repo(tx, ids, &repo).await?;
+            record_blob(tx, &digest, size).await?;
             sqlx::query(
                 "INSERT INTO repo_blobs (repo_id, digest, size, created_at) VALUES (?, ?, ?, ?) \
                  ON CONFLICT (repo_id, digest) DO NOTHING",
@@ -336,6 +371,7 @@ async fn apply_one(
             if done.rows_affected() == 0 {
                 return Err(MetaError::NotFound(format!("blob {digest} in {repo}")));
             }
+            touch_blobs(tx, std::slice::from_ref(&digest)).await?;
         }
         Change::PutManifest {
             repo,
@@ -344,6 +380,7 @@ async fn apply_one(
             children,
         } => {
             let id = ensure_repo(tx, ids, &repo).await?;
+            record_blob(tx, &manifest.digest, manifest.size).await?;
             let digest = manifest.digest.to_string();
             if has_manifest(tx, id, &digest).await? {
                 // The same content again (e.g. pushed under another tag): its references were
@@ -361,9 +398,10 @@ async fn apply_one(
                     return Err(MetaError::MissingReference(b.clone()));
                 }
             }
-            for c in &children {
-                if !has_manifest(tx, id, &c.to_string()).await? {
-                    return Err(MetaError::MissingReference(c.clone()));
+            touch_blobs(tx, &blobs).await?;
+            for c in children.iter().filter(|c| c.required) {
+                if !has_manifest(tx, id, &c.digest.to_string()).await? {
+                    return Err(MetaError::MissingReference(c.digest.clone()));
                 }
             }
             sqlx::query(
@@ -384,7 +422,7 @@ async fn apply_one(
             let refs = blobs
                 .iter()
                 .map(|d| (d, "blob"))
-                .chain(children.iter().map(|d| (d, "manifest")));
+                .chain(children.iter().map(|c| (&c.digest, "manifest")));
             for (target, kind) in refs {
                 sqlx::query(
                     "INSERT INTO manifest_refs (repo_id, manifest, target, kind) VALUES (?, ?, ?, ?) \
@@ -442,6 +480,16 @@ async fn apply_one(
             if done.rows_affected() == 0 {
                 return Err(MetaError::NotFound(format!("manifest {digest} in {repo}")));
             }
+            let targets: Vec<String> = sqlx::query_scalar(
+                "SELECT target FROM manifest_refs WHERE repo_id = ? AND manifest = ?",
+            )
+            .bind(id)
+            .bind(&d)
+            .fetch_all(&mut **tx)
+            .await?;
+            let mut named = vec![digest.clone()];
+            named.extend(targets.iter().filter_map(|t| t.parse::<Digest>().ok()));
+            touch_blobs(tx, &named).await?;
             sqlx::query("DELETE FROM tags WHERE repo_id = ? AND digest = ?")
                 .bind(id)
                 .bind(&d)
@@ -637,6 +685,28 @@ impl MetaStore for SqliteMetaStore {
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(manifest_row).collect()
+    }
+
+    async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
+        let row = sqlx::query(
+            "SELECT size, state, created_at, last_referenced_at FROM blobs WHERE digest = ?",
+        )
+        .bind(digest.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let state = match row.try_get::<&str, _>("state")? {
+            "stored" => BlobState::Stored,
+            "deleting" => BlobState::Deleting,
+            other => return Err(MetaError::Corrupt(format!("blob state {other:?}"))),
+        };
+        Ok(Some(BlobRecord {
+            digest: digest.clone(),
+            size: row.try_get::<i64, _>("size")? as u64,
+            state,
+            created_at: row.try_get("created_at")?,
+            last_referenced_at: row.try_get("last_referenced_at")?,
+        }))
     }
 
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {

@@ -1,9 +1,9 @@
 //! The behaviour every [`MetaStore`] implementation must have. Each implementation's tests call
 //! [`run`] on a fresh, empty store.
 
-use super::{Change, ManifestRecord, MetaError, MetaStore, Page};
-use crate::registry::digest::{Algorithm, Digest};
-use crate::registry::name::{Reference, RepoName, Tag};
+use super::{BlobState, Change, ChildRef, ManifestRecord, MetaError, MetaStore, Page};
+use crate::oci::digest::{Algorithm, Digest};
+use crate::oci::name::{Reference, RepoName, Tag};
 
 fn repo(s: &str) -> RepoName {
     s.parse().unwrap()
@@ -17,7 +17,7 @@ fn digest(s: &str) -> Digest {
 fn manifest(name: &str, subject: Option<&str>, artifact_type: &str) -> ManifestRecord {
     ManifestRecord {
         digest: digest(name),
-        media_type: crate::registry::manifest::OCI_MANIFEST.into(),
+        media_type: crate::oci::manifest::OCI_MANIFEST.into(),
         size: 100,
         artifact_type: Some(artifact_type.into()),
         subject: subject.map(digest),
@@ -44,11 +44,13 @@ pub async fn run(store: &dyn MetaStore) {
                 repo: a.clone(),
                 digest: digest("config"),
                 size: 10,
+                mounted_from: None,
             },
             Change::LinkBlob {
                 repo: a.clone(),
                 digest: digest("layer"),
                 size: 20,
+                mounted_from: None,
             },
         ])
         .await
@@ -65,6 +67,11 @@ pub async fn run(store: &dyn MetaStore) {
         store.repos_with_blob(&digest("layer"), 10).await.unwrap(),
         vec![(a.clone(), 20)]
     );
+    // ... and recorded once, globally, in the blob table.
+    let layer = store.blob(&digest("layer")).await.unwrap().unwrap();
+    assert_eq!((layer.size, layer.state), (20, BlobState::Stored));
+    assert!(layer.last_referenced_at >= layer.created_at && layer.created_at > 0);
+    assert_eq!(store.blob(&digest("never")).await.unwrap(), None);
 
     // A manifest whose blob is missing is refused, and the whole transaction with it.
     let err = store
@@ -73,6 +80,7 @@ pub async fn run(store: &dyn MetaStore) {
                 repo: b.clone(),
                 digest: digest("x"),
                 size: 1,
+                mounted_from: None,
             },
             Change::PutManifest {
                 repo: b.clone(),
@@ -85,6 +93,8 @@ pub async fn run(store: &dyn MetaStore) {
         .unwrap_err();
     assert!(matches!(err, MetaError::MissingReference(d) if d == digest("layer")));
     assert_eq!(store.blob_in_repo(&b, &digest("x")).await.unwrap(), None);
+    // The blob table rolls back with the transaction.
+    assert_eq!(store.blob(&digest("x")).await.unwrap(), None);
 
     // Manifest + tag in one transaction; resolvable by tag and digest.
     let m1 = manifest("m1", None, "application/vnd.oci.image.config.v1+json");
@@ -126,27 +136,50 @@ pub async fn run(store: &dyn MetaStore) {
         None
     );
 
-    // An index needs its children in the same repository.
+    // The manifest itself is in the blob table (its bytes are stored as a blob).
+    assert_eq!(store.blob(&m1.digest).await.unwrap().unwrap().size, 100);
+
+    // An index needs its required children in the same repository.
+    let child = |d: &Digest, required| ChildRef {
+        digest: d.clone(),
+        required,
+    };
     let idx = manifest("idx", None, "idx");
     let err = store
         .apply(vec![Change::PutManifest {
             repo: a.clone(),
             manifest: idx.clone(),
             blobs: vec![],
-            children: vec![digest("nope")],
+            children: vec![child(&m1.digest, true), child(&digest("nope"), true)],
         }])
         .await
         .unwrap_err();
-    assert!(matches!(err, MetaError::MissingReference(_)));
+    assert!(matches!(err, MetaError::MissingReference(d) if d == digest("nope")));
     store
         .apply(vec![Change::PutManifest {
             repo: a.clone(),
             manifest: idx.clone(),
             blobs: vec![],
-            children: vec![m1.digest.clone()],
+            children: vec![child(&m1.digest, true)],
         }])
         .await
         .unwrap();
+    // A sparse index: children that are not required may be absent.
+    let sparse = manifest("sparse", None, "idx");
+    store
+        .apply(vec![Change::PutManifest {
+            repo: a.clone(),
+            manifest: sparse.clone(),
+            blobs: vec![],
+            children: vec![child(&m1.digest, true), child(&digest("absent"), false)],
+        }])
+        .await
+        .unwrap();
+    assert!(store
+        .manifest(&a, &Reference::Digest(sparse.digest.clone()))
+        .await
+        .unwrap()
+        .is_some());
     // A tag may only point at a recorded manifest.
     let err = store
         .apply(vec![Change::SetTag {

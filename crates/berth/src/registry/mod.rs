@@ -8,10 +8,7 @@
 //! see `storage`), and only then does one metadata transaction make them visible. A crash in
 //! between leaves unreferenced bytes, never a visible reference to missing or partial bytes.
 
-pub mod digest;
 pub mod events;
-pub mod manifest;
-pub mod name;
 
 use std::collections::HashMap;
 use std::io;
@@ -21,12 +18,13 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::Stream;
 
-use crate::meta::{Change, ManifestRecord, MetaError, MetaStore, Page, UploadRecord};
+use crate::meta::{Change, ChildRef, ManifestRecord, MetaError, MetaStore, UploadRecord};
+use crate::oci::digest::{Algorithm, Digest, Hasher};
+use crate::oci::manifest::{self, Platform, MAX_MANIFEST_SIZE};
+use crate::oci::name::{Reference, RepoName, Tag};
+use crate::oci::Page;
 use crate::storage::{new_part_name, BlobStore, ByteStream, StorageError};
-use digest::{Algorithm, Digest, Hasher};
-use events::{EventAction, EventSink, RegistryEvent, RequestContext, BLOB_MEDIA_TYPE};
-use manifest::MAX_MANIFEST_SIZE;
-use name::{Reference, RepoName};
+use events::{EventAction, EventSink, RegistryEvent, BLOB_MEDIA_TYPE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -54,6 +52,9 @@ pub enum RegistryError {
     NameUnknown(RepoName),
     #[error("manifest is {0} bytes; the limit is {MAX_MANIFEST_SIZE} bytes")]
     ManifestTooLarge(usize),
+    /// The disk (or the database's disk) has no space left: nothing was stored.
+    #[error("the registry's storage is full ({0}); nothing was stored. Free space or enlarge the volume, then push again")]
+    StorageFull(String),
     #[error(transparent)]
     Storage(StorageError),
     #[error(transparent)]
@@ -71,6 +72,7 @@ impl From<StorageError> for RegistryError {
             StorageError::Body(e) => {
                 RegistryError::BlobUploadInvalid(format!("request body ended early: {e}"))
             }
+            StorageError::Full(m) => RegistryError::StorageFull(m),
             e => RegistryError::Storage(e),
         }
     }
@@ -78,17 +80,84 @@ impl From<StorageError> for RegistryError {
 
 impl From<MetaError> for RegistryError {
     fn from(e: MetaError) -> Self {
-        RegistryError::Meta(e)
+        match e {
+            MetaError::Full(m) => RegistryError::StorageFull(m),
+            e => RegistryError::Meta(e),
+        }
     }
 }
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// An upload session as the edge sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadSession {
+    pub id: String,
+    /// Bytes received and acknowledged so far: the next chunk starts here.
+    pub size: u64,
+}
+
+/// A stored manifest, described as the OCI descriptor a GET or a referrers listing reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ManifestDescriptor {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// `artifactType`, else the config's media type (what the referrers API reports).
+    pub artifact_type: Option<String>,
+    /// The manifest's `annotations` object, as JSON.
+    pub annotations: Option<serde_json::Value>,
+}
+
+impl From<ManifestRecord> for ManifestDescriptor {
+    fn from(m: ManifestRecord) -> Self {
+        ManifestDescriptor {
+            digest: m.digest,
+            media_type: m.media_type,
+            size: m.size,
+            artifact_type: m.artifact_type,
+            annotations: m.annotations,
+        }
+    }
+}
 
 /// The outcome of a manifest push.
 #[derive(Debug)]
 pub struct PushedManifest {
     pub digest: Digest,
     pub subject: Option<Digest>,
+    /// The tags now pointing at it.
+    pub tags: Vec<Tag>,
+}
+
+/// Which children of an index must already be in the repository when the index is pushed
+/// (Distribution's `validation.manifests.indexes.platforms`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum IndexChildren {
+    /// Every child (the default).
+    #[default]
+    All,
+    /// None: an index may name children that are absent (a sparse index, e.g. one platform of a
+    /// multi-platform image kept by a pull-through cache).
+    None,
+    /// The children for these platforms (same `os` and `architecture`); an empty list means
+    /// every child, and a child that names no platform is not checked (as in Distribution).
+    Platforms(Vec<Platform>),
+}
+
+impl IndexChildren {
+    fn requires(&self, platform: Option<&Platform>) -> bool {
+        match self {
+            IndexChildren::All => true,
+            IndexChildren::None => false,
+            IndexChildren::Platforms(list) if list.is_empty() => true,
+            IndexChildren::Platforms(list) => {
+                let p = platform.cloned().unwrap_or_default();
+                list.iter()
+                    .any(|want| want.os == p.os && want.architecture == p.architecture)
+            }
+        }
+    }
 }
 
 /// How many repositories holding a blob are considered for a mount without `from`.
@@ -102,11 +171,14 @@ const MAX_CACHED_HASHERS: usize = 4096;
 /// State lives in the stores only. The one thing held in process is a cache of running SHA-256
 /// states for uploads in progress, so finishing an upload need not re-read its data; an upload
 /// continued on another instance (or after a restart) is re-hashed from storage instead.
+///
+/// Every metadata write goes through [`Registry::commit`], which is where events are produced.
 pub struct Registry {
     meta: Arc<dyn MetaStore>,
     store: BlobStore,
     hashers: Mutex<HashMap<String, (u64, Hasher)>>,
-    events: Option<Arc<dyn EventSink>>,
+    sinks: Vec<Arc<dyn EventSink>>,
+    index_children: IndexChildren,
     /// Manifest bytes by digest. Content-addressed, so never stale: which repository may see
     /// a manifest is still decided by the metadata store on every request.
     manifest_bytes: quick_cache::sync::Cache<Digest, Bytes, ManifestWeight>,
@@ -131,7 +203,8 @@ impl Registry {
             meta,
             store,
             hashers: Mutex::new(HashMap::new()),
-            events: None,
+            sinks: Vec::new(),
+            index_children: IndexChildren::All,
             manifest_bytes: quick_cache::sync::Cache::with_weighter(
                 16_384,
                 MANIFEST_CACHE_BYTES,
@@ -140,49 +213,56 @@ impl Registry {
         }
     }
 
-    /// Reports every change (and pull) to `sink`, in the same transaction as the change.
+    /// Reports every change (and pull) to `sink`; a change's entries commit with the change.
     pub fn with_events(mut self, sink: Arc<dyn EventSink>) -> Registry {
-        self.events = Some(sink);
+        self.sinks.push(sink);
+        self
+    }
+
+    /// Which children of an index must be present when it is pushed.
+    pub fn with_index_children(mut self, policy: IndexChildren) -> Registry {
+        self.index_children = policy;
         self
     }
 
     /// Whether any change is reported as an event (see [`Registry::with_events`]).
     pub fn reports_events(&self) -> bool {
-        self.events.is_some()
+        !self.sinks.is_empty()
     }
 
-    /// The outbox entries for an event built by `event`, if anyone wants events of `action`.
-    fn events_for(
-        &self,
-        action: EventAction,
-        event: impl FnOnce() -> RegistryEvent,
-    ) -> Vec<Change> {
-        match &self.events {
-            Some(sink) if sink.wants(action) => sink.changes_for(&event()),
-            _ => Vec::new(),
+    /// The outbox entries reporting `event` to every sink that wants it.
+    fn entries_for(&self, event: &RegistryEvent, into: &mut Vec<Change>) {
+        for sink in self.sinks.iter().filter(|s| s.wants(event.action)) {
+            into.extend(sink.changes_for(event));
         }
     }
 
-    /// Records that content was pulled (a GET of a manifest or blob), for event consumers.
-    pub async fn note_pull(
-        &self,
-        ctx: &RequestContext,
-        repo: &RepoName,
-        digest: &Digest,
-        media_type: &str,
-        size: u64,
-        tag: Option<&name::Tag>,
-    ) -> Result<()> {
-        let changes = self.events_for(EventAction::Pull, || {
-            let mut e =
-                RegistryEvent::new(EventAction::Pull, repo, ctx).target(digest, media_type, size);
-            e.tag = tag.cloned();
-            e
-        });
-        if !changes.is_empty() {
-            self.meta.apply(changes).await?;
+    /// Applies `changes` as one metadata transaction, together with the outbox entries of the
+    /// facts they establish: the one place where the core writes metadata and produces events.
+    async fn commit(&self, mut changes: Vec<Change>) -> std::result::Result<(), MetaError> {
+        if !self.sinks.is_empty() {
+            for event in events::from_changes(&changes) {
+                self.entries_for(&event, &mut changes);
+            }
         }
-        Ok(())
+        self.meta.apply(changes).await
+    }
+
+    /// Reports a pull. Best effort: a pull has already been served, so a failed outbox write is
+    /// logged and counted, never returned.
+    async fn note_pull(&self, event: impl FnOnce() -> RegistryEvent) {
+        if !self.sinks.iter().any(|s| s.wants(EventAction::Pull)) {
+            return;
+        }
+        let mut changes = Vec::new();
+        self.entries_for(&event(), &mut changes);
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.meta.apply(changes).await {
+            metrics::counter!("berth_pull_events_lost_total").increment(1);
+            tracing::warn!(error = %e, "could not record a pull event");
+        }
     }
 
     // ---- blobs -------------------------------------------------------------------------------
@@ -195,39 +275,34 @@ impl Registry {
             .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
     }
 
-    /// Streams a byte range of a blob visible in `repo`.
+    /// Streams a byte range of a blob of `size` bytes visible in `repo` (see
+    /// [`Registry::blob_size`]), and reports the pull.
     pub async fn read_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
+        size: u64,
         range: Range<u64>,
     ) -> Result<ByteStream> {
-        match self.store.read_blob(digest, range).await {
+        let stream = match self.store.read_blob(digest, range).await {
             Err(StorageError::NotFound(_)) => {
                 tracing::error!(%repo, %digest, "blob is linked but missing from storage");
-                Err(RegistryError::BlobUnknown(digest.clone()))
+                return Err(RegistryError::BlobUnknown(digest.clone()));
             }
-            other => Ok(other?),
-        }
+            other => other?,
+        };
+        self.note_pull(|| events::pull(repo, digest, BLOB_MEDIA_TYPE, size, None))
+            .await;
+        Ok(stream)
     }
 
     /// Removes a blob from a repository (its bytes stay while other repositories link them).
-    pub async fn delete_blob(
-        &self,
-        ctx: &RequestContext,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<()> {
-        let mut changes = vec![Change::UnlinkBlob {
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let change = Change::UnlinkBlob {
             repo: repo.clone(),
             digest: digest.clone(),
-        }];
-        changes.extend(self.events_for(EventAction::Delete, || {
-            let mut e = RegistryEvent::new(EventAction::Delete, repo, ctx);
-            e.digest = Some(digest.clone());
-            e
-        }));
-        match self.meta.apply(changes).await {
+        };
+        match self.commit(vec![change]).await {
             Err(MetaError::NotFound(_)) => Err(RegistryError::BlobUnknown(digest.clone())),
             other => Ok(other?),
         }
@@ -238,7 +313,6 @@ impl Registry {
     /// mounted.
     pub async fn mount_blob(
         &self,
-        ctx: &RequestContext,
         repo: &RepoName,
         digest: &Digest,
         from: Option<&RepoName>,
@@ -264,57 +338,18 @@ impl Registry {
             tracing::error!(%digest, "blob is linked but missing from storage; not mounting");
             return Ok(false);
         }
-        let events = self.events_for(EventAction::Mount, || {
-            let mut e = RegistryEvent::new(EventAction::Mount, repo, ctx).target(
-                digest,
-                BLOB_MEDIA_TYPE,
-                size,
-            );
-            e.from = Some(source);
-            e
-        });
-        self.link(repo, digest, size, events).await?;
-        Ok(true)
-    }
-
-    /// Makes a blob visible in `repo`, with the outbox entries reporting it.
-    async fn link(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        size: u64,
-        events: Vec<Change>,
-    ) -> Result<()> {
-        let mut changes = vec![Change::LinkBlob {
+        self.commit(vec![Change::LinkBlob {
             repo: repo.clone(),
             digest: digest.clone(),
             size,
-        }];
-        changes.extend(events);
-        self.meta.apply(changes).await?;
-        Ok(())
-    }
-
-    fn blob_pushed(
-        &self,
-        ctx: &RequestContext,
-        repo: &RepoName,
-        digest: &Digest,
-        size: u64,
-    ) -> Vec<Change> {
-        self.events_for(EventAction::Push, || {
-            RegistryEvent::new(EventAction::Push, repo, ctx).target(digest, BLOB_MEDIA_TYPE, size)
-        })
+            mounted_from: Some(source),
+        }])
+        .await?;
+        Ok(true)
     }
 
     /// Stores a whole blob sent in one request and makes it visible in `repo`.
-    pub async fn push_blob<S>(
-        &self,
-        ctx: &RequestContext,
-        repo: &RepoName,
-        digest: &Digest,
-        body: S,
-    ) -> Result<u64>
+    pub async fn push_blob<S>(&self, repo: &RepoName, digest: &Digest, body: S) -> Result<u64>
     where
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
     {
@@ -330,12 +365,12 @@ impl Registry {
             self.store
                 .commit_upload(&id, &parts, size, digest, Some(hasher.finish()))
                 .await?;
-            self.link(
-                repo,
-                digest,
+            self.commit(vec![Change::LinkBlob {
+                repo: repo.clone(),
+                digest: digest.clone(),
                 size,
-                self.blob_pushed(ctx, repo, digest, size),
-            )
+                mounted_from: None,
+            }])
             .await?;
             Ok(size)
         }
@@ -355,21 +390,29 @@ impl Registry {
     /// Starts an upload session in `repo`; returns its id.
     pub async fn start_upload(&self, repo: &RepoName) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
-        self.meta
-            .apply(vec![Change::CreateUpload {
-                id: id.clone(),
-                repo: repo.clone(),
-            }])
-            .await?;
+        self.commit(vec![Change::CreateUpload {
+            id: id.clone(),
+            repo: repo.clone(),
+        }])
+        .await?;
         Ok(id)
     }
 
-    /// An upload session of `repo`.
-    pub async fn upload(&self, repo: &RepoName, id: &str) -> Result<UploadRecord> {
+    /// The session record of an upload of `repo`.
+    async fn upload_record(&self, repo: &RepoName, id: &str) -> Result<UploadRecord> {
         match self.meta.upload(id).await? {
             Some(u) if &u.repo == repo => Ok(u),
             _ => Err(RegistryError::BlobUploadUnknown(id.to_string())),
         }
+    }
+
+    /// An upload session of `repo`.
+    pub async fn upload(&self, repo: &RepoName, id: &str) -> Result<UploadSession> {
+        let up = self.upload_record(repo, id).await?;
+        Ok(UploadSession {
+            id: up.id,
+            size: up.size,
+        })
     }
 
     fn take_hasher(&self, id: &str, offset: u64) -> Option<Hasher> {
@@ -398,11 +441,28 @@ impl Registry {
         id: &str,
         start: Option<u64>,
         body: S,
+    ) -> Result<UploadSession>
+    where
+        S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
+    {
+        let up = self.append_chunk(repo, id, start, body).await?;
+        Ok(UploadSession {
+            id: up.id,
+            size: up.size,
+        })
+    }
+
+    async fn append_chunk<S>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        start: Option<u64>,
+        body: S,
     ) -> Result<UploadRecord>
     where
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
     {
-        let mut up = self.upload(repo, id).await?;
+        let mut up = self.upload_record(repo, id).await?;
         if let Some(start) = start {
             if start != up.size {
                 return Err(RegistryError::UploadOutOfOrder { size: up.size });
@@ -426,9 +486,9 @@ impl Registry {
                 to: up.size + n,
                 part: part.clone(),
             };
-            match self.meta.apply(vec![change]).await {
+            match self.commit(vec![change]).await {
                 Err(MetaError::Conflict(_)) => {
-                    let now = self.upload(repo, id).await?;
+                    let now = self.upload_record(repo, id).await?;
                     return Err(RegistryError::UploadOutOfOrder { size: now.size });
                 }
                 Err(MetaError::NotFound(_)) => {
@@ -450,7 +510,6 @@ impl Registry {
     /// makes it visible in `repo`.
     pub async fn finish_upload<S>(
         &self,
-        ctx: &RequestContext,
         repo: &RepoName,
         id: &str,
         digest: &Digest,
@@ -460,24 +519,24 @@ impl Registry {
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
     {
         let up = match last_chunk {
-            Some((start, body)) => self.write_chunk(repo, id, start, body).await?,
-            None => self.upload(repo, id).await?,
+            Some((start, body)) => self.append_chunk(repo, id, start, body).await?,
+            None => self.upload_record(repo, id).await?,
         };
         let known = self.take_hasher(id, up.size).map(Hasher::finish);
         let committed: Result<()> = async {
             self.store
                 .commit_upload(id, &up.parts, up.size, digest, known)
                 .await?;
-            let mut changes = vec![
+            self.commit(vec![
                 Change::LinkBlob {
                     repo: repo.clone(),
                     digest: digest.clone(),
                     size: up.size,
+                    mounted_from: None,
                 },
                 Change::DeleteUpload { id: id.to_string() },
-            ];
-            changes.extend(self.blob_pushed(ctx, repo, digest, up.size));
-            self.meta.apply(changes).await?;
+            ])
+            .await?;
             Ok(())
         }
         .await;
@@ -494,10 +553,9 @@ impl Registry {
 
     /// Cancels an upload and removes its data.
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
-        self.upload(repo, id).await?;
+        self.upload_record(repo, id).await?;
         match self
-            .meta
-            .apply(vec![Change::DeleteUpload { id: id.to_string() }])
+            .commit(vec![Change::DeleteUpload { id: id.to_string() }])
             .await
         {
             Err(MetaError::NotFound(_)) => {
@@ -530,8 +588,7 @@ impl Registry {
             }
             for up in idle {
                 match self
-                    .meta
-                    .apply(vec![Change::DeleteUpload { id: up.id.clone() }])
+                    .commit(vec![Change::DeleteUpload { id: up.id.clone() }])
                     .await
                 {
                     Ok(()) | Err(MetaError::NotFound(_)) => {}
@@ -569,12 +626,12 @@ impl Registry {
 
     // ---- manifests ---------------------------------------------------------------------------
 
-    /// Validates and stores a manifest, tagging it when `reference` is a tag.
+    /// Validates and stores a manifest, pointing `tags` at it (and `reference`, when it is a tag).
     pub async fn put_manifest(
         &self,
-        ctx: &RequestContext,
         repo: &RepoName,
         reference: &Reference,
+        tags: &[Tag],
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<PushedManifest> {
@@ -595,17 +652,23 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::of(Algorithm::Sha256, &body),
         };
-        let events = self.events_for(EventAction::Push, || {
-            let mut e = RegistryEvent::new(EventAction::Push, repo, ctx).target(
-                &digest,
-                &parsed.media_type,
-                body.len() as u64,
-            );
-            if let Reference::Tag(t) = reference {
-                e.tag = Some(t.clone());
+        let mut all_tags: Vec<Tag> = Vec::with_capacity(tags.len() + 1);
+        if let Reference::Tag(t) = reference {
+            all_tags.push(t.clone());
+        }
+        for t in tags {
+            if !all_tags.contains(t) {
+                all_tags.push(t.clone());
             }
-            e
-        });
+        }
+        let children = parsed
+            .children
+            .iter()
+            .map(|c| ChildRef {
+                digest: c.digest.clone(),
+                required: self.index_children.requires(c.platform.as_ref()),
+            })
+            .collect();
         let record = ManifestRecord {
             digest: digest.clone(),
             media_type: parsed.media_type,
@@ -623,30 +686,32 @@ impl Registry {
             repo: repo.clone(),
             manifest: record,
             blobs: parsed.blobs,
-            children: parsed.children,
+            children,
         }];
-        if let Reference::Tag(tag) = reference {
-            changes.push(Change::SetTag {
-                repo: repo.clone(),
-                tag: tag.clone(),
-                digest: digest.clone(),
-            });
-        }
-        changes.extend(events);
-        match self.meta.apply(changes).await {
+        changes.extend(all_tags.iter().map(|tag| Change::SetTag {
+            repo: repo.clone(),
+            tag: tag.clone(),
+            digest: digest.clone(),
+        }));
+        match self.commit(changes).await {
             Err(MetaError::MissingReference(d)) => Err(RegistryError::ManifestBlobUnknown(d)),
             other => other.map_err(RegistryError::from),
         }?;
         Ok(PushedManifest {
             digest,
             subject: parsed.subject,
+            tags: all_tags,
         })
     }
 
-    /// A manifest's record, without its bytes.
-    pub async fn manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestRecord> {
+    /// A manifest's descriptor, without its bytes.
+    pub async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestDescriptor> {
         match self.meta.manifest(repo, reference).await? {
-            Some(m) => Ok(m),
+            Some(m) => Ok(m.into()),
             None if !self.meta.repository_exists(repo).await? => {
                 Err(RegistryError::NameUnknown(repo.clone()))
             }
@@ -654,32 +719,52 @@ impl Registry {
         }
     }
 
-    /// A manifest's bytes.
-    pub async fn manifest_bytes(&self, record: &ManifestRecord) -> Result<Bytes> {
-        if let Some(b) = self.manifest_bytes.get(&record.digest) {
+    /// The bytes of a manifest of `repo` found by [`Registry::manifest`] under `reference`, and
+    /// reports the pull.
+    pub async fn pull_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        manifest: &ManifestDescriptor,
+    ) -> Result<Bytes> {
+        let bytes = self.manifest_content(&manifest.digest).await?;
+        self.note_pull(|| {
+            let tag = match reference {
+                Reference::Tag(t) => Some(t),
+                Reference::Digest(_) => None,
+            };
+            events::pull(
+                repo,
+                &manifest.digest,
+                &manifest.media_type,
+                manifest.size,
+                tag,
+            )
+        })
+        .await;
+        Ok(bytes)
+    }
+
+    async fn manifest_content(&self, digest: &Digest) -> Result<Bytes> {
+        if let Some(b) = self.manifest_bytes.get(digest) {
             return Ok(b);
         }
-        match self.store.read_blob_bytes(&record.digest).await {
+        match self.store.read_blob_bytes(digest).await {
             Ok(b) => {
-                self.manifest_bytes.insert(record.digest.clone(), b.clone());
+                self.manifest_bytes.insert(digest.clone(), b.clone());
                 Ok(b)
             }
             Err(StorageError::NotFound(_)) => {
-                tracing::error!(digest = %record.digest, "manifest is recorded but missing from storage");
-                Err(RegistryError::ManifestUnknown(record.digest.to_string()))
+                tracing::error!(%digest, "manifest is recorded but missing from storage");
+                Err(RegistryError::ManifestUnknown(digest.to_string()))
             }
             other => Ok(other?),
         }
     }
 
     /// Deletes a manifest (by digest: with every tag pointing at it) or just a tag.
-    pub async fn delete_manifest(
-        &self,
-        ctx: &RequestContext,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<()> {
-        let mut changes = vec![match reference {
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let change = match reference {
             Reference::Digest(d) => Change::DeleteManifest {
                 repo: repo.clone(),
                 digest: d.clone(),
@@ -688,16 +773,8 @@ impl Registry {
                 repo: repo.clone(),
                 tag: t.clone(),
             },
-        }];
-        changes.extend(self.events_for(EventAction::Delete, || {
-            let mut e = RegistryEvent::new(EventAction::Delete, repo, ctx);
-            match reference {
-                Reference::Digest(d) => e.digest = Some(d.clone()),
-                Reference::Tag(t) => e.tag = Some(t.clone()),
-            }
-            e
-        }));
-        match self.meta.apply(changes).await {
+        };
+        match self.commit(vec![change]).await {
             Err(MetaError::NotFound(_)) => {
                 Err(RegistryError::ManifestUnknown(reference.to_string()))
             }
@@ -726,7 +803,8 @@ impl Registry {
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
-    ) -> Result<Vec<ManifestRecord>> {
-        Ok(self.meta.referrers(repo, subject, artifact_type).await?)
+    ) -> Result<Vec<ManifestDescriptor>> {
+        let records = self.meta.referrers(repo, subject, artifact_type).await?;
+        Ok(records.into_iter().map(ManifestDescriptor::from).collect())
     }
 }

@@ -38,6 +38,25 @@ pub struct Descriptor {
     pub urls: Vec<String>,
     #[serde(default)]
     pub artifact_type: Option<String>,
+    /// For a manifest listed in an index: the platform it is for.
+    #[serde(default)]
+    pub platform: Option<Platform>,
+}
+
+/// The platform of an index entry (the fields that select it: `os` and `architecture`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct Platform {
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+}
+
+/// A manifest an index lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Child {
+    pub digest: Digest,
+    pub platform: Option<Platform>,
 }
 
 #[derive(Deserialize)]
@@ -60,8 +79,8 @@ pub struct ParsedManifest {
     pub kind: ManifestKind,
     /// Blobs that must be present in the repository (config and distributable layers).
     pub blobs: Vec<Digest>,
-    /// Manifests that must be present in the repository (children of an index).
-    pub children: Vec<Digest>,
+    /// Manifests an index lists (which of them must be present is the core's policy).
+    pub children: Vec<Child>,
     pub subject: Option<Digest>,
     /// The artifact type as the referrers API reports it: `artifactType`, else the config media type.
     pub artifact_type: Option<String>,
@@ -188,7 +207,13 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
                 media_type,
                 kind,
                 blobs: Vec::new(),
-                children: manifests.into_iter().map(|m| m.digest).collect(),
+                children: manifests
+                    .into_iter()
+                    .map(|m| Child {
+                        digest: m.digest,
+                        platform: m.platform,
+                    })
+                    .collect(),
                 subject,
                 artifact_type: raw.artifact_type,
                 annotations,
@@ -269,7 +294,7 @@ mod tests {
         );
         let m = parse(Some(OCI_INDEX), body.as_bytes()).unwrap();
         assert_eq!(m.kind, ManifestKind::Index);
-        assert_eq!(m.children[0].to_string(), D1);
+        assert_eq!(m.children[0].digest.to_string(), D1);
         assert_eq!(m.subject.unwrap().to_string(), D2);
     }
 
