@@ -3,7 +3,9 @@
 //! Layers, each depending only on those below it:
 //! - [`http`]: the axum edge (routes, OCI error mapping);
 //! - [`registry`]: the core (names, digests, manifests, uploads, tags, referrers);
-//! - [`storage`] (blob bytes over OpenDAL) and [`meta`] (metadata over sqlx).
+//! - [`storage`] (blob bytes over OpenDAL) and [`meta`] (metadata over sqlx);
+//! - [`oci`]: the value types every layer speaks (digests, names, manifests), which import
+//!   nothing of Berth.
 //!
 //! [`server`] wires them together for the `berth` binary.
 

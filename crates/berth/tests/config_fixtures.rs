@@ -1,6 +1,6 @@
 //! The three real-world Distribution configurations Berth must accept unchanged
-//! (`/work/shared/fixtures/distribution-configs`, read-only; the addresses in them are never
-//! contacted — these tests only parse).
+//! (`tests/fixtures/distribution-configs`; the addresses in them are never contacted — these
+//! tests only parse).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,10 +10,10 @@ use berth::config::{
     MASK,
 };
 
-const FIXTURES: &str = "/work/shared/fixtures/distribution-configs";
-
 fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES).join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/distribution-configs")
+        .join(name)
 }
 
 fn load_fixture(name: &str, env: &[(&str, &str)]) -> Loaded {

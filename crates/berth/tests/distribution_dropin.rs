@@ -16,11 +16,7 @@ use common::{Launch, Registry};
 use serde_yaml::Value;
 
 fn fixtures_dir() -> PathBuf {
-    match std::env::var_os("BERTH_FIXTURES") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures/distribution-configs"),
-    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/distribution-configs")
 }
 
 fn fixture(name: &str) -> Value {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 
-/// Shaped like the fixtures in `/work/shared/fixtures/distribution-configs` (token auth,
+/// Shaped like the fixtures in `tests/fixtures/distribution-configs` (token auth,
 /// notifications, access log off); addresses are made up.
 const TOKEN_AUTH: &str = r#"
 version: 0.1
@@ -77,7 +77,7 @@ fn token_auth_config_loads_with_all_values() {
     assert_eq!(c.version, "0.1");
     assert_eq!(c.log.level, LogLevel::Debug);
     assert_eq!(c.log.formatter, LogFormatter::Json);
-    assert_eq!(c.log.fields["service"], serde_yaml::Value::from("registry"));
+    assert_eq!(c.log.fields["service"], Value::from("registry"));
     assert!(c.log.accesslog.disabled);
     let fs = c.storage.filesystem.as_ref().expect("filesystem driver");
     assert_eq!(fs.rootdirectory, "/var/lib/registry");

@@ -127,7 +127,7 @@ mod tests {
     fn scopes_by_route() {
         // (method, path, query, the scopes it needs; None: no authentication at all)
         type Case<'a> = (Method, &'a str, Option<&'a str>, Option<&'a [&'a str]>);
-        let cases: &[Case] = &[
+        let cases: &[Case<'_>] = &[
             (Method::GET, "/v2/", None, Some(&[])),
             (Method::GET, "/debug/health", None, None),
             (
