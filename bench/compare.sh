@@ -18,6 +18,8 @@
 #   KEEP=1          keep the temp dir (logs, data) for inspection
 #   BUILD=0         skip `cargo build --release` (use binaries already built)
 #   BERTH_BIN=PATH, BENCH_BIN=PATH   use these binaries instead of target/release/*
+#   BERTH_BASE_BIN=PATH  a second Berth (e.g. built from an earlier commit), run as the server
+#                   "berth-base" (add it to SERVERS): before/after ratios in the same run
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -150,16 +152,21 @@ EOF
   wait_ready "$SERVER_PID" "$SERVER_URL/v2/" distribution "$dir/server.log"
 }
 
-start_berth() {
-  local dir="$1" port
+start_berth() { # DIR [BINARY]
+  local dir="$1" bin="${2:-$BERTH_BIN}" port
   port="$(pick_port)"
   mkdir -p "$dir/data"
-  taskset -c "$SERVER_CPU" "$BERTH_BIN" serve --addr "$HOST:$port" --data "$dir/data" >"$dir/server.out" 2>"$dir/server.log" &
+  taskset -c "$SERVER_CPU" "$bin" serve --addr "$HOST:$port" --data "$dir/data" >"$dir/server.out" 2>"$dir/server.log" &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   SERVER_URL="http://$HOST:$port"
   wait_ready "$SERVER_PID" "$SERVER_URL/v2/" berth "$dir/server.log"
   grep -q "berth listening on" "$dir/server.out" || log "warning: berth did not print 'berth listening on'"
+}
+
+start_berth-base() {
+  [[ -x "${BERTH_BASE_BIN:-}" ]] || die "server berth-base needs BERTH_BASE_BIN"
+  start_berth "$1" "$BERTH_BASE_BIN"
 }
 
 start_nginx() {
