@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::meta::{Change, ChildRef, ManifestRecord, MetaError, MetaStore};
+use crate::meta::{Change, Dependency, ManifestRecord, MetaError, MetaStore};
 use crate::oci::digest::Digest;
 use crate::oci::manifest;
 use crate::oci::name::{Reference, RepoName, Tag};
@@ -280,11 +280,18 @@ async fn import_repo(
                 subject: parsed.subject,
                 annotations: parsed.annotations,
             },
-            blobs: parsed.blobs,
+            blobs: parsed
+                .blobs
+                .into_iter()
+                .map(|digest| Dependency {
+                    digest,
+                    required: true,
+                })
+                .collect(),
             children: parsed
                 .children
                 .into_iter()
-                .map(|c| ChildRef {
+                .map(|c| Dependency {
                     digest: c.digest,
                     required: true,
                 })

@@ -112,10 +112,10 @@ pub struct UploadRecord {
     pub created_at: i64,
 }
 
-/// A manifest an index lists, and whether it must already be recorded in the repository (a
-/// sparse index may name children that are absent).
+/// Something a manifest references (a blob, or a manifest an index lists), and whether it must
+/// already be in the repository (a sparse manifest may name content that is absent).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChildRef {
+pub struct Dependency {
     pub digest: Digest,
     pub required: bool,
 }
@@ -134,13 +134,14 @@ pub enum Change {
     },
     /// Removes a blob from a repository. `NotFound` if it was not linked.
     UnlinkBlob { repo: RepoName, digest: Digest },
-    /// Records a manifest. Fails with `MissingReference` unless every blob in `blobs` is linked in
-    /// the repository and every required manifest in `children` is recorded there.
+    /// Records a manifest. Fails with `MissingReference` unless every required blob in `blobs`
+    /// is linked in the repository and every required manifest in `children` is recorded there.
+    /// All of them are recorded as its references.
     PutManifest {
         repo: RepoName,
         manifest: ManifestRecord,
-        blobs: Vec<Digest>,
-        children: Vec<ChildRef>,
+        blobs: Vec<Dependency>,
+        children: Vec<Dependency>,
     },
     /// Points a tag at a manifest (which must be recorded in the repository).
     SetTag {

@@ -387,7 +387,8 @@ async fn apply_one(
                 // checked and recorded when it was first pushed.
                 return Ok(());
             }
-            for b in &blobs {
+            for b in blobs.iter().filter(|b| b.required) {
+                let b = &b.digest;
                 let linked: Option<i64> =
                     sqlx::query_scalar("SELECT 1 FROM repo_blobs WHERE repo_id = ? AND digest = ?")
                         .bind(id)
@@ -398,7 +399,8 @@ async fn apply_one(
                     return Err(MetaError::MissingReference(b.clone()));
                 }
             }
-            touch_blobs(tx, &blobs).await?;
+            let named: Vec<Digest> = blobs.iter().map(|b| b.digest.clone()).collect();
+            touch_blobs(tx, &named).await?;
             for c in children.iter().filter(|c| c.required) {
                 if !has_manifest(tx, id, &c.digest.to_string()).await? {
                     return Err(MetaError::MissingReference(c.digest.clone()));
@@ -421,7 +423,7 @@ async fn apply_one(
             .await?;
             let refs = blobs
                 .iter()
-                .map(|d| (d, "blob"))
+                .map(|b| (&b.digest, "blob"))
                 .chain(children.iter().map(|c| (&c.digest, "manifest")));
             for (target, kind) in refs {
                 sqlx::query(

@@ -1,7 +1,7 @@
 //! The behaviour every [`MetaStore`] implementation must have. Each implementation's tests call
 //! [`run`] on a fresh, empty store.
 
-use super::{BlobState, Change, ChildRef, ManifestRecord, MetaError, MetaStore, Page};
+use super::{BlobState, Change, Dependency, ManifestRecord, MetaError, MetaStore, Page};
 use crate::oci::digest::{Algorithm, Digest};
 use crate::oci::name::{Reference, RepoName, Tag};
 
@@ -23,6 +23,15 @@ fn manifest(name: &str, subject: Option<&str>, artifact_type: &str) -> ManifestR
         subject: subject.map(digest),
         annotations: Some(serde_json::json!({"k": name})),
     }
+}
+fn required(names: &[&str]) -> Vec<Dependency> {
+    names
+        .iter()
+        .map(|n| Dependency {
+            digest: digest(n),
+            required: true,
+        })
+        .collect()
 }
 fn page(after: Option<&str>, limit: Option<u32>) -> Page {
     Page {
@@ -85,7 +94,7 @@ pub async fn run(store: &dyn MetaStore) {
             Change::PutManifest {
                 repo: b.clone(),
                 manifest: manifest("m0", None, "t"),
-                blobs: vec![digest("layer")],
+                blobs: required(&["layer"]),
                 children: vec![],
             },
         ])
@@ -103,7 +112,7 @@ pub async fn run(store: &dyn MetaStore) {
             Change::PutManifest {
                 repo: a.clone(),
                 manifest: m1.clone(),
-                blobs: vec![digest("config"), digest("layer")],
+                blobs: required(&["config", "layer"]),
                 children: vec![],
             },
             Change::SetTag {
@@ -140,7 +149,7 @@ pub async fn run(store: &dyn MetaStore) {
     assert_eq!(store.blob(&m1.digest).await.unwrap().unwrap().size, 100);
 
     // An index needs its required children in the same repository.
-    let child = |d: &Digest, required| ChildRef {
+    let child = |d: &Digest, required| Dependency {
         digest: d.clone(),
         required,
     };
@@ -161,6 +170,22 @@ pub async fn run(store: &dyn MetaStore) {
             manifest: idx.clone(),
             blobs: vec![],
             children: vec![child(&m1.digest, true)],
+        }])
+        .await
+        .unwrap();
+    // A sparse image: a layer that is not required may be absent.
+    let sparse_image = manifest("sparse-image", None, "t");
+    let mut blobs = required(&["config"]);
+    blobs.push(Dependency {
+        digest: digest("absent layer"),
+        required: false,
+    });
+    store
+        .apply(vec![Change::PutManifest {
+            repo: a.clone(),
+            manifest: sparse_image,
+            blobs,
+            children: vec![],
         }])
         .await
         .unwrap();

@@ -79,6 +79,8 @@ pub struct ParsedManifest {
     pub kind: ManifestKind,
     /// Blobs that must be present in the repository (config and distributable layers).
     pub blobs: Vec<Digest>,
+    /// Which of `blobs` is the image's config (`None` for an index).
+    pub config: Option<Digest>,
     /// Manifests an index lists (which of them must be present is the core's policy).
     pub children: Vec<Child>,
     pub subject: Option<Digest>,
@@ -188,6 +190,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
                 media_type,
                 kind,
                 blobs,
+                config: Some(config.digest.clone()),
                 children: Vec::new(),
                 subject,
                 artifact_type,
@@ -207,6 +210,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
                 media_type,
                 kind,
                 blobs: Vec::new(),
+                config: None,
                 children: manifests
                     .into_iter()
                     .map(|m| Child {

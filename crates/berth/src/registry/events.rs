@@ -273,7 +273,10 @@ mod tests {
             Change::PutManifest {
                 repo: repo.clone(),
                 manifest: manifest(&m),
-                blobs: vec![blob.clone()],
+                blobs: vec![crate::meta::Dependency {
+                    digest: blob.clone(),
+                    required: true,
+                }],
                 children: vec![],
             },
             Change::SetTag {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::Stream;
 
-use crate::meta::{Change, ChildRef, ManifestRecord, MetaError, MetaStore, UploadRecord};
+use crate::meta::{Change, Dependency, ManifestRecord, MetaError, MetaStore, UploadRecord};
 use crate::oci::digest::{Algorithm, Digest, Hasher};
 use crate::oci::manifest::{self, Platform, MAX_MANIFEST_SIZE};
 use crate::oci::name::{Reference, RepoName, Tag};
@@ -137,8 +137,9 @@ pub enum IndexChildren {
     /// Every child (the default).
     #[default]
     All,
-    /// None: an index may name children that are absent (a sparse index, e.g. one platform of a
-    /// multi-platform image kept by a pull-through cache).
+    /// None: sparse manifests are accepted: an index may name children that are absent (e.g.
+    /// one platform of a multi-platform image kept by a pull-through cache), and an image its
+    /// layers (not its config), as the OCI conformance suite's sparse manifests do.
     None,
     /// The children for these platforms (same `os` and `architecture`); an empty list means
     /// every child, and a child that names no platform is not checked (as in Distribution).
@@ -664,9 +665,18 @@ impl Registry {
         let children = parsed
             .children
             .iter()
-            .map(|c| ChildRef {
+            .map(|c| Dependency {
                 digest: c.digest.clone(),
                 required: self.index_children.requires(c.platform.as_ref()),
+            })
+            .collect();
+        let layers_required = self.index_children != IndexChildren::None;
+        let blobs = parsed
+            .blobs
+            .into_iter()
+            .map(|digest| Dependency {
+                required: layers_required || Some(&digest) == parsed.config.as_ref(),
+                digest,
             })
             .collect();
         let record = ManifestRecord {
@@ -685,7 +695,7 @@ impl Registry {
         let mut changes = vec![Change::PutManifest {
             repo: repo.clone(),
             manifest: record,
-            blobs: parsed.blobs,
+            blobs,
             children,
         }];
         changes.extend(all_tags.iter().map(|tag| Change::SetTag {
