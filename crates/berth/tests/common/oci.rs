@@ -175,7 +175,7 @@ pub fn parse_errors(body: &[u8]) -> Result<Vec<OciError>, String> {
 }
 
 /// The error codes defined by the distribution spec (plus the legacy `TAG_INVALID`, which
-/// Berth uses for malformed tags).
+/// Berth uses for malformed tags, and Berth's `STORAGE_FULL` for a full disk).
 pub const KNOWN_ERROR_CODES: &[&str] = &[
     "BLOB_UNKNOWN",
     "BLOB_UPLOAD_INVALID",
@@ -192,6 +192,7 @@ pub const KNOWN_ERROR_CODES: &[&str] = &[
     "UNSUPPORTED",
     "TOOMANYREQUESTS",
     "TAG_INVALID",
+    "STORAGE_FULL",
 ];
 
 /// Assert that `resp` is an error with the given status and (for non-HEAD requests) a JSON
