@@ -22,6 +22,9 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256, Sha512};
 use tower::ServiceExt;
 
+use berth::oci::manifest::Platform;
+use berth::registry::IndexChildren;
+
 // ---- the core under test ----------------------------------------------------------------------
 
 /// The router over a fresh core, and the directory holding its database.
@@ -32,14 +35,14 @@ struct Core {
 
 /// The one place that constructs the core: memory blob storage, SQLite metadata in a tempdir, the
 /// registry and the HTTP edge with default settings and no authentication.
-async fn core() -> Core {
+async fn core(index_children: IndexChildren) -> Core {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let meta = berth::meta::sqlite::SqliteMetaStore::open(&dir.path().join("meta.db"))
         .await
         .expect("open the SQLite metadata store");
     let meta: Arc<dyn berth::meta::MetaStore> = Arc::new(meta);
     let store = berth::storage::BlobStore::memory().expect("a memory blob store");
-    let registry = berth::registry::Registry::new(meta, store);
+    let registry = berth::registry::Registry::new(meta, store).with_index_children(index_children);
     let app = berth::http::router(
         Arc::new(registry),
         berth::http::EdgeSettings::default(),
@@ -329,8 +332,13 @@ struct Script {
 
 impl Script {
     async fn new() -> Script {
+        Script::with(IndexChildren::All).await
+    }
+
+    /// A script over a core with this policy for the children of an index.
+    async fn with(index_children: IndexChildren) -> Script {
         let mut s = Script {
-            core: core().await,
+            core: core(index_children).await,
             fixtures: HashMap::new(),
             vars: HashMap::new(),
             ran: 0,
@@ -1245,6 +1253,139 @@ async fn referrers() {
         // Deleting a referrer removes it.
         delete(format!("/v2/{R}/manifests/{{sig}}")).is(202),
         get(refs("m1")).is(200).json_set("/manifests", &[&sbom]),
+    ]);
+    t.run(steps).await;
+}
+
+/// An OCI index whose children name platforms: `(manifest fixture, os/architecture or "")`.
+fn index_for(children: &[(&str, &str)]) -> String {
+    let children: Vec<String> = children
+        .iter()
+        .map(|(c, platform)| {
+            let d = desc(OCI_MANIFEST, c);
+            match platform.split_once('/') {
+                Some((os, arch)) => format!(
+                    r#"{},"platform":{{"os":"{os}","architecture":"{arch}"}}}}"#,
+                    d.strip_suffix('}').expect("a JSON object")
+                ),
+                None => d,
+            }
+        })
+        .collect();
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+        children.join(",")
+    )
+}
+
+/// Fixtures for sparse cases: `m1` (pushed with its blobs), `absent` (a manifest never pushed),
+/// `sparse_image` (over `cfg` and a layer never pushed) and indexes over them.
+fn sparse_fixtures(t: &mut Script) -> Vec<Step> {
+    images(t);
+    t.blob("lost", b"a layer never pushed".to_vec());
+    t.doc("absent", &image("cfg2", &["layer"]));
+    t.doc("sparse_image", &image("cfg", &["layer", "lost"]));
+    t.doc("no_config", &image("cfg2", &["layer"]));
+    t.doc(
+        "amd_absent",
+        &index_for(&[("absent", "linux/amd64"), ("m1", "linux/arm64")]),
+    );
+    t.doc(
+        "arm_absent",
+        &index_for(&[("m1", "linux/amd64"), ("absent", "linux/arm64")]),
+    );
+    t.doc(
+        "unplatformed_absent",
+        &index_for(&[("m1", "linux/amd64"), ("absent", "")]),
+    );
+    let mut steps = push_blobs(R, &["cfg", "layer"]);
+    steps.push(push_manifest(R, "v1", "m1"));
+    steps
+}
+
+#[tokio::test]
+#[rustfmt::skip]
+async fn indexes_need_their_children_by_default() {
+    let mut t = Script::new().await;
+    let mut steps = sparse_fixtures(&mut t);
+    let m = |reference: &str| format!("/v2/{R}/manifests/{reference}");
+    steps.extend(vec![
+        put(m("i")).ct(OCI_INDEX).send("arm_absent").err(400, "MANIFEST_BLOB_UNKNOWN"),
+        put(m("i")).ct(OCI_INDEX).send("unplatformed_absent").err(400, "MANIFEST_BLOB_UNKNOWN"),
+        put(m("s")).ct(OCI_MANIFEST).send("sparse_image").err(400, "MANIFEST_BLOB_UNKNOWN"),
+        get(m("i")).err(404, "MANIFEST_UNKNOWN"),
+    ]);
+    t.run(steps).await;
+}
+
+#[tokio::test]
+#[rustfmt::skip]
+async fn sparse_manifests_with_platforms_none() {
+    let mut t = Script::with(IndexChildren::None).await;
+    let mut steps = sparse_fixtures(&mut t);
+    let m = |reference: &str| format!("/v2/{R}/manifests/{reference}");
+    steps.extend(vec![
+        put(m("i")).ct(OCI_INDEX).send("amd_absent").is(201).has("docker-content-digest", "{amd_absent}"),
+        get(m("i")).is(200).returns("amd_absent"),
+        // The absent child is still unknown.
+        get(m("{absent}")).err(404, "MANIFEST_UNKNOWN"),
+        // An image may lack a layer, never its config.
+        put(m("s")).ct(OCI_MANIFEST).send("sparse_image").is(201),
+        get(m("s")).is(200).returns("sparse_image"),
+        get(format!("/v2/{R}/blobs/{{lost}}")).err(404, "BLOB_UNKNOWN"),
+        put(m("nc")).ct(OCI_MANIFEST).send("no_config").err(400, "MANIFEST_BLOB_UNKNOWN"),
+    ]);
+    t.run(steps).await;
+}
+
+#[tokio::test]
+#[rustfmt::skip]
+async fn sparse_indexes_for_listed_platforms() {
+    let amd64 = Platform { os: "linux".into(), architecture: "amd64".into() };
+    let mut t = Script::with(IndexChildren::Platforms(vec![amd64])).await;
+    let mut steps = sparse_fixtures(&mut t);
+    let m = |reference: &str| format!("/v2/{R}/manifests/{reference}");
+    steps.extend(vec![
+        // The listed platform's child must be present ...
+        put(m("i")).ct(OCI_INDEX).send("amd_absent").err(400, "MANIFEST_BLOB_UNKNOWN"),
+        // ... another platform's need not be, nor one that names no platform (as Distribution).
+        put(m("i")).ct(OCI_INDEX).send("arm_absent").is(201),
+        put(m("j")).ct(OCI_INDEX).send("unplatformed_absent").is(201),
+        get(m("j")).is(200).returns("unplatformed_absent"),
+        // Image layers are still checked.
+        put(m("s")).ct(OCI_MANIFEST).send("sparse_image").err(400, "MANIFEST_BLOB_UNKNOWN"),
+    ]);
+    t.run(steps).await;
+}
+
+#[tokio::test]
+#[rustfmt::skip]
+async fn tag_parameter_on_a_push_by_digest() {
+    let mut t = Script::new().await;
+    images(&mut t);
+    let mut steps = push_blobs(R, &["cfg", "cfg2", "layer"]);
+    let m = |reference: &str| format!("/v2/{R}/manifests/{reference}");
+    steps.extend(vec![
+        put(m("{m1}?tag=a")).ct(OCI_MANIFEST).send("m1").is(201).has("oci-tag", "a"),
+        put(m("{m1}?tag=b&tag=c&tag=d")).ct(OCI_MANIFEST).send("m1").is(201)
+            .has("oci-tag", "b, c, d").has("docker-content-digest", "{m1}"),
+        get(m("a")).is(200).returns("m1"),
+        get(m("d")).is(200).returns("m1"),
+        // Any digest algorithm: by sha512, with tags.
+        put(m("{m2.sha512}?tag=x&tag=y")).ct(OCI_MANIFEST).send("m2").is(201)
+            .has("oci-tag", "x, y").has("docker-content-digest", "{m2.sha512}"),
+        get(m("x")).is(200).returns("m2"),
+        get(m("{m2.sha512}")).is(200).returns("m2").has("docker-content-digest", "{m2.sha512}"),
+        // A bad tag refuses the whole push: nothing is tagged.
+        put(m("{m2}?tag=ok&tag=-bad")).ct(OCI_MANIFEST).send("m2").err(400, "TAG_INVALID"),
+        get(m("ok")).err(404, "MANIFEST_UNKNOWN"),
+        // A push by tag takes the parameter's tags too.
+        put(m("e?tag=f")).ct(OCI_MANIFEST).send("m2").is(201).has("oci-tag", "e, f"),
+        get(m("f")).is(200).returns("m2"),
+        // Without the parameter there is no OCI-Tag header.
+        put(m("{m1}")).ct(OCI_MANIFEST).send("m1").is(201).lacks("oci-tag"),
+        get(format!("/v2/{R}/tags/list")).is(200)
+            .json(r#"{"tags":["a","b","c","d","e","f","x","y"]}"#),
     ]);
     t.run(steps).await;
 }
