@@ -8,6 +8,10 @@
 //! earlier step captured (`.capture("loc", "location")`). A failing step panics with its index,
 //! its line, the request and the whole response.
 //!
+//! Over a core that reports events to the test's recording sink ([`Script::with_events`]), a
+//! step may also name the events it adds to the outbox, in order, each summarized as
+//! `action repo [digest] [tag=..] [from=..]`: `.emits(&["pull r {b}"])`, or `.emits(&[])`.
+//!
 //! The process-level suites (`oci_api.rs`, `bad_input.rs`) keep what needs a real socket: real
 //! clients, bodies cut short, graceful shutdown, responses sent before a body is read.
 
@@ -22,33 +26,93 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256, Sha512};
 use tower::ServiceExt;
 
+use berth::meta::{Change, MetaStore};
 use berth::oci::manifest::Platform;
+use berth::registry::events::{EventAction, EventSink, RegistryEvent};
 use berth::registry::IndexChildren;
 
 // ---- the core under test ----------------------------------------------------------------------
 
-/// The router over a fresh core, and the directory holding its database.
+/// The router over a fresh core, its metadata store (for reading the outbox) and the directory
+/// holding its database.
 struct Core {
     app: Router,
+    meta: Arc<dyn MetaStore>,
     _dir: tempfile::TempDir,
 }
 
 /// The one place that constructs the core: memory blob storage, SQLite metadata in a tempdir, the
-/// registry and the HTTP edge with default settings and no authentication.
-async fn core(index_children: IndexChildren) -> Core {
+/// registry (with this policy for the children of an index, and reporting events to `events`)
+/// and the HTTP edge with default settings and no authentication.
+async fn core(index_children: IndexChildren, events: Option<Arc<dyn EventSink>>) -> Core {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let meta = berth::meta::sqlite::SqliteMetaStore::open(&dir.path().join("meta.db"))
         .await
         .expect("open the SQLite metadata store");
-    let meta: Arc<dyn berth::meta::MetaStore> = Arc::new(meta);
+    let meta: Arc<dyn MetaStore> = Arc::new(meta);
     let store = berth::storage::BlobStore::memory().expect("a memory blob store");
-    let registry = berth::registry::Registry::new(meta, store).with_index_children(index_children);
+    let mut registry =
+        berth::registry::Registry::new(meta.clone(), store).with_index_children(index_children);
+    if let Some(sink) = events {
+        registry = registry.with_events(sink);
+    }
     let app = berth::http::router(
         Arc::new(registry),
         berth::http::EdgeSettings::default(),
         None,
     );
-    Core { app, _dir: dir }
+    Core {
+        app,
+        meta,
+        _dir: dir,
+    }
+}
+
+/// The outbox topic of the recording sink.
+const TOPIC: &str = "test";
+
+/// An event sink that records every event in the outbox under [`TOPIC`], as a JSON object of its
+/// action, repository, digest, tag and source repository. With `lose_pulls`, the entries for a
+/// pull also ask to delete an upload that does not exist, so the store refuses the whole write.
+struct Recorder {
+    lose_pulls: bool,
+}
+
+impl EventSink for Recorder {
+    fn changes_for(&self, e: &RegistryEvent) -> Vec<Change> {
+        let payload = serde_json::json!({
+            "action": e.action.as_str(),
+            "repo": e.repo.to_string(),
+            "digest": e.digest.as_ref().map(|d| d.to_string()),
+            "tag": e.tag.as_ref().map(|t| t.to_string()),
+            "from": e.from.as_ref().map(|r| r.to_string()),
+        });
+        let mut changes = vec![Change::Enqueue {
+            topic: TOPIC.into(),
+            payload,
+        }];
+        if self.lose_pulls && e.action == EventAction::Pull {
+            changes.push(Change::DeleteUpload { id: "nope".into() });
+        }
+        changes
+    }
+
+    fn wants(&self, _action: EventAction) -> bool {
+        true
+    }
+}
+
+/// A recorded event as steps name it: `action repo [digest] [tag=..] [from=..]`.
+fn event_summary(payload: &Value) -> String {
+    let text = |k: &str| payload[k].as_str().map(str::to_string);
+    let mut parts = vec![
+        text("action").unwrap_or_else(|| format!("<no action in {payload}>")),
+        text("repo").unwrap_or_else(|| format!("<no repo in {payload}>")),
+    ];
+    parts.extend(text("digest"));
+    parts.extend(text("tag").map(|t| format!("tag={t}")));
+    parts.extend(text("from").map(|f| format!("from={f}")));
+    parts.join(" ")
 }
 
 // ---- media types and fixture builders -----------------------------------------------------------
@@ -195,6 +259,8 @@ struct Step {
     want_headers: Vec<(&'static str, HeaderWant)>,
     want_body: Option<BodyWant>,
     captures: Vec<(&'static str, &'static str)>,
+    /// The events the step adds to the outbox, in order (templates); `None`: not checked.
+    emits: Option<Vec<String>>,
     line: u32,
 }
 
@@ -211,6 +277,7 @@ fn step(method: Method, path: impl Into<String>) -> Step {
         want_headers: Vec::new(),
         want_body: None,
         captures: Vec::new(),
+        emits: None,
         line: std::panic::Location::caller().line(),
     }
 }
@@ -318,6 +385,11 @@ impl Step {
         self.captures.push((var, header));
         self
     }
+    /// Exactly these events (summaries, templates) are added to the outbox by this step.
+    fn emits(mut self, events: &[&str]) -> Step {
+        self.emits = Some(events.iter().map(|e| e.to_string()).collect());
+        self
+    }
 }
 
 // ---- the interpreter ----------------------------------------------------------------------------
@@ -325,6 +397,8 @@ impl Step {
 /// A fresh core, its fixtures and the variables steps captured.
 struct Script {
     core: Core,
+    /// Whether the core reports events to a [`Recorder`].
+    events: bool,
     fixtures: HashMap<String, Vec<u8>>,
     vars: HashMap<String, String>,
     ran: usize,
@@ -337,8 +411,19 @@ impl Script {
 
     /// A script over a core with this policy for the children of an index.
     async fn with(index_children: IndexChildren) -> Script {
+        Script::build(index_children, None).await
+    }
+
+    /// A script over a core that reports events to a [`Recorder`].
+    async fn with_events(lose_pulls: bool) -> Script {
+        let sink = Arc::new(Recorder { lose_pulls });
+        Script::build(IndexChildren::All, Some(sink)).await
+    }
+
+    async fn build(index_children: IndexChildren, events: Option<Arc<dyn EventSink>>) -> Script {
         let mut s = Script {
-            core: core(index_children).await,
+            events: events.is_some(),
+            core: core(index_children, events).await,
             fixtures: HashMap::new(),
             vars: HashMap::new(),
             ran: 0,
@@ -406,6 +491,20 @@ impl Script {
         }
     }
 
+    /// The outbox of the recording sink: `(seq, summary)` of every entry, in order.
+    async fn outbox(&self) -> Vec<(i64, String)> {
+        let entries = self
+            .core
+            .meta
+            .outbox_peek(TOPIC, 100_000)
+            .await
+            .expect("read the outbox");
+        entries
+            .iter()
+            .map(|e| (e.seq, event_summary(&e.payload)))
+            .collect()
+    }
+
     async fn run(&mut self, steps: Vec<Step>) {
         for s in steps {
             self.ran += 1;
@@ -425,6 +524,16 @@ impl Script {
             let (a, b) = path.split_at(q + 1);
             path = format!("{a}{}", b.replace('?', "&"));
         }
+        assert!(
+            s.emits.is_none() || self.events,
+            "step {index} (line {}) expects events, but the core reports none",
+            s.line
+        );
+        // The last entry of the outbox before the request.
+        let seen = match s.emits {
+            Some(_) => Some(self.outbox().await.last().map_or(0, |(seq, _)| *seq)),
+            None => None,
+        };
         let body = self.payload(&s.payload);
         let mut req = Request::builder().method(s.method.clone()).uri(&path);
         let mut sent_headers = Vec::new();
@@ -508,6 +617,19 @@ impl Script {
         if let Some(w) = &s.want_body {
             if let Err(e) = self.check_body(w, &got) {
                 failures.push(e);
+            }
+        }
+        if let (Some(want), Some(seen)) = (&s.emits, seen) {
+            let want: Vec<String> = want.iter().map(|e| self.expand(e)).collect();
+            let got: Vec<String> = self
+                .outbox()
+                .await
+                .into_iter()
+                .filter(|(seq, _)| *seq > seen)
+                .map(|(_, e)| e)
+                .collect();
+            if got != want {
+                failures.push(format!("events {got:?}, expected {want:?}"));
             }
         }
         for (var, name) in &s.captures {
@@ -1310,8 +1432,11 @@ async fn indexes_need_their_children_by_default() {
     let mut steps = sparse_fixtures(&mut t);
     let m = |reference: &str| format!("/v2/{R}/manifests/{reference}");
     steps.extend(vec![
+        put(m("i")).ct(OCI_INDEX).send("amd_absent").err(400, "MANIFEST_BLOB_UNKNOWN"),
+        put(m("{amd_absent}")).ct(OCI_INDEX).send("amd_absent").err(400, "MANIFEST_BLOB_UNKNOWN"),
         put(m("i")).ct(OCI_INDEX).send("arm_absent").err(400, "MANIFEST_BLOB_UNKNOWN"),
         put(m("i")).ct(OCI_INDEX).send("unplatformed_absent").err(400, "MANIFEST_BLOB_UNKNOWN"),
+        get(m("{amd_absent}")).err(404, "MANIFEST_UNKNOWN"),
         put(m("s")).ct(OCI_MANIFEST).send("sparse_image").err(400, "MANIFEST_BLOB_UNKNOWN"),
         get(m("i")).err(404, "MANIFEST_UNKNOWN"),
     ]);
@@ -1370,14 +1495,21 @@ async fn tag_parameter_on_a_push_by_digest() {
         put(m("{m1}?tag=b&tag=c&tag=d")).ct(OCI_MANIFEST).send("m1").is(201)
             .has("oci-tag", "b, c, d").has("docker-content-digest", "{m1}"),
         get(m("a")).is(200).returns("m1"),
+        get(m("b")).is(200).returns("m1"),
+        get(m("c")).is(200).returns("m1").has("docker-content-digest", "{m1}"),
         get(m("d")).is(200).returns("m1"),
         // Any digest algorithm: by sha512, with tags.
         put(m("{m2.sha512}?tag=x&tag=y")).ct(OCI_MANIFEST).send("m2").is(201)
             .has("oci-tag", "x, y").has("docker-content-digest", "{m2.sha512}"),
-        get(m("x")).is(200).returns("m2"),
+        get(m("x")).is(200).returns("m2").has("docker-content-digest", "{m2.sha512}"),
+        get(m("y")).is(200).returns("m2"),
+        put(m("{m2.sha512}?tag=z")).ct(OCI_MANIFEST).send("m2").is(201).has("oci-tag", "z"),
+        get(m("z")).is(200).returns("m2"),
         get(m("{m2.sha512}")).is(200).returns("m2").has("docker-content-digest", "{m2.sha512}"),
         // A bad tag refuses the whole push: nothing is tagged.
         put(m("{m2}?tag=ok&tag=-bad")).ct(OCI_MANIFEST).send("m2").err(400, "TAG_INVALID"),
+        put(m("{m2}?tag=.bad")).ct(OCI_MANIFEST).send("m2").err(400, "TAG_INVALID"),
+        put(m("{m2.sha512}?tag=ok&tag=a+b")).ct(OCI_MANIFEST).send("m2").err(400, "TAG_INVALID"),
         get(m("ok")).err(404, "MANIFEST_UNKNOWN"),
         // A push by tag takes the parameter's tags too.
         put(m("e?tag=f")).ct(OCI_MANIFEST).send("m2").is(201).has("oci-tag", "e, f"),
@@ -1385,7 +1517,108 @@ async fn tag_parameter_on_a_push_by_digest() {
         // Without the parameter there is no OCI-Tag header.
         put(m("{m1}")).ct(OCI_MANIFEST).send("m1").is(201).lacks("oci-tag"),
         get(format!("/v2/{R}/tags/list")).is(200)
-            .json(r#"{"tags":["a","b","c","d","e","f","x","y"]}"#),
+            .json(r#"{"tags":["a","b","c","d","e","f","x","y","z"]}"#),
+    ]);
+    t.run(steps).await;
+}
+
+#[tokio::test]
+#[rustfmt::skip]
+async fn events_of_changes_and_reads() {
+    let mut t = Script::with_events(false).await;
+    images(&mut t);
+    t.blob("src_only", pseudo("in the source repository", 300));
+    t.blob("never", b"never pushed".to_vec());
+    t.doc("missing", &image("cfg", &["layer", "never"]));
+    const A: &str = "ev/app";
+    let m = |reference: &str| format!("/v2/{A}/manifests/{reference}");
+    let blob = |d: &str| format!("/v2/{A}/blobs/{{{d}}}");
+    t.run(vec![
+        // Blob pushes: monolithic, and a session that reports only when it finishes.
+        post(format!("/v2/{A}/blobs/uploads/?digest={{cfg}}")).send("cfg").is(201)
+            .emits(&["push ev/app {cfg}"]),
+        post(format!("/v2/{A}/blobs/uploads/")).is(202).capture("s1", "location").emits(&[]),
+        patch("{s1}").send_part("layer", 0..1000).is(202).emits(&[]),
+        put("{s1}?digest={layer}").send_part("layer", 1000..2000).is(201)
+            .emits(&["push ev/app {layer}"]),
+        post(format!("/v2/{A}/blobs/uploads/?digest={{cfg2}}")).send("cfg2").is(201)
+            .emits(&["push ev/app {cfg2}"]),
+        // Refused blob pushes and a cancelled session: nothing happened.
+        post(format!("/v2/{A}/blobs/uploads/?digest={{never}}")).send("cfg")
+            .err(400, "DIGEST_INVALID").emits(&[]),
+        post(format!("/v2/{A}/blobs/uploads/")).is(202).capture("s2", "location").emits(&[]),
+        put("{s2}?digest={never}").send("cfg").err(400, "DIGEST_INVALID").emits(&[]),
+        delete("{s2}").is(204).emits(&[]),
+        // Mounts name where the blob came from, with `from` or without.
+        post("/v2/ev/src/blobs/uploads/?digest={src_only}").send("src_only").is(201)
+            .emits(&["push ev/src {src_only}"]),
+        post("/v2/ev/third/blobs/uploads/?mount={src_only}").is(201)
+            .emits(&["mount ev/third {src_only} from=ev/src"]),
+        post(format!("/v2/{A}/blobs/uploads/?mount={{src_only}}&from=ev/src")).is(201)
+            .emits(&["mount ev/app {src_only} from=ev/src"]),
+        post(format!("/v2/{A}/blobs/uploads/?mount={{never}}&from=ev/src")).is(202)
+            .emits(&[]),
+        // Manifests: one push per tag set, or one without a tag.
+        put(m("v1")).ct(OCI_MANIFEST).send("missing").err(400, "MANIFEST_BLOB_UNKNOWN")
+            .emits(&[]),
+        put(m("{missing}?tag=t")).ct(OCI_MANIFEST).send("missing")
+            .err(400, "MANIFEST_BLOB_UNKNOWN").emits(&[]),
+        put(m("{m1}?tag=.bad")).ct(OCI_MANIFEST).send("m1").err(400, "TAG_INVALID").emits(&[]),
+        put(m("{m1}")).ct(OCI_MANIFEST).send("m2").err(400, "DIGEST_INVALID").emits(&[]),
+        put(m("v1")).ct(OCI_MANIFEST).send("m1").is(201).emits(&["push ev/app {m1} tag=v1"]),
+        put(m("{m1}?tag=a&tag=b")).ct(OCI_MANIFEST).send("m1").is(201)
+            .emits(&["push ev/app {m1} tag=a", "push ev/app {m1} tag=b"]),
+        put(m("{m2}")).ct(OCI_MANIFEST).send("m2").is(201).emits(&["push ev/app {m2}"]),
+        put(m("{m2.sha512}?tag=c")).ct(OCI_MANIFEST).send("m2").is(201)
+            .emits(&["push ev/app {m2.sha512} tag=c"]),
+        // Pulls: GETs of manifests (by tag or digest) and blobs; not HEADs, not misses.
+        get(m("v1")).is(200).returns("m1").emits(&["pull ev/app {m1} tag=v1"]),
+        get(m("{m1}")).is(200).returns("m1").emits(&["pull ev/app {m1}"]),
+        get(m("c")).is(200).returns("m2").emits(&["pull ev/app {m2.sha512} tag=c"]),
+        get(blob("cfg")).is(200).returns("cfg").emits(&["pull ev/app {cfg}"]),
+        get(blob("layer")).h("range", "bytes=0-9").is(206).returns_part("layer", 0..10)
+            .emits(&["pull ev/app {layer}"]),
+        get("/v2/ev/third/blobs/{src_only}").is(200).returns("src_only")
+            .emits(&["pull ev/third {src_only}"]),
+        head(m("v1")).is(200).emits(&[]),
+        head(m("{m1}")).is(200).emits(&[]),
+        head(blob("cfg")).is(200).emits(&[]),
+        get(m("nope")).err(404, "MANIFEST_UNKNOWN").emits(&[]),
+        get(blob("never")).err(404, "BLOB_UNKNOWN").emits(&[]),
+        get(blob("layer")).h("range", "bytes=5000-").is(416).emits(&[]),
+        get(format!("/v2/{A}/tags/list")).is(200).emits(&[]),
+        get("/v2/_catalog").is(200).emits(&[]),
+        get(format!("/v2/{A}/referrers/{{m1}}")).is(200).emits(&[]),
+        // Deletes: a tag, a manifest, a blob; a miss reports nothing.
+        delete(m("a")).is(202).emits(&["delete ev/app tag=a"]),
+        delete(m("a")).err(404, "MANIFEST_UNKNOWN").emits(&[]),
+        delete(m("{m1}")).is(202).emits(&["delete ev/app {m1}"]),
+        delete(m("{m1}")).err(404, "MANIFEST_UNKNOWN").emits(&[]),
+        get(m("b")).err(404, "MANIFEST_UNKNOWN").emits(&[]),
+        delete(blob("cfg2")).is(202).emits(&["delete ev/app {cfg2}"]),
+        delete(blob("cfg2")).err(404, "BLOB_UNKNOWN").emits(&[]),
+    ])
+    .await;
+}
+
+#[tokio::test]
+#[rustfmt::skip]
+async fn a_pull_is_served_when_its_event_cannot_be_written() {
+    // The store refuses every pull's outbox write (and so records none of it).
+    let mut t = Script::with_events(true).await;
+    images(&mut t);
+    let m = |reference: &str| format!("/v2/{R}/manifests/{reference}");
+    let mut steps = push_blobs(R, &["cfg", "layer"]);
+    steps.extend(vec![
+        push_manifest(R, "v1", "m1").emits(&["push team/app/sub {m1} tag=v1"]),
+        get(m("v1")).is(200).returns("m1").has("docker-content-digest", "{m1}").emits(&[]),
+        get(m("{m1}")).is(200).returns("m1").emits(&[]),
+        get(format!("/v2/{R}/blobs/{{layer}}")).is(200).returns("layer")
+            .has("content-length", "{layer.len}").emits(&[]),
+        get(format!("/v2/{R}/blobs/{{layer}}")).h("range", "bytes=10-19").is(206)
+            .returns_part("layer", 10..20).emits(&[]),
+        // Changes are still reported.
+        delete(m("v1")).is(202).emits(&["delete team/app/sub tag=v1"]),
     ]);
     t.run(steps).await;
 }
