@@ -196,7 +196,7 @@ impl BlobStore {
         match &self.fs_root {
             // Locally the temporary file is ours, so a failed write (a full disk) removes it.
             Some(root) => write_local_file(root, &path, data).await?,
-            None => self.op.write(&path, data).await.map(|_| ())?,
+            None => self.write_whole(&path, data).await?,
         }
         self.sync_dirs(&path).await
     }
@@ -232,11 +232,7 @@ impl BlobStore {
             Ok(())
         }
         .await;
-        if let Err(e) = copied {
-            let _ = w.abort().await;
-            return Err(e);
-        }
-        w.close().await?;
+        close_or_abort(w, copied).await?;
         Ok(written)
     }
 
@@ -308,20 +304,24 @@ impl BlobStore {
                             // Concatenate through the operator, hashing on the way.
                             let mut hasher = expected.algorithm().hasher();
                             let mut w = self.op.writer_with(&data).chunk(IO_CHUNK).await?;
-                            for (part, len) in parts.iter().zip(&lengths) {
-                                let mut s = self
-                                    .op
-                                    .reader_with(&part_path(upload, part))
-                                    .chunk(IO_CHUNK)
-                                    .await?
-                                    .into_bytes_stream(0..*len)
-                                    .await?;
-                                while let Some(chunk) = s.try_next().await? {
-                                    hasher.update(&chunk);
-                                    w.write(chunk).await?;
+                            let copied: Result<()> = async {
+                                for (part, len) in parts.iter().zip(&lengths) {
+                                    let mut s = self
+                                        .op
+                                        .reader_with(&part_path(upload, part))
+                                        .chunk(IO_CHUNK)
+                                        .await?
+                                        .into_bytes_stream(0..*len)
+                                        .await?;
+                                    while let Some(chunk) = s.try_next().await? {
+                                        hasher.update(&chunk);
+                                        w.write(chunk).await?;
+                                    }
                                 }
+                                Ok(())
                             }
-                            w.close().await?;
+                            .await;
+                            close_or_abort(w, copied).await?;
                             check(expected, hasher.finish())?;
                         }
                     }
@@ -339,7 +339,7 @@ impl BlobStore {
             if self.stat_blob(expected).await?.is_none() {
                 let target = blob_path(expected);
                 match &source {
-                    None => self.op.write(&target, Bytes::new()).await.map(|_| ())?,
+                    None => self.write_whole(&target, Bytes::new()).await?,
                     // Publish: one atomic rename (fs) of verified, fsynced data.
                     Some(path) => {
                         self.sync_file(path).await?;
@@ -369,6 +369,15 @@ impl BlobStore {
         Ok(hasher.finish())
     }
 
+    /// Writes a whole object (what `Operator::write` does), aborting the write when it fails: on
+    /// the `fs` backend an unfinished write sits in a temporary file under `berth/tmp` that only
+    /// an abort removes, and after a full disk it must not keep the space.
+    async fn write_whole(&self, path: &str, data: impl Into<opendal::Buffer>) -> Result<()> {
+        let mut w = self.op.writer(path).await?;
+        let written = w.write(data).await.map_err(StorageError::from);
+        close_or_abort(w, written).await
+    }
+
     async fn publish(&self, from: &str, to: &str) -> Result<()> {
         let cap = self.op.info().capability();
         if cap.rename {
@@ -376,7 +385,7 @@ impl BlobStore {
         } else {
             // No rename (e.g. memory): a whole-object write is itself atomic there.
             let data = self.op.read(from).await?;
-            self.op.write(to, data).await?;
+            self.write_whole(to, data).await?;
         }
         Ok(())
     }
@@ -414,7 +423,7 @@ impl BlobStore {
 
     /// Writes a small file that is not a blob (e.g. a marker), atomically and durably.
     pub async fn write_file(&self, path: &str, data: Bytes) -> Result<()> {
-        self.op.write(path, data).await?;
+        self.write_whole(path, data).await?;
         self.sync_dirs(path).await
     }
 
@@ -535,6 +544,23 @@ impl BlobStore {
     }
 }
 
+/// Closes `w` (making what was written visible at its name) if writing succeeded; otherwise, or if
+/// closing fails, aborts it, so that nothing of a failed write — a full disk, a body cut short —
+/// is left (OpenDAL removes an unfinished write only when asked to). Aborting is on the failure
+/// path only.
+async fn close_or_abort(mut w: opendal::Writer, written: Result<()>) -> Result<()> {
+    let closed = match written {
+        Ok(()) => w.close().await.map(|_| ()).map_err(StorageError::from),
+        Err(e) => Err(e),
+    };
+    if closed.is_err() {
+        // The write has failed already: an abort that fails too (nothing left to remove, or a
+        // backend without abort) changes nothing about what the caller is told.
+        let _ = w.abort().await;
+    }
+    closed
+}
+
 /// The body of an upload with every chunk fed to `hasher` (when given) on the way; a failing body
 /// becomes [`StorageError::Body`].
 fn hashing<'a, S>(
@@ -555,10 +581,6 @@ where
     })
 }
 
-/// Writes an upload part to a local file: under a temporary name, renamed into place when the
-/// body is complete. Not fsynced: a part only needs to survive a crash of this process (the page
-/// cache does that); a power loss can cost an upload in progress, never a published blob —
-/// publishing syncs the data first.
 /// Writes `data` durably at `rel` under `root`: a temporary file in `berth/tmp`, fsynced, then
 /// renamed into place. On failure the temporary file is removed and nothing is at `rel`.
 async fn write_local_file(root: &Path, rel: &str, data: Bytes) -> io::Result<()> {
@@ -586,6 +608,12 @@ async fn write_local_file(root: &Path, rel: &str, data: Bytes) -> io::Result<()>
     .map_err(io::Error::other)?
 }
 
+/// Writes an upload part to a local file: under a temporary name, renamed into place when the
+/// body is complete. Not fsynced: a part only needs to survive a crash of this process (the page
+/// cache does that); a power loss can cost an upload in progress, never a published blob —
+/// publishing syncs the data first.
+/// On failure (a full disk, a body cut short) the temporary file is removed and nothing is at
+/// the part's name.
 async fn write_local_part<S>(
     root: &Path,
     rel: &str,
@@ -638,11 +666,15 @@ where
         Ok(())
     }
     .await;
-    match result {
-        Ok(()) => {
-            tokio::fs::rename(&tmp, &target).await?;
-            Ok(written)
-        }
+    // A rename can fail for want of space too (a directory that must grow on a full disk).
+    let renamed = match result {
+        Ok(()) => tokio::fs::rename(&tmp, &target)
+            .await
+            .map_err(StorageError::from),
+        Err(e) => Err(e),
+    };
+    match renamed {
+        Ok(()) => Ok(written),
         Err(e) => {
             let _ = tokio::fs::remove_file(&tmp).await;
             Err(e)
@@ -912,6 +944,40 @@ mod tests {
     #[tokio::test]
     async fn memory_backend() {
         suite(BlobStore::memory().unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_through_the_operator_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::fs(dir.path()).unwrap();
+        let temporaries = || {
+            std::fs::read_dir(dir.path().join("berth/tmp"))
+                .unwrap()
+                .count()
+        };
+        let mut w = store.op.writer("berth/uploads/u/data").await.unwrap();
+        w.write(Bytes::from_static(b"partial")).await.unwrap();
+        assert_eq!(
+            temporaries(),
+            1,
+            "the fs backend writes under berth/tmp first"
+        );
+        let failed = Err(StorageError::Full("no space left".into()));
+        assert!(matches!(
+            close_or_abort(w, failed).await,
+            Err(StorageError::Full(_))
+        ));
+        assert_eq!(temporaries(), 0);
+        assert!(!dir.path().join("berth/uploads/u/data").exists());
+
+        let mut w = store.op.writer("berth/uploads/u/data").await.unwrap();
+        w.write(Bytes::from_static(b"whole")).await.unwrap();
+        close_or_abort(w, Ok(())).await.unwrap();
+        assert_eq!(temporaries(), 0);
+        assert_eq!(
+            std::fs::read(dir.path().join("berth/uploads/u/data")).unwrap(),
+            b"whole"
+        );
     }
 
     #[tokio::test]

@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Acquire, Row, Sqlite, Transaction};
+use sqlx::{Acquire, Connection, Row, Sqlite, Transaction};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -103,17 +103,21 @@ async fn write_loop(
         generation.bump();
         let outcomes = match result {
             Ok(outcomes) => outcomes,
-            Err(e) => {
-                let msg = e.to_string();
-                group
-                    .iter()
-                    .map(|_| Err(MetaError::CommitFailed(msg.clone())))
-                    .collect()
-            }
+            Err(e) => group.iter().map(|_| Err(group_failure(&e))).collect(),
         };
         for (req, outcome) in group.drain(..).zip(outcomes) {
             let _ = req.reply.send(outcome);
         }
+    }
+}
+
+/// What each caller of a group hears when the group's transaction failed as a whole. A full disk
+/// stays `Full` (most often it is the commit that cannot append to the WAL), so that the caller
+/// answers 507 and the user learns what to do; anything else is `CommitFailed`.
+fn group_failure(e: &MetaError) -> MetaError {
+    match e {
+        MetaError::Full(m) => MetaError::Full(m.clone()),
+        e => MetaError::CommitFailed(e.to_string()),
     }
 }
 
@@ -122,7 +126,24 @@ async fn write_group(
     ids: &mut RepoIds,
     group: &mut [WriteRequest],
 ) -> Result<Vec<Result<()>>> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut conn = pool.acquire().await?;
+    let written = write_group_on(&mut conn, ids, group).await;
+    if written.is_err() {
+        // A transaction that failed as a whole — most often a COMMIT that could not append to
+        // the WAL of a full disk, which SQLite rolls back by itself — leaves sqlx counting a
+        // transaction that no longer exists, and every later BEGIN on this connection would be
+        // refused. Close it: the pool opens a fresh one for the next group.
+        let _ = conn.close().await;
+    }
+    written
+}
+
+async fn write_group_on(
+    conn: &mut SqliteConnection,
+    ids: &mut RepoIds,
+    group: &mut [WriteRequest],
+) -> Result<Vec<Result<()>>> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let mut outcomes = Vec::with_capacity(group.len());
     for req in group.iter_mut() {
         let mut savepoint = tx.begin().await?;
@@ -813,5 +834,20 @@ mod tests {
         .await
         .unwrap();
         assert!(b.generation().unwrap() > before);
+    }
+
+    #[test]
+    fn a_group_that_fails_on_a_full_disk_reports_full_to_every_caller() {
+        use crate::meta::MetaError;
+        let full = MetaError::Full("database or disk is full".into());
+        assert!(matches!(
+            super::group_failure(&full),
+            MetaError::Full(m) if m == "database or disk is full"
+        ));
+        let other = MetaError::Corrupt("x".into());
+        assert!(matches!(
+            super::group_failure(&other),
+            MetaError::CommitFailed(_)
+        ));
     }
 }
