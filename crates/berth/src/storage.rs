@@ -499,6 +499,12 @@ impl BlobStore {
         Ok(removed)
     }
 
+    /// Removes one part of an upload (one the session never acknowledged).
+    pub async fn delete_part(&self, upload: &str, part: &str) -> Result<()> {
+        self.op.delete(&part_path(upload, part)).await?;
+        Ok(())
+    }
+
     /// Removes everything stored for an upload.
     pub async fn delete_upload(&self, upload: &str) -> Result<()> {
         self.op

@@ -49,9 +49,10 @@ pub enum MetaError {
 
 impl From<sqlx::Error> for MetaError {
     fn from(e: sqlx::Error) -> Self {
-        const SQLITE_FULL: &str = "13";
+        // SQLITE_FULL, and SQLITE_IOERR_SHMSIZE (the WAL index cannot grow on a full disk).
+        const FULL_CODES: [&str; 2] = ["13", "4874"];
         let full = match &e {
-            sqlx::Error::Database(d) => d.code().as_deref() == Some(SQLITE_FULL),
+            sqlx::Error::Database(d) => d.code().is_some_and(|c| FULL_CODES.contains(&c.as_ref())),
             sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
             _ => false,
         };

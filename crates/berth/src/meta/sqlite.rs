@@ -50,7 +50,11 @@ impl Generation {
             .truncate(false)
             .open(path)?;
         if file.metadata()?.len() < 8 {
-            file.set_len(8)?;
+            // Written, not extended with set_len: a sparse file would fault (SIGBUS) when the
+            // mapping is first touched on a full disk; a write fails here with an error instead.
+            use std::io::Write;
+            (&file).write_all(&[0u8; 8])?;
+            file.sync_all()?;
         }
         // SAFETY: the mapping is private to this struct and lives as long as it; other processes
         // map the same 8 bytes and, like this one, only ever access them through the atomic

@@ -487,7 +487,14 @@ impl Registry {
                 to: up.size + n,
                 part: part.clone(),
             };
-            match self.commit(vec![change]).await {
+            let recorded = self.commit(vec![change]).await;
+            if recorded.is_err() {
+                // Not acknowledged: the part is residue; remove it now rather than at purge time.
+                if let Err(e) = self.store.delete_part(id, &part).await {
+                    tracing::warn!(upload = id, error = %e, "could not remove an unrecorded part");
+                }
+            }
+            match recorded {
                 Err(MetaError::Conflict(_)) => {
                     let now = self.upload_record(repo, id).await?;
                     return Err(RegistryError::UploadOutOfOrder { size: now.size });
