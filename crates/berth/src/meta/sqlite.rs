@@ -405,7 +405,6 @@ async fn apply_one(
             children,
         } => {
             let id = ensure_repo(tx, ids, &repo).await?;
-            record_blob(tx, &manifest.digest, manifest.size).await?;
             let digest = manifest.digest.to_string();
             if has_manifest(tx, id, &digest).await? {
                 // The same content again (e.g. pushed under another tag): its references were
@@ -425,6 +424,9 @@ async fn apply_one(
                 }
             }
             let named: Vec<Digest> = blobs.iter().map(|b| b.digest.clone()).collect();
+            // First recorded in this repository: the manifest's bytes and what it names are
+            // referenced now. (A manifest already recorded here stays referenced by its row.)
+            record_blob(tx, &manifest.digest, manifest.size).await?;
             touch_blobs(tx, &named).await?;
             for c in children.iter().filter(|c| c.required) {
                 if !has_manifest(tx, id, &c.digest.to_string()).await? {
