@@ -15,6 +15,8 @@
 //! The process-level suites (`oci_api.rs`, `bad_input.rs`) keep what needs a real socket: real
 //! clients, bodies cut short, graceful shutdown, responses sent before a body is read.
 
+mod common;
+
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use berth::meta::{Change, MetaStore};
 use berth::oci::manifest::Platform;
 use berth::registry::events::{EventAction, EventSink, RegistryEvent};
 use berth::registry::IndexChildren;
+use common::pseudo_bytes as pseudo;
 
 // ---- the core under test ----------------------------------------------------------------------
 
@@ -125,23 +128,6 @@ const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-
-/// Deterministic, seed-dependent bytes.
-fn pseudo(seed: &str, len: usize) -> Vec<u8> {
-    let mut x: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in seed.bytes() {
-        x = (x ^ b as u64).wrapping_mul(0x1000_0000_01b3);
-    }
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// A descriptor of the fixture `name` (a template).
 fn desc(media_type: &str, name: &str) -> String {

@@ -7,6 +7,7 @@
 mod common;
 
 use common::oci::*;
+use common::pseudo_bytes as blob_bytes;
 use common::{sha256, Registry};
 use futures::future::join_all;
 use serde_json::json;
@@ -16,22 +17,6 @@ fn pair() -> (Registry, Registry) {
     let a = Registry::start();
     let b = Registry::start_on(&a.data, &[]);
     (a, b)
-}
-
-fn blob_bytes(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for b in seed.bytes() {
-        x = (x ^ b as u64).wrapping_mul(0x1000_0000_01b3);
-    }
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// The digest a tag resolves to on one instance (GET, checking the body hashes to it).

@@ -4,26 +4,10 @@
 mod common;
 
 use common::oci::*;
+use common::pseudo_bytes as blob_bytes;
 use common::{sha256, sha512, Registry};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-fn blob_bytes(seed: &str, len: usize) -> Vec<u8> {
-    // Deterministic, seed-dependent, not trivially compressible.
-    let mut out = Vec::with_capacity(len);
-    let mut x: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in seed.bytes() {
-        x = (x ^ b as u64).wrapping_mul(0x1000_0000_01b3);
-    }
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 // ---------------------------------------------------------------------------------------------
 // Base endpoint

@@ -193,6 +193,23 @@ impl Drop for Registry {
 }
 
 /// sha256 digest string (`sha256:<hex>`) of some bytes, computed independently of the server.
+/// Deterministic, seed-dependent bytes that do not compress trivially (test blobs).
+pub fn pseudo_bytes(seed: &str, len: usize) -> Vec<u8> {
+    let mut x: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.bytes() {
+        x = (x ^ b as u64).wrapping_mul(0x1000_0000_01b3);
+    }
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest as _;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
