@@ -190,14 +190,11 @@ impl BlobStore {
         if self.stat_blob(d).await?.is_some() {
             return Ok(());
         }
-        // Write-then-publish: a temporary file is written and fsynced, then renamed into place;
-        // then the directory entries are synced.
+        // Write-then-publish: the fs writer writes a temporary file, fsyncs it and renames it
+        // into place on close (a failed write is aborted, which removes it); then the directory
+        // entries are synced.
         let path = blob_path(d);
-        match &self.fs_root {
-            // Locally the temporary file is ours, so a failed write (a full disk) removes it.
-            Some(root) => write_local_file(root, &path, data).await?,
-            None => self.write_whole(&path, data).await?,
-        }
+        self.write_whole(&path, data).await?;
         self.sync_dirs(&path).await
     }
 
@@ -585,33 +582,6 @@ where
         }
         Err(e) => Err(StorageError::Body(e)),
     })
-}
-
-/// Writes `data` durably at `rel` under `root`: a temporary file in `berth/tmp`, fsynced, then
-/// renamed into place. On failure the temporary file is removed and nothing is at `rel`.
-async fn write_local_file(root: &Path, rel: &str, data: Bytes) -> io::Result<()> {
-    let target = root.join(rel);
-    let tmp = root
-        .join("berth/tmp")
-        .join(format!("blob-{}", uuid::Uuid::new_v4().simple()));
-    tokio::task::spawn_blocking(move || {
-        let written = (|| {
-            use std::io::Write;
-            if let Some(dir) = target.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &target)
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written
-    })
-    .await
-    .map_err(io::Error::other)?
 }
 
 /// Writes an upload part to a local file: under a temporary name, renamed into place when the
