@@ -130,6 +130,20 @@ pub const BLOB_MEDIA_TYPE: &str = "application/octet-stream";
 /// - a blob unlinked, a manifest or a tag deleted: `delete`;
 /// - upload bookkeeping and outbox entries are not facts anyone is told about.
 pub fn from_changes(changes: &[Change]) -> Vec<RegistryEvent> {
+    // Upload bookkeeping (most writes of a chunked push) reports nothing: skip the request copy.
+    let reports = |c: &Change| {
+        matches!(
+            c,
+            Change::LinkBlob { .. }
+                | Change::PutManifest { .. }
+                | Change::UnlinkBlob { .. }
+                | Change::DeleteManifest { .. }
+                | Change::DeleteTag { .. }
+        )
+    };
+    if !changes.iter().any(reports) {
+        return Vec::new();
+    }
     let request = current_request();
     let mut events = Vec::new();
     for change in changes {
