@@ -35,6 +35,9 @@ pub enum ErrorCode {
     /// The registry's disk is full. Not in the spec's list (whose codes say nothing of the
     /// server's state); clients show its message, which says what to do.
     StorageFull,
+    /// A store the registry needs (the metadata database) cannot be reached. Distribution's
+    /// `UNAVAILABLE`; the answer carries `Retry-After`.
+    Unavailable,
     Unknown,
 }
 
@@ -161,6 +164,12 @@ impl ErrorCode {
                 "the registry's storage is full; free space or enlarge the volume, then retry",
             ),
             reg(
+                C::Unavailable,
+                "UNAVAILABLE",
+                S::SERVICE_UNAVAILABLE,
+                "service unavailable; retry later",
+            ),
+            reg(
                 C::Unknown,
                 "UNKNOWN",
                 S::INTERNAL_SERVER_ERROR,
@@ -274,6 +283,10 @@ impl From<RegistryError> for ApiError {
                 tracing::error!(error = %message, "storage is full");
                 C::StorageFull
             }
+            E::Unavailable(_) => {
+                tracing::warn!(error = %message, "a store is unavailable");
+                return ApiError::new(C::Unavailable, message).with_header(header::RETRY_AFTER, "1");
+            }
             E::Storage(_) | E::Meta(_) => return ApiError::internal(message),
         };
         ApiError::new(code, message)
@@ -363,6 +376,7 @@ mod tests {
             ErrorCode::Unsupported,
             ErrorCode::TooManyRequests,
             ErrorCode::StorageFull,
+            ErrorCode::Unavailable,
             ErrorCode::Unknown,
         ];
         assert_eq!(codes.len(), ErrorCode::ALL.len());

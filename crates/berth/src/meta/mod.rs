@@ -41,6 +41,10 @@ pub enum MetaError {
     /// The database's disk is full: nothing was written.
     #[error("the metadata database's disk is full: {0}")]
     Full(String),
+    /// The database cannot be reached (down, restarting, or every connection is in use): nothing
+    /// was written, and the same request may succeed once it is back.
+    #[error("the metadata database is unreachable: {0}")]
+    Unavailable(String),
     #[error("database error: {0}")]
     Database(sqlx::Error),
     #[error("database migration error: {0}")]
@@ -57,10 +61,29 @@ impl From<sqlx::Error> for MetaError {
             _ => false,
         };
         if full {
-            MetaError::Full(e.to_string())
-        } else {
-            MetaError::Database(e)
+            return MetaError::Full(e.to_string());
         }
+        if is_unavailable(&e) {
+            return MetaError::Unavailable(e.to_string());
+        }
+        MetaError::Database(e)
+    }
+}
+
+/// Whether `e` says the database could not be reached rather than that it refused a statement:
+/// a connection that could not be opened or was lost, a pool with no connection to give, or a
+/// server shutting down or starting (PostgreSQL's class 57P, and 08 connection exceptions).
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
     }
 }
 

@@ -55,6 +55,9 @@ pub enum RegistryError {
     /// The disk (or the database's disk) has no space left: nothing was stored.
     #[error("the registry's storage is full ({0}); nothing was stored. Free space or enlarge the volume, then push again")]
     StorageFull(String),
+    /// A store the registry depends on cannot be reached; nothing was changed.
+    #[error("{0}; nothing was changed. Retry once it is back")]
+    Unavailable(String),
     #[error(transparent)]
     Storage(StorageError),
     #[error(transparent)]
@@ -82,6 +85,7 @@ impl From<MetaError> for RegistryError {
     fn from(e: MetaError) -> Self {
         match e {
             MetaError::Full(m) => RegistryError::StorageFull(m),
+            e @ MetaError::Unavailable(_) => RegistryError::Unavailable(e.to_string()),
             e => RegistryError::Meta(e),
         }
     }

@@ -193,6 +193,7 @@ pub const KNOWN_ERROR_CODES: &[&str] = &[
     "TOOMANYREQUESTS",
     "TAG_INVALID",
     "STORAGE_FULL",
+    "UNAVAILABLE",
 ];
 
 /// Assert that `resp` is an error with the given status and (for non-HEAD requests) a JSON
