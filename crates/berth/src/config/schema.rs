@@ -64,6 +64,11 @@ pub struct Config {
     pub validation: Validation,
     /// Content policies enforced on repositories.
     pub policy: Policy,
+    /// An external PostgreSQL metadata database, in the GitLab container registry's form. When
+    /// absent or not `enabled`, metadata lives in the embedded SQLite database (`sqlite`).
+    pub database: Option<Database>,
+    /// The embedded SQLite metadata database (Berth's own section).
+    pub sqlite: Sqlite,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1202,4 +1207,73 @@ impl<'de> Deserialize<'de> for OneOrMany {
 
         deserializer.deserialize_any(OneOrManyVisitor)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// database (the GitLab container registry's section) and sqlite (Berth's)
+
+/// The PostgreSQL metadata database, keyed as the GitLab container registry keys it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Database {
+    /// Use this database for metadata.
+    pub enabled: bool,
+    /// Server host name, address, or a directory holding its Unix socket.
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    /// libpq's `sslmode`: disable, allow, prefer, require, verify-ca or verify-full.
+    pub sslmode: String,
+    /// Client certificate, its key, and the CA bundle that verifies the server.
+    pub sslcert: Option<String>,
+    pub sslkey: Option<String>,
+    pub sslrootcert: Option<String>,
+    /// How long to wait for a connection to open.
+    pub connecttimeout: Option<GoDuration>,
+    /// The connection pool.
+    pub pool: DatabasePool,
+}
+
+impl Default for Database {
+    fn default() -> Database {
+        Database {
+            enabled: false,
+            host: "localhost".into(),
+            port: 5432,
+            user: String::new(),
+            password: None,
+            dbname: String::new(),
+            sslmode: "prefer".into(),
+            sslcert: None,
+            sslkey: None,
+            sslrootcert: None,
+            connecttimeout: None,
+            pool: DatabasePool::default(),
+        }
+    }
+}
+
+/// The connection pool of `database`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatabasePool {
+    /// Most connections open at once.
+    pub maxopen: Option<u32>,
+    /// Most idle connections kept.
+    pub maxidle: Option<u32>,
+    /// Longest a connection is reused.
+    pub maxlifetime: Option<GoDuration>,
+    /// Longest a connection stays idle.
+    pub maxidletime: Option<GoDuration>,
+}
+
+/// The embedded SQLite metadata database.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Sqlite {
+    /// The database file. Default: `berth/meta.db` under the filesystem storage root, or a
+    /// temporary file for in-memory storage.
+    pub path: Option<String>,
 }

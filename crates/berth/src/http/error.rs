@@ -285,7 +285,8 @@ impl From<RegistryError> for ApiError {
             }
             E::Unavailable(_) => {
                 tracing::warn!(error = %message, "a store is unavailable");
-                return ApiError::new(C::Unavailable, message).with_header(header::RETRY_AFTER, "1");
+                return ApiError::new(C::Unavailable, message)
+                    .with_header(header::RETRY_AFTER, "1");
             }
             E::Storage(_) | E::Meta(_) => return ApiError::internal(message),
         };
