@@ -1,13 +1,14 @@
-//! A read cache in front of a [`MetaStore`], for the hot read paths (manifest and blob lookups).
+//! A read cache in front of a [`MetaStore`], for the hot read paths (manifest and blob lookups,
+//! listings).
 //!
-//! Correctness rests on the store's *generation*: a number that changes whenever any committed
-//! change may alter what reads return, in this process or any other sharing the store. An entry
-//! is served only while the generation it was read under is still current, so a write anywhere
-//! invalidates everything at once; the generation is read *before* the lookup it labels, so a
-//! commit racing with a lookup can only make the entry stale-labelled, never wrongly fresh.
-//! Entries are also dropped after [`MAX_AGE`], which bounds staleness if a writer ever dies
-//! between committing and announcing the new generation. Stores without a generation are not
-//! cached at all.
+//! Correctness rests on the store's *read points* ([`MetaStore::read_point`]): a point covers
+//! every change committed before it was asked for, by any process sharing the store. An entry is
+//! labelled with the point taken *before* its lookup, and served only while the store says
+//! nothing it depends on has changed since ([`MetaStore::changed_since`]: per repository on
+//! PostgreSQL, for the whole file on SQLite). A commit racing with a lookup can only make an
+//! entry look older than it is, never wrongly fresh. Entries are also dropped after
+//! [`MAX_AGE`], which bounds staleness should an announcement of a change ever be lost. A store
+//! that cannot give a point (now) is read through.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,12 +17,12 @@ use async_trait::async_trait;
 use quick_cache::sync::Cache;
 
 use super::{
-    BlobRecord, Change, ManifestRecord, MetaStore, OutboxEvent, Page, Result, UploadRecord,
+    BlobRecord, Change, Lease, ManifestRecord, MetaStore, OutboxEvent, Page, Result, UploadRecord,
 };
 use crate::oci::digest::Digest;
 use crate::oci::name::{Reference, RepoName};
 
-/// The longest an entry is served, whatever the generation says.
+/// The longest an entry is served, whatever the store says.
 pub const MAX_AGE: Duration = Duration::from_secs(10);
 
 /// Entries per cache.
@@ -29,7 +30,8 @@ const CAPACITY: usize = 100_000;
 
 #[derive(Clone)]
 struct Entry<T> {
-    generation: u64,
+    /// The read point taken before the lookup.
+    point: u64,
     at: Instant,
     value: T,
 }
@@ -68,10 +70,12 @@ impl CachedMetaStore {
     }
 }
 
-/// Serves `key` from `cache` while its entry is current, else loads it with `load`.
+/// Serves `key` from `cache` while its entry is current, else loads it with `load`. `repo` is
+/// what the entry depends on (`None`: the catalog).
 async fn cached<K, T, F>(
+    store: &dyn MetaStore,
     cache: &Cache<K, Entry<T>>,
-    generation: Option<u64>,
+    repo: Option<&RepoName>,
     key: K,
     load: F,
 ) -> Result<T>
@@ -80,11 +84,11 @@ where
     T: Clone,
     F: std::future::Future<Output = Result<T>>,
 {
-    let Some(generation) = generation else {
+    let Some(point) = store.read_point().await else {
         return load.await;
     };
     if let Some(e) = cache.get(&key) {
-        if e.generation == generation && e.at.elapsed() < MAX_AGE {
+        if e.at.elapsed() < MAX_AGE && !store.changed_since(repo, e.point) {
             return Ok(e.value);
         }
     }
@@ -92,7 +96,7 @@ where
     cache.insert(
         key,
         Entry {
-            generation,
+            point,
             at: Instant::now(),
             value: value.clone(),
         },
@@ -103,10 +107,10 @@ where
 #[async_trait]
 impl MetaStore for CachedMetaStore {
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool> {
-        let g = self.inner.generation();
         cached(
+            &*self.inner,
             &self.repositories,
-            g,
+            Some(repo),
             repo.clone(),
             self.inner.repository_exists(repo),
         )
@@ -114,10 +118,10 @@ impl MetaStore for CachedMetaStore {
     }
 
     async fn blob_in_repo(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
-        let g = self.inner.generation();
         cached(
+            &*self.inner,
             &self.blobs,
-            g,
+            Some(repo),
             (repo.clone(), digest.clone()),
             self.inner.blob_in_repo(repo, digest),
         )
@@ -133,10 +137,10 @@ impl MetaStore for CachedMetaStore {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<Option<ManifestRecord>> {
-        let g = self.inner.generation();
         cached(
+            &*self.inner,
             &self.manifests,
-            g,
+            Some(repo),
             (repo.clone(), reference.clone()),
             self.inner.manifest(repo, reference),
         )
@@ -144,10 +148,10 @@ impl MetaStore for CachedMetaStore {
     }
 
     async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>> {
-        let g = self.inner.generation();
         cached(
+            &*self.inner,
             &self.listings,
-            g,
+            Some(repo),
             (Some(repo.clone()), page_key(page)),
             self.inner.tags(repo, page),
         )
@@ -155,11 +159,16 @@ impl MetaStore for CachedMetaStore {
     }
 
     async fn repositories(&self, page: &Page) -> Result<Vec<String>> {
-        let g = self.inner.generation();
         let load = async { Ok(Some(self.inner.repositories(page).await?)) };
-        Ok(cached(&self.listings, g, (None, page_key(page)), load)
-            .await?
-            .unwrap_or_default())
+        Ok(cached(
+            &*self.inner,
+            &self.listings,
+            None,
+            (None, page_key(page)),
+            load,
+        )
+        .await?
+        .unwrap_or_default())
     }
 
     async fn referrers(
@@ -195,7 +204,32 @@ impl MetaStore for CachedMetaStore {
         self.inner.outbox_ack(topic, seq).await
     }
 
-    fn generation(&self) -> Option<u64> {
-        self.inner.generation()
+    async fn lease_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        self.inner.lease_acquire(name, holder, ttl).await
+    }
+
+    async fn lease_renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+        self.inner.lease_renew(lease, ttl).await
+    }
+
+    async fn lease_release(&self, lease: &Lease) -> Result<()> {
+        self.inner.lease_release(lease).await
+    }
+
+    async fn lease_holder(&self, name: &str) -> Result<Option<Lease>> {
+        self.inner.lease_holder(name).await
+    }
+
+    async fn read_point(&self) -> Option<u64> {
+        self.inner.read_point().await
+    }
+
+    fn changed_since(&self, repo: Option<&RepoName>, point: u64) -> bool {
+        self.inner.changed_since(repo, point)
     }
 }

@@ -11,9 +11,14 @@
 //! exist, an upload is at the expected offset) happen inside the write's transaction.
 
 pub mod cache;
+mod group;
+pub mod lease;
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub mod testsuite;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -243,10 +248,67 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Removes the events of `topic` up to and including `seq` (delivered).
     async fn outbox_ack(&self, topic: &str, seq: i64) -> Result<()>;
 
-    /// A number that changes (before `apply` returns) whenever a committed change may alter what
-    /// reads return — including changes made by other processes sharing the store. `None` when
-    /// the store cannot tell, which disables read caching ([`cache::CachedMetaStore`]).
-    fn generation(&self) -> Option<u64> {
+    /// Takes the lease `name` for `holder` for `ttl`, if it is free, expired or already
+    /// `holder`'s. Each taking gives a larger fencing token than any before it.
+    async fn lease_acquire(&self, name: &str, holder: &str, ttl: Duration)
+        -> Result<Option<Lease>>;
+    /// Extends a held lease by `ttl` from now; `false` if it is no longer held under `lease`'s
+    /// token (it expired and another holder took it).
+    async fn lease_renew(&self, lease: &Lease, ttl: Duration) -> Result<bool>;
+    /// Gives a held lease up (nothing happens if it was lost meanwhile).
+    async fn lease_release(&self, lease: &Lease) -> Result<()>;
+    /// Who holds `name` now, if anyone holds it unexpired.
+    async fn lease_holder(&self, name: &str) -> Result<Option<Lease>>;
+
+    /// A point in the store's history that covers every change committed before this call,
+    /// by any process sharing the store: reads made after it see at least those changes. Cache
+    /// entries are labelled with the point read *before* their lookup. `None` when the store
+    /// cannot tell (or cannot tell now), which makes [`cache::CachedMetaStore`] read through.
+    async fn read_point(&self) -> Option<u64> {
         None
     }
+
+    /// Whether something that reads of `repo` (`None`: the catalog) return may have changed
+    /// since `point`. Only asked about a point the store gave and after a fresh
+    /// [`MetaStore::read_point`], so the answer covers every change committed before that.
+    fn changed_since(&self, _repo: Option<&RepoName>, _point: u64) -> bool {
+        true
+    }
+}
+
+/// A lease: the right, for a while, to be the one instance doing a job (delivering an
+/// endpoint's events, purging uploads). `token` fences: every taking of the lease gets a larger
+/// one, so work done under an older token can be refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    pub token: i64,
+}
+
+/// The repositories whose cached reads a change list may alter, and whether the catalog may
+/// change; upload progress and outbox entries alter no cached read.
+pub fn affected(changes: &[Change]) -> (Vec<&RepoName>, bool) {
+    let mut repos: Vec<&RepoName> = Vec::new();
+    let mut catalog = false;
+    for c in changes {
+        let repo = match c {
+            Change::LinkBlob { repo, .. }
+            | Change::UnlinkBlob { repo, .. }
+            | Change::SetTag { repo, .. }
+            | Change::DeleteTag { repo, .. }
+            | Change::CreateUpload { repo, .. } => repo,
+            Change::PutManifest { repo, .. } | Change::DeleteManifest { repo, .. } => {
+                catalog = true;
+                repo
+            }
+            Change::AdvanceUpload { .. } | Change::DeleteUpload { .. } | Change::Enqueue { .. } => {
+                continue
+            }
+        };
+        if !repos.contains(&repo) {
+            repos.push(repo);
+        }
+    }
+    (repos, catalog)
 }

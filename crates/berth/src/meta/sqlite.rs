@@ -18,11 +18,10 @@ use sqlx::{Acquire, Connection, Row, Sqlite, Transaction};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
-
+use super::group::{GroupWriter, WriteRequest, Writes};
 use super::{
-    BlobRecord, BlobState, Change, ManifestRecord, MetaError, MetaStore, OutboxEvent, Page, Result,
-    UploadRecord,
+    BlobRecord, BlobState, Change, Lease, ManifestRecord, MetaError, MetaStore, OutboxEvent, Page,
+    Result, UploadRecord,
 };
 use crate::oci::digest::Digest;
 use crate::oci::name::{Reference, RepoName};
@@ -30,7 +29,7 @@ use crate::oci::name::{Reference, RepoName};
 pub struct SqliteMetaStore {
     reader: SqlitePool,
     writer: SqlitePool,
-    writes: mpsc::Sender<WriteRequest>,
+    writes: Writes,
     generation: Arc<Generation>,
 }
 
@@ -78,50 +77,26 @@ impl Generation {
     }
 }
 
-/// One caller's changes, waiting for the writer task.
-struct WriteRequest {
-    changes: Vec<Change>,
-    reply: oneshot::Sender<Result<()>>,
-}
-
-/// The most callers whose changes share one transaction (and one fsync).
-const MAX_GROUP: usize = 128;
-
-/// The writer task: group commit. It takes every request waiting in the queue (up to
-/// [`MAX_GROUP`]), applies each inside its own savepoint of one transaction, so one caller's
-/// failure does not undo another's, and commits once. A caller is answered only after the commit
-/// that holds its changes is durable.
-async fn write_loop(
+/// The writer task's state (see [`super::group`]).
+struct SqliteWriter {
     pool: SqlitePool,
+    ids: RepoIds,
     generation: Arc<Generation>,
-    mut queue: mpsc::Receiver<WriteRequest>,
-) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    let mut ids = RepoIds::new();
-    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let result = write_group(&pool, &mut ids, &mut group).await;
-        if result.is_err() {
-            ids.clear();
-        }
-        // Announce the commit before any caller hears of it.
-        generation.bump();
-        let outcomes = match result {
-            Ok(outcomes) => outcomes,
-            Err(e) => group.iter().map(|_| Err(group_failure(&e))).collect(),
-        };
-        for (req, outcome) in group.drain(..).zip(outcomes) {
-            let _ = req.reply.send(outcome);
-        }
-    }
 }
 
-/// What each caller of a group hears when the group's transaction failed as a whole. A full disk
-/// stays `Full` (most often it is the commit that cannot append to the WAL), so that the caller
-/// answers 507 and the user learns what to do; anything else is `CommitFailed`.
-fn group_failure(e: &MetaError) -> MetaError {
-    match e {
-        MetaError::Full(m) => MetaError::Full(m.clone()),
-        e => MetaError::CommitFailed(e.to_string()),
+#[async_trait]
+impl GroupWriter for SqliteWriter {
+    async fn write(&mut self, group: &mut [WriteRequest]) -> Result<Vec<Result<()>>> {
+        let result = write_group(&self.pool, &mut self.ids, group).await;
+        if result.is_err() {
+            self.ids.clear();
+        }
+        result
+    }
+
+    /// Announces the commit to every process sharing the file before any caller hears of it.
+    fn after(&mut self) {
+        self.generation.bump();
     }
 }
 
@@ -169,6 +144,15 @@ async fn write_group_on(
     }
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Milliseconds since the Unix epoch (lease expiry: every process sharing a SQLite file runs on
+/// one host, so they share this clock).
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn now() -> i64 {
@@ -237,6 +221,9 @@ impl SqliteMetaStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30));
+        // Several processes may open one file at the same moment: the first to take the lock
+        // brings the schema up to date, the others then find nothing left to do.
+        let lock = MigrationLock::take(path).await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -245,6 +232,7 @@ impl SqliteMetaStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        drop(lock);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .idle_timeout(None)
@@ -260,14 +248,44 @@ impl SqliteMetaStore {
         // Whatever this process cached before (nothing) or another process may have cached while
         // a previous writer died between commit and bump: start a new generation.
         generation.bump();
-        let (writes, queue) = mpsc::channel(1024);
-        tokio::spawn(write_loop(writer.clone(), generation.clone(), queue));
+        let writes = Writes::spawn(SqliteWriter {
+            pool: writer.clone(),
+            ids: RepoIds::new(),
+            generation: generation.clone(),
+        });
         Ok(SqliteMetaStore {
             reader,
             writer,
             writes,
             generation,
         })
+    }
+}
+
+/// An exclusive lock on a file beside the database, held while migrations run.
+struct MigrationLock(std::fs::File);
+
+impl MigrationLock {
+    async fn take(db: &Path) -> Result<MigrationLock> {
+        let mut path = db.as_os_str().to_owned();
+        path.push("-migrate.lock");
+        let io = |e: std::io::Error| MetaError::from(sqlx::Error::from(e));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        tokio::task::spawn_blocking(move || file.lock().map(|()| MigrationLock(file)))
+            .await
+            .map_err(|e| MetaError::CommitFailed(format!("taking the migration lock: {e}")))?
+            .map_err(io)
+    }
+}
+
+impl Drop for MigrationLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
     }
 }
 
@@ -758,13 +776,7 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn apply(&self, changes: Vec<Change>) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        let closed = || MetaError::CommitFailed("the metadata writer has stopped".into());
-        self.writes
-            .send(WriteRequest { changes, reply })
-            .await
-            .map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        self.writes.apply(changes).await
     }
 
     async fn outbox_peek(&self, topic: &str, limit: u32) -> Result<Vec<OutboxEvent>> {
@@ -788,8 +800,79 @@ impl MetaStore for SqliteMetaStore {
             .collect()
     }
 
-    fn generation(&self) -> Option<u64> {
+    async fn read_point(&self) -> Option<u64> {
         Some(self.generation.get())
+    }
+
+    /// One counter for the whole file: any commit anywhere changes everything.
+    fn changed_since(&self, _repo: Option<&RepoName>, point: u64) -> bool {
+        self.generation.get() != point
+    }
+
+    async fn lease_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        let now = now_ms();
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO leases (name, holder, token, expires_at) VALUES (?1, ?2, 1, ?3 + ?4) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+             token = leases.token + 1, expires_at = excluded.expires_at \
+             WHERE leases.expires_at <= ?3 OR leases.holder = excluded.holder \
+             RETURNING token",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now)
+        .bind(ttl.as_millis() as i64)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(token.map(|token| Lease {
+            name: name.to_string(),
+            holder: holder.to_string(),
+            token,
+        }))
+    }
+
+    async fn lease_renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ? AND token = ?",
+        )
+        .bind(now_ms() + ttl.as_millis() as i64)
+        .bind(&lease.name)
+        .bind(&lease.holder)
+        .bind(lease.token)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn lease_release(&self, lease: &Lease) -> Result<()> {
+        sqlx::query("UPDATE leases SET expires_at = 0 WHERE name = ? AND holder = ? AND token = ?")
+            .bind(&lease.name)
+            .bind(&lease.holder)
+            .bind(lease.token)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn lease_holder(&self, name: &str) -> Result<Option<Lease>> {
+        let row = sqlx::query("SELECT holder, token FROM leases WHERE name = ? AND expires_at > ?")
+            .bind(name)
+            .bind(now_ms())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| {
+            Ok(Lease {
+                name: name.to_string(),
+                holder: r.try_get("holder")?,
+                token: r.try_get("token")?,
+            })
+        })
+        .transpose()
     }
 
     async fn outbox_ack(&self, topic: &str, seq: i64) -> Result<()> {
@@ -832,28 +915,37 @@ mod tests {
         let path = dir.path().join("meta.db");
         let a = super::SqliteMetaStore::open(&path).await.unwrap();
         let b = super::SqliteMetaStore::open(&path).await.unwrap();
-        let before = b.generation().unwrap();
+        let before = b.read_point().await.unwrap();
+        assert!(!b.changed_since(None, before));
         a.apply(vec![Change::CreateUpload {
             id: "u".into(),
             repo: "r".parse().unwrap(),
         }])
         .await
         .unwrap();
-        assert!(b.generation().unwrap() > before);
+        assert!(b.changed_since(None, before));
+        assert!(b.read_point().await.unwrap() > before);
     }
 
-    #[test]
-    fn a_group_that_fails_on_a_full_disk_reports_full_to_every_caller() {
-        use crate::meta::MetaError;
-        let full = MetaError::Full("database or disk is full".into());
-        assert!(matches!(
-            super::group_failure(&full),
-            MetaError::Full(m) if m == "database or disk is full"
-        ));
-        let other = MetaError::Corrupt("x".into());
-        assert!(matches!(
-            super::group_failure(&other),
-            MetaError::CommitFailed(_)
-        ));
+    #[tokio::test]
+    async fn stores_opened_at_once_on_a_new_file_all_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let opens = (0..6).map(|_| super::SqliteMetaStore::open(&path));
+        for store in futures::future::join_all(opens).await {
+            store.expect("every store opens");
+        }
+    }
+
+    #[tokio::test]
+    async fn stores_on_one_file_share_leases_and_see_each_others_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let a = super::SqliteMetaStore::open(&path).await.unwrap();
+        let b = super::SqliteMetaStore::open(&path).await.unwrap();
+        crate::meta::testsuite::leases(&a, &b).await;
+        let a = crate::meta::cache::CachedMetaStore::new(std::sync::Arc::new(a));
+        let b = crate::meta::cache::CachedMetaStore::new(std::sync::Arc::new(b));
+        crate::meta::testsuite::shared(&a, &b).await;
     }
 }

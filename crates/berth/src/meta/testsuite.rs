@@ -443,3 +443,143 @@ pub async fn run(store: &dyn MetaStore) {
     // Another topic's events are untouched by that acknowledgement.
     assert_eq!(store.outbox_peek("other", 10).await.unwrap().len(), 2);
 }
+
+/// Leases between two stores sharing one database (two instances).
+pub async fn leases(a: &dyn MetaStore, b: &dyn MetaStore) {
+    use std::time::Duration;
+    let ttl = Duration::from_secs(30);
+    let held = a
+        .lease_acquire("job", "instance-a", ttl)
+        .await
+        .unwrap()
+        .expect("a free lease is taken");
+    assert_eq!(held.holder, "instance-a");
+    assert_eq!(b.lease_holder("job").await.unwrap(), Some(held.clone()));
+    // Held: nobody else takes it; its holder renews it.
+    assert_eq!(
+        b.lease_acquire("job", "instance-b", ttl).await.unwrap(),
+        None
+    );
+    assert!(a.lease_renew(&held, ttl).await.unwrap());
+    // Other names are independent.
+    assert!(b
+        .lease_acquire("other job", "instance-b", ttl)
+        .await
+        .unwrap()
+        .is_some());
+    // Released: the next taker gets a larger token, and the old holder can no longer renew.
+    a.lease_release(&held).await.unwrap();
+    assert_eq!(a.lease_holder("job").await.unwrap(), None);
+    let taken = b
+        .lease_acquire("job", "instance-b", ttl)
+        .await
+        .unwrap()
+        .expect("a released lease is taken");
+    assert!(taken.token > held.token);
+    assert!(!a.lease_renew(&held, ttl).await.unwrap());
+    // Expired: taken over without its holder's help.
+    let short = Duration::from_millis(200);
+    assert!(b.lease_renew(&taken, short).await.unwrap());
+    assert_eq!(
+        a.lease_acquire("job", "instance-a", ttl).await.unwrap(),
+        None
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(b.lease_holder("job").await.unwrap(), None);
+    let again = a
+        .lease_acquire("job", "instance-a", ttl)
+        .await
+        .unwrap()
+        .expect("an expired lease is taken");
+    assert!(again.token > taken.token);
+    assert!(!b.lease_renew(&taken, ttl).await.unwrap());
+}
+
+/// Two stores (two instances) on one database, each behind its own cache: what one commits,
+/// the other reads on its very next lookup.
+pub async fn shared(a: &dyn MetaStore, b: &dyn MetaStore) {
+    let r = repo("shared/app");
+    let other = repo("shared/other");
+    for store in [a, b] {
+        assert!(!store.repository_exists(&r).await.unwrap());
+    }
+    let one = manifest("one", None, "t");
+    let two = manifest("two", None, "t");
+    for m in [&one, &two] {
+        a.apply(vec![Change::PutManifest {
+            repo: r.clone(),
+            manifest: m.clone(),
+            blobs: vec![],
+            children: vec![],
+        }])
+        .await
+        .unwrap();
+    }
+    let latest = Reference::Tag(tag("latest"));
+    assert!(b.repository_exists(&r).await.unwrap());
+    assert_eq!(b.manifest(&r, &latest).await.unwrap(), None);
+    for i in 0..50 {
+        let (writer, reader) = if i % 2 == 0 { (a, b) } else { (b, a) };
+        let want = if i % 3 == 0 { &one } else { &two };
+        writer
+            .apply(vec![Change::SetTag {
+                repo: r.clone(),
+                tag: tag("latest"),
+                digest: want.digest.clone(),
+            }])
+            .await
+            .unwrap();
+        let got = reader.manifest(&r, &latest).await.unwrap().unwrap();
+        assert_eq!(got.digest, want.digest, "read {i} through the other store");
+        // A change to another repository leaves this one's entries served, and correct.
+        writer
+            .apply(vec![Change::LinkBlob {
+                repo: other.clone(),
+                digest: digest(&format!("blob {i}")),
+                size: 1,
+                mounted_from: None,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(
+            reader.manifest(&r, &latest).await.unwrap().unwrap().digest,
+            want.digest
+        );
+        assert_eq!(
+            reader
+                .blob_in_repo(&other, &digest(&format!("blob {i}")))
+                .await
+                .unwrap(),
+            Some(1)
+        );
+    }
+    let page = Page::default();
+    assert_eq!(
+        b.tags(&r, &page).await.unwrap(),
+        Some(vec!["latest".into()])
+    );
+    a.apply(vec![Change::DeleteTag {
+        repo: r.clone(),
+        tag: tag("latest"),
+    }])
+    .await
+    .unwrap();
+    assert_eq!(b.tags(&r, &page).await.unwrap(), Some(vec![]));
+    assert_eq!(b.manifest(&r, &latest).await.unwrap(), None);
+    assert_eq!(
+        b.repositories(&page).await.unwrap(),
+        vec!["shared/app".to_string()]
+    );
+    a.apply(vec![Change::PutManifest {
+        repo: other.clone(),
+        manifest: one.clone(),
+        blobs: vec![],
+        children: vec![],
+    }])
+    .await
+    .unwrap();
+    assert_eq!(
+        b.repositories(&page).await.unwrap(),
+        vec!["shared/app".to_string(), "shared/other".to_string()]
+    );
+}
