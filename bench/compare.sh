@@ -20,6 +20,12 @@
 #   BERTH_BIN=PATH, BENCH_BIN=PATH   use these binaries instead of target/release/*
 #   BERTH_BASE_BIN=PATH  a second Berth (e.g. built from an earlier commit), run as the server
 #                   "berth-base" (add it to SERVERS): before/after ratios in the same run
+#
+# PostgreSQL mode: add "berth-pg" (one Berth on PostgreSQL) and/or "berth-pg3" (three Berth
+# instances on one PostgreSQL and one storage directory, behind nginx round-robin) to SERVERS.
+# PostgreSQL (Debian's package) runs on the server's CPU too, so the server side is the registry
+# and its database; each round gets a fresh database. berth-pg3's CPU and RSS columns are the
+# front nginx's only.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -55,6 +61,12 @@ if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registr
   log "stopping the packaged docker-registry service"
   systemctl stop docker-registry || true
 fi
+if [[ " $SERVERS " == *" berth-pg"* ]] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  log "installing postgresql"
+  [[ $(id -u) == 0 ]] || die "need root to apt-get install postgresql"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
 DIST_BIN="$(command -v docker-registry)"
 NGINX_BIN="$(command -v nginx)"
 
@@ -82,6 +94,7 @@ cleanup() {
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
   done
+  if [[ -n "${PG_DIR:-}" ]]; then pg_run pg_ctl -D "$PG_DIR/data" -m fast stop >/dev/null 2>&1 || true; fi
   if [[ "${KEEP:-0}" == 1 ]]; then log "kept $BASE"; else rm -rf "$BASE"; fi
 }
 trap cleanup EXIT
@@ -162,6 +175,133 @@ start_berth() { # DIR [BINARY]
   SERVER_URL="http://$HOST:$port"
   wait_ready "$SERVER_PID" "$SERVER_URL/v2/" berth "$dir/server.log"
   grep -q "berth listening on" "$dir/server.out" || log "warning: berth did not print 'berth listening on'"
+}
+
+# ---------------------------------------------------------------- PostgreSQL (berth-pg*)
+PG_DIR=""
+PG_PORT=""
+PG_DB_N=0
+pg_run() { # CMD ARGS: a PostgreSQL program, as the postgres user when running as root
+  local bin
+  bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)/$1"
+  shift
+  if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$bin" "$@"; else "$bin" "$@"; fi
+}
+start_postgres() { # once per run
+  [[ -n "$PG_DIR" ]] && return 0
+  PG_DIR="$BASE/postgres"
+  PG_PORT="$(pick_port)"
+  mkdir -p "$PG_DIR"
+  if [[ $(id -u) == 0 ]]; then chown postgres "$PG_DIR"; chmod 755 "$BASE"; fi
+  pg_run initdb -D "$PG_DIR/data" -U berth --auth=trust >"$PG_DIR/initdb.log" 2>&1 || die "initdb failed"
+  pg_run pg_ctl -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w \
+    -o "-c listen_addresses=$HOST -p $PG_PORT -k $PG_DIR -c max_connections=200 -c shared_buffers=256MB" \
+    start >/dev/null || die "PostgreSQL did not start (see $PG_DIR/server.log)"
+  local pid
+  pid="$(head -n1 "$PG_DIR/data/postmaster.pid")"
+  # The postmaster and the backends it forks run on the server's CPU.
+  taskset -a -c -p "$SERVER_CPU" "$pid" >/dev/null
+  log "PostgreSQL on $HOST:$PG_PORT (pid $pid)"
+}
+new_database() { # prints the name of a fresh database
+  PG_DB_N=$((PG_DB_N + 1))
+  local db="bench$PG_DB_N"
+  pg_run createdb -h "$HOST" -p "$PG_PORT" -U berth "$db" || die "createdb failed"
+  echo "$db"
+}
+berth_pg_config() { # DIR DB PORT: writes a config, prints its path
+  cat >"$1/config-$3.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $1/data
+  delete:
+    enabled: true
+http:
+  addr: $HOST:$3
+database:
+  enabled: true
+  host: $HOST
+  port: $PG_PORT
+  user: berth
+  dbname: $2
+  sslmode: disable
+  pool:
+    maxopen: 32
+EOF
+  echo "$1/config-$3.yml"
+}
+
+start_berth-pg() {
+  local dir="$1" port db config
+  start_postgres
+  db="$(new_database)"
+  port="$(pick_port)"
+  mkdir -p "$dir/data"
+  config="$(berth_pg_config "$dir" "$db" "$port")"
+  taskset -c "$SERVER_CPU" "$BERTH_BIN" serve "$config" >"$dir/server.out" 2>"$dir/server.log" &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  SERVER_URL="http://$HOST:$port"
+  wait_ready "$SERVER_PID" "$SERVER_URL/v2/" berth-pg "$dir/server.log"
+}
+
+PG3_PIDS=()
+start_berth-pg3() {
+  local dir="$1" db port config upstreams="" i pid
+  start_postgres
+  db="$(new_database)"
+  mkdir -p "$dir/data" "$dir/tmp"
+  PG3_PIDS=()
+  for i in 1 2 3; do
+    port="$(pick_port)"
+    config="$(berth_pg_config "$dir" "$db" "$port")"
+    taskset -c "$SERVER_CPU" "$BERTH_BIN" serve "$config" >"$dir/server$i.out" 2>>"$dir/server.log" &
+    pid=$!
+    PIDS+=("$pid")
+    PG3_PIDS+=("$pid")
+    wait_ready "$pid" "http://$HOST:$port/v2/" "berth-pg3 instance $i" "$dir/server.log"
+    upstreams+="    server $HOST:$port max_fails=1 fail_timeout=2s;"$'\n'
+  done
+  port="$(pick_port)"
+  cat >"$dir/nginx.conf" <<EOF
+master_process off;
+daemon off;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+  upstream berth {
+$upstreams    keepalive 64;
+  }
+  server {
+    listen $HOST:$port;
+    client_max_body_size 0;
+    location / {
+      proxy_pass http://berth;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$http_host;
+      proxy_request_buffering off;
+      proxy_buffering off;
+    }
+  }
+}
+EOF
+  taskset -c "$SERVER_CPU" "$NGINX_BIN" -c "$dir/nginx.conf" -p "$dir" -e "$dir/error.log" >>"$dir/server.log" 2>&1 &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  SERVER_URL="http://$HOST:$port"
+  wait_ready "$SERVER_PID" "$SERVER_URL/v2/" "berth-pg3 (nginx)" "$dir/server.log"
 }
 
 start_berth-base() {
@@ -280,6 +420,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
     esac
     [[ -f "$json" ]] && inputs+=("$name=$json")
     stop_pid "$SERVER_PID"
+    if [[ "$name" == berth-pg3 ]]; then
+      for pid in "${PG3_PIDS[@]}"; do stop_pid "$pid"; done
+    fi
     # Server data is large (blobs, 10k repos); logs stay until exit.
     rm -rf "$dir/data"
   done

@@ -16,6 +16,10 @@
 //!   accepted. Delivery is at-least-once (a crash between acceptance and acknowledgement re-sends
 //!   the batch) and in order per endpoint (a batch is retried whole before anything after it).
 //! - Endpoints are independent: each has its own task, client, failure count and backoff.
+//! - One sender per endpoint, whatever the number of instances: a task delivers only while its
+//!   instance holds the endpoint's lease (`notifications/<name>`, [`run_leased`]). When the holder
+//!   dies another instance takes the lease within its time to live and resends from the oldest
+//!   unacknowledged event (so a batch sent but not acknowledged by the dead holder is sent again).
 //! - Shutdown ([`CancellationToken`]) interrupts waits, never a request in flight: a task stops
 //!   after its current POST (and its acknowledgement) is done.
 //! - Logs name the endpoint, never its URL or headers (they may hold credentials).
@@ -30,6 +34,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Endpoint, GoDuration};
+use crate::meta::lease::run_leased;
 use crate::meta::{MetaStore, OutboxEvent};
 
 use super::envelope::EVENTS_MEDIA_TYPE;
@@ -49,6 +54,14 @@ pub struct DeliveryOptions {
     pub batch_size: u32,
     /// How long an idle task waits before looking at its topic again.
     pub poll_interval: Duration,
+    /// How long an endpoint's delivery lease lasts unless renewed: the longest another instance
+    /// waits to take over delivery from one that died.
+    pub lease_ttl: Duration,
+}
+
+/// The lease under which one instance delivers an endpoint's events.
+pub fn lease_name(endpoint: &str) -> String {
+    format!("notifications/{endpoint}")
 }
 
 impl Default for DeliveryOptions {
@@ -56,6 +69,7 @@ impl Default for DeliveryOptions {
         DeliveryOptions {
             batch_size: 64,
             poll_interval: Duration::from_millis(100),
+            lease_ttl: crate::meta::lease::TTL,
         }
     }
 }
@@ -129,7 +143,17 @@ pub fn spawn_delivery_with(
             }
         };
         let metrics = worker.metrics.clone();
-        let task = tokio::spawn(worker.run(shutdown.clone()));
+        let worker = Arc::new(worker);
+        let task = tokio::spawn(run_leased(
+            meta.clone(),
+            lease_name(&endpoint.name),
+            options.lease_ttl,
+            shutdown.clone(),
+            move |stop| {
+                let worker = worker.clone();
+                async move { worker.run(stop).await }
+            },
+        ));
         out.push(Delivery {
             endpoint: endpoint.name.clone(),
             metrics,
@@ -183,12 +207,14 @@ impl Worker {
             options: DeliveryOptions {
                 batch_size: options.batch_size.max(1),
                 poll_interval: options.poll_interval,
+                lease_ttl: options.lease_ttl,
             },
             metrics: Arc::new(DeliveryMetrics::default()),
         })
     }
 
-    async fn run(self, shutdown: CancellationToken) {
+    /// Delivers until `shutdown` (or the loss of the endpoint's lease) cancels it.
+    async fn run(&self, shutdown: CancellationToken) {
         tracing::debug!(endpoint = %self.name, "notification delivery started");
         let mut failures: u64 = 0;
         while !shutdown.is_cancelled() {

@@ -110,3 +110,25 @@ async fn pause(shutdown: &CancellationToken, d: Duration) {
         _ = tokio::time::sleep(d) => {}
     }
 }
+
+/// Runs `job` once under the lease `name`, renewing the lease while it runs, if the lease can be
+/// taken now; `Ok(None)` when another instance holds it.
+pub async fn run_once_leased<T>(
+    meta: Arc<dyn MetaStore>,
+    name: &str,
+    ttl: Duration,
+    job: impl Future<Output = T>,
+) -> super::Result<Option<T>> {
+    let Some(lease) = meta.lease_acquire(name, &holder_id(), ttl).await? else {
+        return Ok(None);
+    };
+    let stop = CancellationToken::new();
+    let keeper = tokio::spawn(keep(meta.clone(), lease.clone(), ttl, stop.clone()));
+    let out = job.await;
+    stop.cancel();
+    let _ = keeper.await;
+    if let Err(e) = meta.lease_release(&lease).await {
+        tracing::debug!(lease = %name, error = %e, "releasing a lease failed");
+    }
+    Ok(Some(out))
+}
