@@ -23,6 +23,7 @@
 mod de;
 mod duration;
 mod env;
+mod net;
 mod report;
 mod schema;
 mod validate;
@@ -36,6 +37,7 @@ use serde_yaml::{Mapping, Value};
 
 pub use duration::{DurationParseError, GoDuration};
 pub use env::ENV_PREFIX;
+pub use net::{IpRange, IpRangeParseError};
 pub use report::{option_report, render_effective, OptionStatus, Status, MASK, OPTION_TABLE};
 pub use schema::*;
 pub use validate::SUPPORTED_VERSION;

@@ -74,6 +74,12 @@ pub const OPTION_TABLE: &[(&str, Status)] = &[
     ("http.headers", Status::Active),
     ("http.debug.addr", Status::Active),
     ("http.debug.prometheus", Status::Active),
+    ("http.draintimeout", Status::Active),
+    ("http.relativeurls", Status::Active),
+    ("http.trustedproxies", Status::Active),
+    ("health.storagedriver", Status::Active),
+    ("database", Status::Active),
+    ("sqlite.path", Status::Active),
     // No effect by design.
     // Blob descriptors live in Berth's metadata store, so there is nothing to cache in front of it.
     ("storage.cache", Status::Ignored),
@@ -88,7 +94,6 @@ pub const OPTION_TABLE: &[(&str, Status)] = &[
     // Bugsnag / New Relic integrations are not part of Berth; errors go to the log.
     ("reporting", Status::Ignored),
     // Not implemented yet; listed so each section is reported as one row.
-    ("http.draintimeout", Status::NotImplemented),
     ("storage.s3", Status::NotImplemented),
     ("storage.swift", Status::NotImplemented),
     ("storage.azure", Status::NotImplemented),
@@ -279,6 +284,9 @@ fn mask_secrets(config: &mut Config) {
     mask(&mut config.redis.password);
     mask(&mut config.redis.sentinelpassword);
     mask(&mut config.proxy.password);
+    if let Some(database) = &mut config.database {
+        mask(&mut database.password);
+    }
     for endpoint in &mut config.notifications.endpoints {
         mask_headers(&mut endpoint.headers);
     }

@@ -17,6 +17,7 @@ use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::duration::GoDuration;
+use super::net::IpRange;
 
 /// Free-form parameters whose keys Berth does not interpret (drivers it does not support, middleware
 /// options, log fields).
@@ -635,8 +636,13 @@ pub struct Http {
     pub secret: Option<String>,
     /// Send relative URLs in `Location` headers.
     pub relativeurls: bool,
-    /// How long shutdown waits for in-flight requests.
+    /// How long shutdown waits for in-flight requests. Unset: as long as they take.
     pub draintimeout: Option<GoDuration>,
+    /// Peers (IP addresses or CIDR ranges) whose `X-Forwarded-Proto` / `X-Forwarded-Host` and
+    /// `Forwarded` headers are believed: the load balancers and TLS proxies in front of the
+    /// registry (Berth's own key). Forwarded headers from any other peer are ignored.
+    #[serde(deserialize_with = "super::net::ip_ranges")]
+    pub trustedproxies: Vec<IpRange>,
     /// Serve HTTPS directly.
     pub tls: Tls,
     /// Headers added to every response.
@@ -660,6 +666,7 @@ impl Default for Http {
             secret: None,
             relativeurls: false,
             draintimeout: None,
+            trustedproxies: Vec::new(),
             tls: Tls::default(),
             headers: HeaderMap::new(),
             debug: Debug::default(),
@@ -1152,6 +1159,7 @@ impl Config {
         c.health.tcp = vec![TcpCheck::default()];
         c.proxy.exec = Some(ProxyExec::default());
         c.validation.manifests.indexes.platformlist = vec![Platform::default()];
+        c.database = Some(Database::default());
         c
     }
 }

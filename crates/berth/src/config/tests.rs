@@ -532,3 +532,299 @@ fn reference_covers_every_optional_section() {
     assert!(reference["proxy"]["exec"].is_mapping());
     assert!(reference["notifications"]["endpoints"][0].is_mapping());
 }
+
+#[test]
+fn reference_shows_the_database_section() {
+    let reference = serde_yaml::to_value(Config::schema_reference()).expect("serializes");
+    assert!(reference["database"].is_mapping());
+    assert!(reference["database"]["pool"].is_mapping());
+    assert!(reference["sqlite"].is_mapping());
+}
+
+#[test]
+fn database_section_loads_and_is_checked() {
+    let yaml = format!(
+        "{MINIMAL}database:\n  enabled: true\n  host: db.example.test\n  port: 5433\n  user: registry\n  password: dbsecret\n  dbname: registry\n  sslmode: verify-full\n  sslrootcert: /etc/ca.pem\n  connecttimeout: 5s\n  pool:\n    maxopen: 20\n    maxidle: 5\n    maxlifetime: 1h\n    maxidletime: 5m\nsqlite:\n  path: /var/lib/berth/meta.db\n"
+    );
+    let loaded = load_ok(&yaml, &[]);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let db = loaded.config.database.clone().expect("database section");
+    assert!(db.enabled);
+    assert_eq!(
+        (
+            db.host.as_str(),
+            db.port,
+            db.user.as_str(),
+            db.dbname.as_str()
+        ),
+        ("db.example.test", 5433, "registry", "registry")
+    );
+    assert_eq!(db.sslmode, "verify-full");
+    assert_eq!(db.connecttimeout, Some(GoDuration::from_secs(5)));
+    assert_eq!(db.pool.maxopen, Some(20));
+    assert_eq!(db.pool.maxidletime, Some(GoDuration::from_secs(300)));
+    assert_eq!(
+        loaded.config.sqlite.path.as_deref(),
+        Some("/var/lib/berth/meta.db")
+    );
+
+    for mode in [
+        "disable",
+        "allow",
+        "prefer",
+        "require",
+        "verify-ca",
+        "verify-full",
+    ] {
+        load_ok(&format!("{MINIMAL}database: {{sslmode: {mode}}}\n"), &[]);
+    }
+    let cases = [
+        // A misspelt mode must not quietly mean something weaker, enabled or not.
+        (
+            "database: {sslmode: verify_full}",
+            "database.sslmode: invalid value \"verify_full\"",
+        ),
+        (
+            "database: {sslmode: Require}",
+            "database.sslmode: invalid value",
+        ),
+        ("database: {sslmode: ''}", "database.sslmode: invalid value"),
+        (
+            "database: {enabled: true, host: '', user: u, dbname: d}",
+            "database.host: required when database.enabled is true",
+        ),
+        (
+            "database: {enabled: true, user: u}",
+            "database.dbname: required when database.enabled is true",
+        ),
+        (
+            "database: {enabled: true, host: h, dbname: d}",
+            "database.user: required when database.enabled is true",
+        ),
+        (
+            "database: {enabled: true, host: h, user: '  ', dbname: d}",
+            "database.user: required",
+        ),
+        ("database: {port: 70000}", "database.port:"),
+        (
+            "database: {pool: {maxopen: many}}",
+            "database.pool.maxopen:",
+        ),
+        (
+            "database: {connecttimeout: soon}",
+            "database.connecttimeout: invalid duration",
+        ),
+        ("sqlite: {path: ''}", "sqlite.path: must not be empty"),
+    ];
+    for (extra, want) in cases {
+        let err = load_err(&format!("{MINIMAL}{extra}\n"), &[]);
+        assert!(err.starts_with(want), "{extra}: got {err}");
+    }
+    // Disabled, the section needs nothing but a valid sslmode (host defaults to localhost).
+    let c = load_ok(&format!("{MINIMAL}database: {{enabled: false}}\n"), &[]).config;
+    assert_eq!(c.database.map(|d| d.host).as_deref(), Some("localhost"));
+}
+
+#[test]
+fn database_and_sqlite_keys_take_environment_overrides() {
+    let yaml = format!(
+        "{MINIMAL}database:\n  enabled: true\n  host: file-host\n  user: registry\n  dbname: registry\n"
+    );
+    let loaded = load_ok(
+        &yaml,
+        &[
+            ("REGISTRY_DATABASE_HOST", "env-host.example.test"),
+            ("REGISTRY_DATABASE_PASSWORD", "from-env"),
+            ("REGISTRY_DATABASE_POOL_MAXOPEN", "42"),
+            ("REGISTRY_SQLITE_PATH", "/srv/meta.db"),
+        ],
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let db = loaded.config.database.expect("database section");
+    assert_eq!(db.host, "env-host.example.test");
+    assert_eq!(db.password.as_deref(), Some("from-env"));
+    assert_eq!(db.pool.maxopen, Some(42));
+    assert_eq!(
+        db.user, "registry",
+        "keys the environment does not name stay"
+    );
+    assert_eq!(loaded.config.sqlite.path.as_deref(), Some("/srv/meta.db"));
+
+    // Without a section in the file, the variables create it.
+    let loaded = load_ok(
+        MINIMAL,
+        &[
+            ("REGISTRY_DATABASE_ENABLED", "true"),
+            ("REGISTRY_DATABASE_HOST", "h"),
+            ("REGISTRY_DATABASE_USER", "u"),
+            ("REGISTRY_DATABASE_DBNAME", "d"),
+            ("REGISTRY_DATABASE_POOL_MAXOPEN", "3"),
+        ],
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let db = loaded
+        .config
+        .database
+        .expect("database section from the environment");
+    assert!(db.enabled);
+    assert_eq!((db.host.as_str(), db.pool.maxopen), ("h", Some(3)));
+    assert_eq!(
+        db.port, 5432,
+        "defaults fill what the environment leaves out"
+    );
+
+    // A bad value from the environment names the key like one from the file.
+    let err = load_err(MINIMAL, &[("REGISTRY_DATABASE_POOL_MAXOPEN", "lots")]);
+    assert!(err.starts_with("database.pool.maxopen:"), "{err}");
+    let err = load_err(
+        MINIMAL,
+        &[
+            ("REGISTRY_DATABASE_ENABLED", "true"),
+            ("REGISTRY_DATABASE_USER", "u"),
+        ],
+    );
+    assert!(err.starts_with("database.dbname: required"), "{err}");
+}
+
+#[test]
+fn database_password_is_masked() {
+    let yaml = format!(
+        "{MINIMAL}database:\n  enabled: true\n  host: h\n  user: u\n  dbname: d\n  password: pg-s3cret\n"
+    );
+    let config = load_ok(&yaml, &[("REGISTRY_SQLITE_PATH", "/m.db")]).config;
+    let rendered = render_effective(&config);
+    assert!(!rendered.contains("pg-s3cret"), "{rendered}");
+    assert!(rendered.contains(MASK), "{rendered}");
+    let again = load_ok(&rendered, &[]).config;
+    assert_eq!(
+        again.database.as_ref().and_then(|d| d.password.as_deref()),
+        Some(MASK)
+    );
+    assert_eq!(again.database.map(|d| d.host), Some("h".to_owned()));
+    assert_eq!(again.sqlite.path.as_deref(), Some("/m.db"));
+    // The original is untouched: masking works on a copy.
+    assert_eq!(
+        config.database.and_then(|d| d.password).as_deref(),
+        Some("pg-s3cret")
+    );
+}
+
+#[test]
+fn trusted_proxies_are_parsed_at_load() {
+    let yaml = format!(
+        "{MINIMAL}http:\n  trustedproxies:\n    - 10.0.0.0/8\n    - 192.0.2.7\n    - fd00::/8\n    - ::1\n"
+    );
+    let c = load_ok(&yaml, &[]).config;
+    let shown: Vec<String> = c
+        .http
+        .trustedproxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8", "::1/128"]);
+    assert_eq!(
+        c.http.trustedproxies[0].network(),
+        "10.0.0.0".parse::<std::net::IpAddr>().unwrap()
+    );
+    assert_eq!(c.http.trustedproxies[0].prefix_len(), 8);
+    assert_eq!(c.http.trustedproxies[3].prefix_len(), 128);
+
+    // One entry may be written without a list, as an environment variable naturally is.
+    let c = load_ok(MINIMAL, &[("REGISTRY_HTTP_TRUSTEDPROXIES", "127.0.0.1/32")]).config;
+    assert_eq!(c.http.trustedproxies.len(), 1);
+    let c = load_ok(
+        MINIMAL,
+        &[(
+            "REGISTRY_HTTP_TRUSTEDPROXIES",
+            "[10.1.0.0/16, '2001:db8::/32']",
+        )],
+    )
+    .config;
+    assert_eq!(c.http.trustedproxies.len(), 2);
+    let c = load_ok(
+        &format!("{MINIMAL}http: {{trustedproxies: [10.0.0.1]}}\n"),
+        &[("REGISTRY_HTTP_TRUSTEDPROXIES_1", "10.0.0.2")],
+    )
+    .config;
+    assert_eq!(c.http.trustedproxies.len(), 2);
+    assert!(load_ok(MINIMAL, &[]).config.http.trustedproxies.is_empty());
+
+    // A bad entry names its index; nothing is widened or guessed.
+    let cases = [
+        (
+            "[10.0.0.0/8, proxy.internal]",
+            "http.trustedproxies[1]: invalid IP address or range",
+        ),
+        (
+            "[10.0.0.0/33]",
+            "http.trustedproxies[0]: invalid IP address or range",
+        ),
+        ("[192.168.1.10/24]", "http.trustedproxies[0]:"),
+        ("['*']", "http.trustedproxies[0]:"),
+        ("['']", "http.trustedproxies[0]:"),
+        ("[[10.0.0.1]]", "http.trustedproxies[0]:"),
+        ("{a: 10.0.0.1}", "http.trustedproxies:"),
+        (
+            "not-an-address",
+            "http.trustedproxies: invalid IP address or range",
+        ),
+    ];
+    for (value, want) in cases {
+        let err = load_err(
+            &format!("{MINIMAL}http: {{trustedproxies: {value}}}\n"),
+            &[],
+        );
+        assert!(err.starts_with(want), "{value}: got {err}");
+    }
+    let err = load_err(MINIMAL, &[("REGISTRY_HTTP_TRUSTEDPROXIES_0", "10.0.0.300")]);
+    assert!(err.starts_with("http.trustedproxies[0]:"), "{err}");
+    let err = load_err(&yaml, &[("REGISTRY_HTTP_TRUSTEDPROXIES_2", "fd00::1/8")]);
+    assert!(err.starts_with("http.trustedproxies[2]:"), "{err}");
+
+    // The effective configuration prints them so that they load again.
+    let c = load_ok(&yaml, &[]).config;
+    let again = load_ok(&render_effective(&c), &[]).config;
+    assert_eq!(again.http.trustedproxies, c.http.trustedproxies);
+}
+
+#[test]
+fn option_report_marks_the_edge_and_database_keys_active() {
+    let yaml = format!(
+        "{MINIMAL}http:\n  draintimeout: 30s\n  relativeurls: true\n  trustedproxies: [10.0.0.0/8]\nhealth:\n  storagedriver:\n    enabled: true\n    interval: 5s\n    threshold: 3\ndatabase:\n  enabled: true\n  host: h\n  user: u\n  dbname: d\n  pool: {{maxopen: 4}}\nsqlite:\n  path: /m.db\n"
+    );
+    let report = option_report(&load_ok(&yaml, &[]).config);
+    let status = |key: &str| {
+        report
+            .iter()
+            .find(|row| row.key == key)
+            .map(|row| row.status)
+    };
+    for key in [
+        "http.draintimeout",
+        "http.relativeurls",
+        "http.trustedproxies",
+        "health.storagedriver",
+        "database",
+        "sqlite.path",
+    ] {
+        assert_eq!(status(key), Some(Status::Active), "{key}: {report:?}");
+    }
+    assert!(
+        !report.iter().any(|row| row.status != Status::Active),
+        "{report:?}"
+    );
+    // Other health checks are still reported as not implemented.
+    let report = option_report(
+        &load_ok(
+            &format!("{MINIMAL}health:\n  tcp:\n    - addr: 'db:5432'\n"),
+            &[],
+        )
+        .config,
+    );
+    assert!(
+        report
+            .iter()
+            .any(|row| row.key.starts_with("health") && row.status == Status::NotImplemented),
+        "{report:?}"
+    );
+}

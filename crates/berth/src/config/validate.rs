@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use serde_yaml::Value;
 
 use super::de::scalar_text;
-use super::schema::{Config, AUTH_METHODS, STORAGE_DRIVERS, STORAGE_SECTIONS};
+use super::schema::{Config, Database, AUTH_METHODS, STORAGE_DRIVERS, STORAGE_SECTIONS};
 use super::ConfigError;
 
 /// The only configuration format version there is.
@@ -146,6 +146,14 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.tags.maxtags < 0 {
         return Err(invalid("tags.maxtags", "must not be negative"));
     }
+    if let Some(database) = &config.database {
+        check_database(database)?;
+    }
+    if let Some(path) = &config.sqlite.path {
+        if path.trim().is_empty() {
+            return Err(invalid("sqlite.path", "must not be empty when set"));
+        }
+    }
     if let Some(platforms) = &config.validation.manifests.indexes.platforms {
         if !["all", "none", "list"].contains(&platforms.to_ascii_lowercase().as_str()) {
             return Err(invalid(
@@ -183,6 +191,43 @@ fn check_auth(config: &Config) -> Result<(), ConfigError> {
     if let Some(htpasswd) = &config.auth.htpasswd {
         required("auth.htpasswd.realm", &htpasswd.realm)?;
         required("auth.htpasswd.path", &htpasswd.path)?;
+    }
+    Ok(())
+}
+
+/// libpq's `sslmode` values.
+const SSL_MODES: &[&str] = &[
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+/// The GitLab container registry's `database` section: a known `sslmode` always (a typo must not
+/// silently weaken TLS once the section is enabled), and what a connection needs when enabled.
+fn check_database(database: &Database) -> Result<(), ConfigError> {
+    if !SSL_MODES.contains(&database.sslmode.as_str()) {
+        return Err(invalid(
+            "database.sslmode",
+            format!(
+                "invalid value {:?}: expected one of {}",
+                database.sslmode,
+                SSL_MODES.join(", ")
+            ),
+        ));
+    }
+    if database.enabled {
+        for (key, value) in [
+            ("database.host", &database.host),
+            ("database.user", &database.user),
+            ("database.dbname", &database.dbname),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(key, "required when database.enabled is true"));
+            }
+        }
     }
     Ok(())
 }
