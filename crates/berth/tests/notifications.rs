@@ -682,3 +682,82 @@ async fn shutdown_waits_for_the_request_in_flight() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_database_deliver_each_event_once_and_take_over_from_a_dead_one() {
+    use berth::meta::lease::Holder;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("meta.db");
+    let rx = Receiver::start().await;
+    let config = notifications(vec![endpoint("hook", &rx.url)]);
+    let shutdown = CancellationToken::new();
+    // Three instances: each its own store handle, registry, delivery task and lease holder name.
+    let mut instances = Vec::new();
+    for i in 0..3 {
+        let meta = open_meta(&db).await;
+        let options = DeliveryOptions {
+            holder: Holder {
+                id: format!("instance-{i}"),
+                ttl: Duration::from_secs(1),
+            },
+            ..DeliveryOptions::default()
+        };
+        let mut deliveries =
+            spawn_delivery_with(meta.clone(), &config.endpoints, &options, shutdown.clone());
+        let reg = registry(&meta, &config);
+        instances.push((meta, reg, Some(deliveries.remove(0))));
+    }
+
+    let mut expected = Vec::new();
+    for i in 0..30 {
+        let (_, reg, _) = &instances[i % 3];
+        let d = push_blob(reg, "shared", format!("blob {i}").as_bytes()).await;
+        expected.push(s("push", "shared", d));
+    }
+    let events = rx.wait_events(30).await;
+    assert_eq!(events.iter().map(summary).collect::<Vec<_>>(), expected);
+    // While every instance runs, nothing was sent twice.
+    assert_eq!(
+        rx.accepted().len(),
+        30,
+        "an event was delivered more than once"
+    );
+
+    // The instance holding the delivery lease dies (its task is gone; the lease is not given up).
+    let holder = instances[0]
+        .0
+        .lease_holder("notifications/hook")
+        .await
+        .unwrap()
+        .expect("some instance holds the delivery lease");
+    let dead: usize = holder.holder["instance-".len()..].parse().unwrap();
+    let delivery = instances[dead].2.take().unwrap();
+    delivery.task.abort();
+    let _ = delivery.task.await;
+
+    for i in 30..40 {
+        let alive = (dead + 1 + i % 2) % 3;
+        let (_, reg, _) = &instances[alive];
+        let d = push_blob(reg, "shared", format!("blob {i}").as_bytes()).await;
+        expected.push(s("push", "shared", d));
+    }
+    // Another instance takes the lease once it expires and delivers everything, in order. (An
+    // event the dead holder sent but had not acknowledged may arrive twice: at least once.)
+    let events = rx.wait_events(40).await;
+    assert_eq!(events.iter().map(summary).collect::<Vec<_>>(), expected);
+    let now = instances[(dead + 1) % 3]
+        .0
+        .lease_holder("notifications/hook")
+        .await
+        .unwrap()
+        .expect("the lease is held again");
+    assert_ne!(now.holder, holder.holder);
+    assert!(now.token > holder.token);
+
+    shutdown.cancel();
+    for (_, _, d) in instances {
+        if let Some(d) = d {
+            d.task.await.unwrap();
+        }
+    }
+}

@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Endpoint, GoDuration};
-use crate::meta::lease::run_leased;
+use crate::meta::lease::{run_leased, Holder};
 use crate::meta::{MetaStore, OutboxEvent};
 
 use super::envelope::EVENTS_MEDIA_TYPE;
@@ -54,9 +54,9 @@ pub struct DeliveryOptions {
     pub batch_size: u32,
     /// How long an idle task waits before looking at its topic again.
     pub poll_interval: Duration,
-    /// How long an endpoint's delivery lease lasts unless renewed: the longest another instance
-    /// waits to take over delivery from one that died.
-    pub lease_ttl: Duration,
+    /// Who takes each endpoint's delivery lease, and for how long it lasts unless renewed (the
+    /// longest another instance waits to take over from one that died).
+    pub holder: Holder,
 }
 
 /// The lease under which one instance delivers an endpoint's events.
@@ -69,7 +69,7 @@ impl Default for DeliveryOptions {
         DeliveryOptions {
             batch_size: 64,
             poll_interval: Duration::from_millis(100),
-            lease_ttl: crate::meta::lease::TTL,
+            holder: Holder::default(),
         }
     }
 }
@@ -147,7 +147,7 @@ pub fn spawn_delivery_with(
         let task = tokio::spawn(run_leased(
             meta.clone(),
             lease_name(&endpoint.name),
-            options.lease_ttl,
+            options.holder.clone(),
             shutdown.clone(),
             move |stop| {
                 let worker = worker.clone();
@@ -207,7 +207,7 @@ impl Worker {
             options: DeliveryOptions {
                 batch_size: options.batch_size.max(1),
                 poll_interval: options.poll_interval,
-                lease_ttl: options.lease_ttl,
+                holder: options.holder.clone(),
             },
             metrics: Arc::new(DeliveryMetrics::default()),
         })

@@ -33,20 +33,37 @@ pub fn holder_id() -> String {
     .clone()
 }
 
-/// Runs `job` whenever this process holds the lease `name`, until `shutdown`. `job` gets a token
+/// Who takes a lease, and for how long.
+#[derive(Clone, Debug)]
+pub struct Holder {
+    /// The holder's name ([`holder_id`] in a server).
+    pub id: String,
+    pub ttl: Duration,
+}
+
+impl Default for Holder {
+    fn default() -> Self {
+        Holder {
+            id: holder_id(),
+            ttl: TTL,
+        }
+    }
+}
+
+/// Runs `job` whenever `holder` holds the lease `name`, until `shutdown`. `job` gets a token
 /// cancelled when the lease is lost or on shutdown, and should return soon after. The lease is
 /// released on shutdown so another instance takes over at once.
 pub async fn run_leased<F, Fut>(
     meta: Arc<dyn MetaStore>,
     name: String,
-    ttl: Duration,
+    holder: Holder,
     shutdown: CancellationToken,
     mut job: F,
 ) where
     F: FnMut(CancellationToken) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let holder = holder_id();
+    let Holder { id: holder, ttl } = holder;
     let pace = ttl / 3;
     while !shutdown.is_cancelled() {
         let lease = match meta.lease_acquire(&name, &holder, ttl).await {

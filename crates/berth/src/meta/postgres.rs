@@ -68,7 +68,7 @@ impl Default for PoolSettings {
             min_connections: 0,
             max_lifetime: Some(Duration::from_secs(30 * 60)),
             idle_timeout: Some(Duration::from_secs(10 * 60)),
-            acquire_timeout: Duration::from_secs(3),
+            acquire_timeout: Duration::from_secs(2),
         }
     }
 }
