@@ -566,3 +566,23 @@ async fn concurrent_manifest_delete_and_tag_push_stay_consistent() {
         }
     }
 }
+
+/// Three processes started at the same moment on a new data directory: all of them bring up the
+/// one SQLite file (its migrations applied once) and serve it.
+#[tokio::test]
+async fn instances_started_at_once_on_a_new_directory_all_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let starts: Vec<_> = (0..3)
+        .map(|_| {
+            let data = data.clone();
+            std::thread::spawn(move || Registry::start_on(&data, &[]))
+        })
+        .collect();
+    let instances: Vec<Registry> = starts.into_iter().map(|t| t.join().unwrap()).collect();
+    let content = blob_bytes("at once", 1000);
+    push_blob(&instances[0], "at/once", &content).await;
+    for reg in &instances {
+        assert_blob(reg, "at/once", &content).await;
+    }
+}
