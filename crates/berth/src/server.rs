@@ -12,7 +12,8 @@ use anyhow::{bail, Context};
 use axum::http::{HeaderName, HeaderValue};
 
 use crate::config::{Config, Status};
-use crate::http::EdgeSettings;
+use crate::http::health::StorageProbe;
+use crate::http::{EdgeSettings, Health, TrustedProxies};
 use crate::import;
 use crate::meta::sqlite::SqliteMetaStore;
 use crate::meta::MetaStore;
@@ -75,6 +76,11 @@ pub struct Settings {
     /// Extra headers on every response (`http.headers`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub access_log: bool,
+    /// How long in-flight requests may take to finish after a shutdown signal
+    /// (`http.draintimeout`); `None` waits for them however long they take.
+    pub drain_timeout: Option<Duration>,
+    /// The periodic storage probe (`health.storagedriver`), when enabled.
+    pub storage_probe: Option<StorageProbe>,
     pub config: Config,
 }
 
@@ -130,6 +136,13 @@ impl Settings {
             meta_path,
             edge: EdgeSettings {
                 host: h.host.clone().filter(|s| !s.is_empty()),
+                trusted_proxies: TrustedProxies::new(
+                    h.trustedproxies
+                        .iter()
+                        .map(|r| (r.network(), r.prefix_len())),
+                ),
+                tls: tls.is_some(),
+                relative_urls: h.relativeurls,
                 prefix: h
                     .prefix
                     .as_deref()
@@ -158,6 +171,8 @@ impl Settings {
             }),
             headers,
             access_log: !config.log.accesslog.disabled,
+            drain_timeout: h.draintimeout.map(|d| d.0),
+            storage_probe: storage_probe(&config.health.storagedriver),
             config: config.clone(),
         })
     }
@@ -269,34 +284,58 @@ pub async fn serve(
             stop_rx.clone(),
         )));
     }
-    let mut edge = settings.edge.clone();
-    if let Some(d) = &settings.debug {
-        edge.metrics = crate::http::debug::start(
-            &d.addr,
-            d.metrics_path.as_deref(),
+    let health = Health::new();
+    if let Some(probe) = settings.storage_probe {
+        tasks.push(tokio::spawn(crate::http::health::probe_storage(
             registry.clone(),
+            health.clone(),
+            probe,
             stop_rx.clone(),
-        )
-        .await?;
+        )));
+    }
+    let mut edge = settings.edge.clone();
+    // The debug listener outlives the main one's drain, so probes on it see `/readyz` fail.
+    let (debug_stop_tx, debug_stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(d) = &settings.debug {
+        let probes = Arc::new(crate::http::health::Probes {
+            core: registry.clone(),
+            health: health.clone(),
+        });
+        edge.metrics =
+            crate::http::debug::start(&d.addr, d.metrics_path.as_deref(), probes, debug_stop_rx)
+                .await?;
     }
     let authenticator =
         crate::auth::Authenticator::from_config(&settings.config.auth).context("auth")?;
-    let app = crate::http::router(registry.clone(), edge, authenticator);
+    let app =
+        crate::http::router_with_health(registry.clone(), edge, authenticator, health.clone());
     let (listener, local) = crate::listener::bind(&settings.addr, "berth").await?;
     tracing::info!(%local, tls = settings.tls.is_some(), "serving");
     let graceful = async move {
         shutdown.await;
+        // Not ready from this moment; the listener stops accepting as this future completes.
+        health.start_draining();
         let _ = stop_tx.send(true);
         delivery_stop.cancel();
     };
+    let drain = settings.drain_timeout;
     match &settings.tls {
-        None => serve_on(crate::listener::PlainListener(listener), app, graceful).await?,
+        None => {
+            serve_on(
+                crate::listener::PlainListener(listener),
+                app,
+                graceful,
+                drain,
+            )
+            .await?
+        }
         Some((cert, key, cas)) => {
             let config = crate::listener::server_config(cert, key, cas)?;
             let listener = crate::listener::TlsListener::new(listener, config)?;
-            serve_on(listener, app, graceful).await?
+            serve_on(listener, app, graceful, drain).await?
         }
     }
+    let _ = debug_stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }
@@ -309,11 +348,14 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves `app` on `listener` until `graceful` completes, then lets in-flight requests finish.
+/// Serves `app` on `listener` until `graceful` completes, then stops accepting and lets
+/// in-flight requests finish: all of them, or with a `drain` timeout those that finish within
+/// it. Connections still open when it elapses are dropped as the process exits.
 async fn serve_on<L>(
     listener: L,
     app: axum::Router,
     graceful: impl Future<Output = ()> + Send + 'static,
+    drain: Option<Duration>,
 ) -> anyhow::Result<()>
 where
     L: axum::serve::Listener,
@@ -321,13 +363,50 @@ where
     crate::http::PeerAddr:
         for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
-    )
-    .with_graceful_shutdown(graceful)
-    .await
-    .context("serving")
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let graceful = async move {
+        graceful.await;
+        let _ = signalled_tx.send(());
+    };
+    let serving = std::future::IntoFuture::into_future(
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
+        )
+        .with_graceful_shutdown(graceful),
+    );
+    let Some(drain) = drain else {
+        return serving.await.context("serving");
+    };
+    let deadline = async move {
+        if signalled_rx.await.is_err() {
+            // The server ended without a shutdown signal: nothing to time.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        served = serving => served.context("serving"),
+        () = deadline => {
+            tracing::warn!(
+                drain_timeout = ?drain,
+                "http.draintimeout elapsed with requests still in flight; dropping them"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `health.storagedriver` with Distribution's defaults (every 10 s, unhealthy after 1 failure).
+fn storage_probe(check: &crate::config::StorageDriverCheck) -> Option<StorageProbe> {
+    check.enabled.then(|| StorageProbe {
+        interval: check
+            .interval
+            .map(|i| i.0)
+            .filter(|i| !i.is_zero())
+            .unwrap_or(Duration::from_secs(10)),
+        threshold: check.threshold.unwrap_or(1).clamp(1, u64::from(u32::MAX)) as u32,
+    })
 }
 
 /// Removes abandoned uploads every `interval`.
@@ -373,5 +452,5 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
+    tracing::info!("shutdown signal received; not ready, finishing in-flight requests");
 }

@@ -14,10 +14,12 @@ use super::routes::{self, Endpoint};
 use super::Actor;
 use crate::auth::{Authenticator, Scope};
 
-/// The state of the layer: the authenticator and the API's path prefix.
+/// The state of the layer: the authenticator, the API's path prefix, and the edge settings the
+/// origin of a request is resolved with.
 pub struct AuthState {
     pub authenticator: Authenticator,
     pub prefix: String,
+    pub settings: super::EdgeSettings,
 }
 
 /// The access a request needs, from its method and path (`None`: no authentication at all).
@@ -71,18 +73,20 @@ pub async fn authenticate(
     ) else {
         return next.run(req).await;
     };
-    let (authorization, host, proto) = {
-        let h = |name| {
-            req.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        (
-            h(header::AUTHORIZATION),
-            h(header::HOST),
-            h(header::HeaderName::from_static("x-forwarded-proto")),
-        )
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // What an auto-redirected token realm is built on: the host the client asked for and, only
+    // when a trusted proxy forwarded it, the scheme (Distribution's default is https).
+    let (host, proto) = {
+        let (parts, body) = req.into_parts();
+        let origin = super::origin::resolve_request(&state.settings, &parts);
+        let host = origin.request_authority().map(str::to_string);
+        let proto = origin.forwarded_scheme().map(str::to_string);
+        req = Request::from_parts(parts, body);
+        (host, proto)
     };
     let check = {
         let state = state.clone();

@@ -1,5 +1,7 @@
-//! The debug listener (`http.debug.addr`): a health check and, when enabled, Prometheus metrics.
-//! It serves nothing of the registry API.
+//! The debug listener (`http.debug.addr`): the health report, the probe endpoints (`/readyz`,
+//! `/livez`, as on the main listener) and, when enabled, Prometheus metrics. It serves nothing
+//! of the registry API, and it keeps answering while the main listener drains, so a probe
+//! pointed at it sees `/readyz` fail for the whole shutdown.
 
 use std::sync::Arc;
 
@@ -11,37 +13,46 @@ use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::registry::Registry;
+use super::health::{self, Probes};
 
-/// `GET /debug/health`: 200 `{}` when storage and metadata answer, 503 with the failure otherwise.
-pub async fn health(State(reg): State<Arc<Registry>>) -> Response {
-    match reg.check_health().await {
-        Ok(()) => (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            "{}",
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({ "health": e.to_string() }).to_string(),
-        )
-            .into_response(),
-    }
+/// `GET /debug/health`: 200 `{}` when storage and metadata answer and the storage probe
+/// (`health.storagedriver`) passes; 503 with each failing check by name otherwise
+/// (`storagedriver`: the periodic probe; `health`: the check run for this request).
+pub async fn health(State(probes): State<Arc<Probes>>) -> Response {
+    let failures = probes.failures().await;
+    let status = if failures.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        serde_json::Value::Object(failures).to_string(),
+    )
+        .into_response()
 }
 
-/// Starts the debug listener on `addr` (prints `debug listening on ADDR`). With a
-/// `metrics_path`, installs the Prometheus recorder and serves it there. Returns whether metrics
-/// are being recorded.
+/// Starts the debug listener on `addr` (prints `debug listening on ADDR`) and serves until
+/// `stop` changes. With a `metrics_path`, installs the Prometheus recorder and serves it there.
+/// Returns whether metrics are being recorded.
 pub async fn start(
     addr: &str,
     metrics_path: Option<&str>,
-    registry: Arc<Registry>,
+    probes: Arc<Probes>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<bool> {
-    let mut app = Router::new().route("/debug/health", get(health));
+    let mut app = Router::new()
+        .route("/debug/health", get(health))
+        .route("/readyz", get(health::readyz))
+        .route("/livez", get(health::livez));
     let metrics = match metrics_path {
         Some(path) => {
+            if ["/debug/health", "/readyz", "/livez"].contains(&path) {
+                anyhow::bail!(
+                    "http.debug.prometheus.path: {path} is already served by the debug listener"
+                );
+            }
             let handle: PrometheusHandle = PrometheusBuilder::new()
                 .install_recorder()
                 .context("installing the Prometheus recorder")?;
@@ -50,7 +61,7 @@ pub async fn start(
         }
         None => false,
     };
-    let app = app.with_state(registry);
+    let app = app.with_state(probes);
     let (listener, _) = crate::listener::bind(addr, "debug").await?;
     tokio::spawn(async move {
         let shutdown = async move {

@@ -75,7 +75,11 @@ pub async fn tags(reg: &AppState, repo: &RepoName, req: &Parts) -> ApiResult {
     } else {
         reg.core.tags(repo, &page).await?
     };
-    let link = paginate(&mut tags, n, &reg.url(&format!("/v2/{repo}/tags/list")));
+    let link = paginate(
+        &mut tags,
+        n,
+        &reg.url(req, &format!("/v2/{repo}/tags/list")),
+    );
     json(
         StatusCode::OK,
         link,
@@ -93,7 +97,7 @@ pub async fn catalog(State(reg): State<AppState>, req: Request) -> Response {
         } else {
             reg.core.catalog(&page).await?
         };
-        let link = paginate(&mut repos, n, &reg.url("/v2/_catalog"));
+        let link = paginate(&mut repos, n, &reg.url(&parts, "/v2/_catalog"));
         json(
             StatusCode::OK,
             link,

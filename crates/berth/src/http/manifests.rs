@@ -88,7 +88,7 @@ pub async fn put(
     let mut headers = vec![
         (
             header::LOCATION,
-            reg.url(&format!("/v2/{repo}/manifests/{}", pushed.digest)),
+            reg.url(req, &format!("/v2/{repo}/manifests/{}", pushed.digest)),
         ),
         (CONTENT_DIGEST, pushed.digest.to_string()),
     ];

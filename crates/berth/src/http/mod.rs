@@ -3,15 +3,19 @@
 //! The only module that knows HTTP status codes, headers and OCI error JSON. Handlers parse and
 //! validate everything from the request (names, digests, references, ranges), call the core, and
 //! shape the response. Cross-cutting concerns are tower layers added in [`router`]; this is also
-//! where an authentication layer turns a request into an identity and checks its scope.
+//! where an authentication layer turns a request into an identity and checks its scope. The probe
+//! endpoints `/readyz` and `/livez` sit outside authentication (`health.rs`); absolute URLs take
+//! their origin from `http.host`, a trusted proxy's forwarded headers or the request (`origin.rs`).
 
 pub mod auth;
 mod blobs;
 pub mod debug;
 mod error;
+pub mod health;
 mod layers;
 mod listing;
 mod manifests;
+pub mod origin;
 mod routes;
 mod uploads;
 
@@ -30,6 +34,8 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorCode};
+pub use health::Health;
+pub use origin::TrustedProxies;
 use routes::Endpoint;
 
 use crate::oci::name::RepoName;
@@ -40,8 +46,15 @@ use crate::registry::Registry;
 #[derive(Clone, Debug)]
 pub struct EdgeSettings {
     /// The externally visible base URL (`http.host`), e.g. `https://registry.example.com`. When
-    /// set, `Location` and `Link` headers are absolute URLs on it; otherwise they are paths.
+    /// set, `Location` and `Link` headers are absolute URLs on it; otherwise they are on what a
+    /// trusted proxy forwarded, or paths (see [`origin`]).
     pub host: Option<String>,
+    /// Peers whose forwarded headers are believed (`http.trustedproxies`).
+    pub trusted_proxies: TrustedProxies,
+    /// Whether the listener serves HTTPS itself (the scheme of a request nobody forwarded).
+    pub tls: bool,
+    /// `Location` and `Link` are always paths (`http.relativeurls`).
+    pub relative_urls: bool,
     /// The path prefix the API is served under (`http.prefix`), e.g. `/registry`; empty for none.
     pub prefix: String,
     /// Whether blobs and manifests may be deleted (`storage.delete.enabled`).
@@ -60,6 +73,9 @@ impl Default for EdgeSettings {
     fn default() -> Self {
         EdgeSettings {
             host: None,
+            trusted_proxies: TrustedProxies::default(),
+            tls: false,
+            relative_urls: false,
             prefix: String::new(),
             delete_enabled: true,
             read_only: false,
@@ -78,17 +94,11 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// The URL clients should use for an API `path` (which starts with `/v2/`).
-    pub fn url(&self, path: &str) -> String {
-        format!(
-            "{}{}{path}",
-            self.settings
-                .host
-                .as_deref()
-                .unwrap_or("")
-                .trim_end_matches('/'),
-            self.settings.prefix
-        )
+    /// The URL the client of `req` should use for an API `path` (which starts with `/v2/`).
+    pub fn url(&self, req: &Parts, path: &str) -> String {
+        let origin = origin::resolve(&self.settings, req);
+        let base = origin.link_base(self.settings.relative_urls);
+        format!("{base}{}{path}", self.settings.prefix)
     }
 }
 
@@ -100,13 +110,30 @@ type ApiResult = Result<Response, ApiError>;
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 
-/// The router for the whole registry API, behind `authenticator` when one is configured.
+/// The router for the whole registry API, behind `authenticator` when one is configured, with a
+/// health state of its own (always ready, never draining).
 pub fn router(
     registry: Arc<Registry>,
     settings: EdgeSettings,
     authenticator: Option<crate::auth::Authenticator>,
 ) -> Router {
+    router_with_health(registry, settings, authenticator, Health::new())
+}
+
+/// [`router`] with the shared `health` state: the server marks it draining on shutdown and the
+/// storage probe marks it unhealthy.
+pub fn router_with_health(
+    registry: Arc<Registry>,
+    settings: EdgeSettings,
+    authenticator: Option<crate::auth::Authenticator>,
+    health: Health,
+) -> Router {
     let prefix = settings.prefix.clone();
+    let probes = Arc::new(health::Probes {
+        core: registry.clone(),
+        health: health.clone(),
+    });
+    let auth_settings = settings.clone();
     let headers = Arc::new(settings.headers.clone());
     let (access_log, metrics) = (settings.access_log, settings.metrics);
     let edge = Arc::new(Edge {
@@ -119,7 +146,10 @@ pub fn router(
         .route("/v2/_catalog", get(listing::catalog))
         .fallback(dispatch)
         .with_state(edge)
-        .route("/debug/health", get(debug::health).with_state(registry));
+        .route(
+            "/debug/health",
+            get(debug::health).with_state(probes.clone()),
+        );
     let app = if prefix.is_empty() {
         api
     } else {
@@ -139,12 +169,23 @@ pub fn router(
         let state = Arc::new(auth::AuthState {
             authenticator,
             prefix: prefix.clone(),
+            settings: auth_settings,
         });
         app = app.layer(axum::middleware::from_fn_with_state(
             state,
             auth::authenticate,
         ));
     }
+    let gate = Arc::new(health::Gate { health, prefix });
+    app = app.layer(axum::middleware::from_fn_with_state(
+        gate,
+        health::unavailable_while_unhealthy,
+    ));
+    // Added after the gate and authentication, so neither applies to them.
+    let app = app
+        .route("/readyz", get(health::readyz).with_state(probes.clone()))
+        .route("/livez", get(health::livez));
+    let mut app = app;
     if metrics {
         app = app.layer(axum::middleware::from_fn(layers::request_metrics));
     }
@@ -167,7 +208,9 @@ async fn base() -> Response {
 async fn dispatch(State(edge): State<AppState>, req: Request) -> Response {
     // Events report who asked: run the request with its context when anybody listens.
     if edge.core.reports_events() {
-        let ctx = request_context(&edge, req.extensions(), req.headers(), req.method());
+        let (parts, body) = req.into_parts();
+        let ctx = request_context(&edge, &parts);
+        let req = Request::from_parts(parts, body);
         crate::registry::events::with_request(ctx, serve(edge, req)).await
     } else {
         serve(edge, req).await
@@ -201,7 +244,7 @@ async fn serve(reg: AppState, req: Request) -> Response {
         (Endpoint::Blob(d), Method::HEAD) => blobs::get(&reg, &repo, &d, p, false).await,
         (Endpoint::Blob(d), Method::DELETE) => blobs::delete(&reg, &repo, &d).await,
         (Endpoint::UploadStart, Method::POST) => uploads::start(&reg, &repo, p, body).await,
-        (Endpoint::Upload(id), Method::GET) => uploads::status(&reg, &repo, &id).await,
+        (Endpoint::Upload(id), Method::GET) => uploads::status(&reg, &repo, &id, p).await,
         (Endpoint::Upload(id), Method::PATCH) => uploads::patch(&reg, &repo, &id, p, body).await,
         (Endpoint::Upload(id), Method::PUT) => uploads::put(&reg, &repo, &id, p, body).await,
         (Endpoint::Upload(id), Method::DELETE) => uploads::cancel(&reg, &repo, &id).await,
@@ -236,30 +279,28 @@ fn check_allowed(s: &EdgeSettings, method: &Method, endpoint: &Endpoint) -> Resu
 }
 
 /// Who is asking, through which request: what the events of the request report.
-fn request_context(
-    edge: &Edge,
-    extensions: &axum::http::Extensions,
-    headers: &HeaderMap,
-    method: &Method,
-) -> RequestContext {
-    let h = |name| header_str(headers, name).unwrap_or("").to_string();
-    let host = h(axum::http::header::HOST);
-    let addr = extensions
+fn request_context(edge: &Edge, req: &Parts) -> RequestContext {
+    let h = |name| header_str(&req.headers, name).unwrap_or("").to_string();
+    let addr = req
+        .extensions
         .get::<axum::extract::ConnectInfo<PeerAddr>>()
         .map(|c| c.0 .0.to_string())
         .unwrap_or_default();
-    let base_url = match &edge.settings.host {
-        Some(h) => h.trim_end_matches('/').to_string(),
-        None => format!("http://{host}"),
+    let base_url = origin::resolve(&edge.settings, req).base_url();
+    let base_url = if base_url.is_empty() {
+        // Nothing says where the client went; the envelope falls back to the host.
+        base_url
+    } else {
+        format!("{base_url}{}", edge.settings.prefix)
     };
     RequestContext {
         id: uuid::Uuid::new_v4().to_string(),
         addr,
-        host,
-        method: method.to_string(),
+        host: h(axum::http::header::HOST),
+        method: req.method.to_string(),
         user_agent: h(axum::http::header::USER_AGENT),
-        actor: extensions.get::<Actor>().map(|a| a.0.clone()),
-        base_url: format!("{base_url}{}", edge.settings.prefix),
+        actor: req.extensions.get::<Actor>().map(|a| a.0.clone()),
+        base_url,
     }
 }
 

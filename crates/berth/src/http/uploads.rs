@@ -20,6 +20,7 @@ const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 
 fn session_headers(
     reg: &AppState,
+    req: &Parts,
     repo: &RepoName,
     id: &str,
     size: u64,
@@ -27,20 +28,20 @@ fn session_headers(
     vec![
         (
             header::LOCATION,
-            reg.url(&format!("/v2/{repo}/blobs/uploads/{id}")),
+            reg.url(req, &format!("/v2/{repo}/blobs/uploads/{id}")),
         ),
         (UPLOAD_UUID, id.to_string()),
         (header::RANGE, upload_range(size)),
     ]
 }
 
-fn created(reg: &AppState, repo: &RepoName, digest: &Digest) -> ApiResult {
+fn created(reg: &AppState, req: &Parts, repo: &RepoName, digest: &Digest) -> ApiResult {
     respond(
         StatusCode::CREATED,
         &[
             (
                 header::LOCATION,
-                reg.url(&format!("/v2/{repo}/blobs/{digest}")),
+                reg.url(req, &format!("/v2/{repo}/blobs/{digest}")),
             ),
             (CONTENT_DIGEST, digest.to_string()),
         ],
@@ -54,10 +55,10 @@ fn digest_param(q: &[(String, String)]) -> Result<Option<Digest>, ApiError> {
 
 /// Adds the session's headers to an error about it (e.g. the 416 of an out-of-order chunk), so
 /// the client knows where to resume.
-fn with_location(reg: &AppState, e: ApiError, repo: &RepoName, id: &str) -> ApiError {
+fn with_location(reg: &AppState, req: &Parts, e: ApiError, repo: &RepoName, id: &str) -> ApiError {
     e.with_header(
         header::LOCATION,
-        &reg.url(&format!("/v2/{repo}/blobs/uploads/{id}")),
+        &reg.url(req, &format!("/v2/{repo}/blobs/uploads/{id}")),
     )
     .with_header(UPLOAD_UUID, id)
 }
@@ -80,26 +81,26 @@ pub async fn start(reg: &AppState, repo: &RepoName, req: &Parts, body: Body) -> 
             .mount_blob(repo, &digest, from.as_ref(), &readable)
             .await?
         {
-            return created(reg, repo, &digest);
+            return created(reg, req, repo, &digest);
         }
         // Not mountable: fall back to a new upload session, as the spec asks.
     } else if let Some(digest) = digest_param(&q)? {
         reg.core.push_blob(repo, &digest, body_stream(body)).await?;
-        return created(reg, repo, &digest);
+        return created(reg, req, repo, &digest);
     }
     let id = reg.core.start_upload(repo).await?;
     respond(
         StatusCode::ACCEPTED,
-        &session_headers(reg, repo, &id, 0),
+        &session_headers(reg, req, repo, &id, 0),
         Body::empty(),
     )
 }
 
-pub async fn status(reg: &AppState, repo: &RepoName, id: &str) -> ApiResult {
+pub async fn status(reg: &AppState, repo: &RepoName, id: &str, req: &Parts) -> ApiResult {
     let up = reg.core.upload(repo, id).await?;
     respond(
         StatusCode::NO_CONTENT,
-        &session_headers(reg, repo, id, up.size),
+        &session_headers(reg, req, repo, id, up.size),
         Body::empty(),
     )
 }
@@ -158,10 +159,10 @@ pub async fn patch(
         .core
         .write_chunk(repo, id, start, body_stream(body))
         .await
-        .map_err(|e| with_location(reg, e.into(), repo, id))?;
+        .map_err(|e| with_location(reg, req, e.into(), repo, id))?;
     respond(
         StatusCode::ACCEPTED,
-        &session_headers(reg, repo, id, up.size),
+        &session_headers(reg, req, repo, id, up.size),
         Body::empty(),
     )
 }
@@ -185,8 +186,8 @@ pub async fn put(reg: &AppState, repo: &RepoName, id: &str, req: &Parts, body: B
     reg.core
         .finish_upload(repo, id, &digest, last)
         .await
-        .map_err(|e| with_location(reg, e.into(), repo, id))?;
-    created(reg, repo, &digest)
+        .map_err(|e| with_location(reg, req, e.into(), repo, id))?;
+    created(reg, req, repo, &digest)
 }
 
 pub async fn cancel(reg: &AppState, repo: &RepoName, id: &str) -> ApiResult {
