@@ -9,6 +9,9 @@ pub mod image;
 
 pub mod token;
 
+pub mod nginx;
+pub mod postgres;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

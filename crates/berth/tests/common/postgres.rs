@@ -190,6 +190,16 @@ impl Postgres {
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
+            // The postmaster is dead but, until whoever adopted it reaps it, a zombie that the
+            // next server's stale-lock check (`kill(pid, 0)`) takes for a running postmaster.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                // Never reaped: the lock file belongs to a dead server, so it goes.
+                let _ = std::fs::remove_file(self.data.join("postmaster.pid"));
+            }
         }
         self.running = false;
     }
