@@ -180,7 +180,6 @@ start_berth() { # DIR [BINARY]
 # ---------------------------------------------------------------- PostgreSQL (berth-pg*)
 PG_DIR=""
 PG_PORT=""
-PG_DB_N=0
 pg_run() { # CMD ARGS: a PostgreSQL program, as the postgres user when running as root
   local bin
   bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)/$1"
@@ -203,9 +202,9 @@ start_postgres() { # once per run
   taskset -a -c -p "$SERVER_CPU" "$pid" >/dev/null
   log "PostgreSQL on $HOST:$PG_PORT (pid $pid)"
 }
-new_database() { # prints the name of a fresh database
-  PG_DB_N=$((PG_DB_N + 1))
-  local db="bench$PG_DB_N"
+new_database() { # DIR: creates a fresh database named after the server's directory, prints it
+  local db
+  db="bench_$(basename "$1" | tr -c 'a-z0-9\n' '_')"
   pg_run createdb -h "$HOST" -p "$PG_PORT" -U berth "$db" || die "createdb failed"
   echo "$db"
 }
@@ -237,7 +236,7 @@ EOF
 start_berth-pg() {
   local dir="$1" port db config
   start_postgres
-  db="$(new_database)"
+  db="$(new_database "$dir")"
   port="$(pick_port)"
   mkdir -p "$dir/data"
   config="$(berth_pg_config "$dir" "$db" "$port")"
@@ -252,7 +251,7 @@ PG3_PIDS=()
 start_berth-pg3() {
   local dir="$1" db port config upstreams="" i pid
   start_postgres
-  db="$(new_database)"
+  db="$(new_database "$dir")"
   mkdir -p "$dir/data" "$dir/tmp"
   PG3_PIDS=()
   for i in 1 2 3; do

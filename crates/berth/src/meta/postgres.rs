@@ -4,9 +4,9 @@
 //! commit, [`super::group`]). Every write transaction first locks the one row of `berth_state`,
 //! so the instances' transactions commit one at a time: outbox sequence numbers follow commit
 //! order (a consumer acknowledging "up to `seq`" never skips an event committed late), and the
-//! `generation` in that row counts the commits that changed what cached reads return. Such a
-//! commit also announces, with `NOTIFY berth_changes`, its generation and the repositories it
-//! touched.
+//! `generation` in that row counts the commits that may change what cached reads return. Such a
+//! transaction bumps it first thing (taking the lock) and announces, with `NOTIFY berth_changes`
+//! (sent at commit), its generation and the repositories it may have touched.
 //!
 //! Reads through the cache ([`super::cache`]) are never stale: [`MetaStore::read_point`] reads
 //! the committed generation *after* the read was asked for (one query, shared by every reader
@@ -298,62 +298,78 @@ async fn write_group(
     group: &mut [WriteRequest],
 ) -> Result<Vec<Result<()>>> {
     let mut tx = Connection::begin(conn).await?;
-    sqlx::query("SELECT generation FROM berth_state WHERE id = 1 FOR UPDATE")
-        .execute(&mut *tx)
-        .await?;
-    let mut outcomes = Vec::with_capacity(group.len());
+    // What the group may change for cached reads, announced up front: the statement that bumps
+    // the generation also takes the row lock that orders this group after every other instance's.
+    // A request that then fails only makes the announcement cover more than changed.
     let mut repos: Vec<String> = Vec::new();
     let mut catalog = false;
+    for req in group.iter() {
+        let (touched, lists) = affected(&req.changes);
+        catalog |= lists;
+        for r in touched {
+            if !repos.iter().any(|x| x == r.as_str()) {
+                repos.push(r.as_str().to_string());
+            }
+        }
+    }
+    if catalog || !repos.is_empty() {
+        let mut announced = String::from(if catalog { "c" } else { "-" });
+        for r in &repos {
+            announced.push('\t');
+            announced.push_str(r);
+        }
+        if announced.len() > MAX_PAYLOAD {
+            announced = "*".into();
+        }
+        sqlx::query(
+            "WITH g AS (UPDATE berth_state SET generation = generation + 1 WHERE id = 1 \
+             RETURNING generation) SELECT pg_notify($1, g.generation || E'\\t' || $2) FROM g",
+        )
+        .bind(CHANNEL)
+        .bind(announced)
+        .execute(&mut *tx)
+        .await?;
+    } else {
+        sqlx::query("SELECT generation FROM berth_state WHERE id = 1 FOR UPDATE")
+            .execute(&mut *tx)
+            .await?;
+    }
+    if let [req] = group {
+        // Alone in its group: the transaction is the request's, no savepoint needed.
+        let mut outcome = Ok(());
+        for change in std::mem::take(&mut req.changes) {
+            if let Err(e) = apply_one(&mut tx, ids, change).await {
+                outcome = Err(e);
+                break;
+            }
+        }
+        match outcome {
+            Ok(()) => tx.commit().await?,
+            Err(_) => {
+                ids.clear();
+                tx.rollback().await?
+            }
+        }
+        return Ok(vec![outcome]);
+    }
+    let mut outcomes = Vec::with_capacity(group.len());
     for req in group.iter_mut() {
-        let changes = std::mem::take(&mut req.changes);
-        let (touched, lists): (Vec<String>, bool) = {
-            let (r, c) = affected(&changes);
-            (r.iter().map(|r| r.as_str().to_string()).collect(), c)
-        };
         let mut savepoint = tx.begin().await?;
         let mut outcome = Ok(());
-        for change in changes {
+        for change in std::mem::take(&mut req.changes) {
             if let Err(e) = apply_one(&mut savepoint, ids, change).await {
                 outcome = Err(e);
                 break;
             }
         }
         match outcome {
-            Ok(()) => {
-                savepoint.commit().await?;
-                catalog |= lists;
-                for r in touched {
-                    if !repos.contains(&r) {
-                        repos.push(r);
-                    }
-                }
-            }
+            Ok(()) => savepoint.commit().await?,
             Err(_) => {
                 ids.clear();
                 savepoint.rollback().await?
             }
         }
         outcomes.push(outcome);
-    }
-    if catalog || !repos.is_empty() {
-        let generation: i64 = sqlx::query_scalar(
-            "UPDATE berth_state SET generation = generation + 1 WHERE id = 1 RETURNING generation",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let mut payload = format!("{generation}\t{}", if catalog { "c" } else { "-" });
-        for r in &repos {
-            payload.push('\t');
-            payload.push_str(r);
-        }
-        if payload.len() > MAX_PAYLOAD {
-            payload = format!("{generation}\t*");
-        }
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(payload)
-            .execute(&mut *tx)
-            .await?;
     }
     tx.commit().await?;
     Ok(outcomes)
