@@ -5,18 +5,23 @@
 use std::future::Future;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axum::http::{HeaderName, HeaderValue};
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Status};
 use crate::http::health::StorageProbe;
 use crate::http::{EdgeSettings, Health, TrustedProxies};
 use crate::import;
+use crate::meta::lease::{self, run_leased, run_once_leased};
+use crate::meta::postgres::{PgMetaStore, PoolSettings};
 use crate::meta::sqlite::SqliteMetaStore;
-use crate::meta::MetaStore;
+use crate::meta::{MetaError, MetaStore};
 use crate::oci::manifest::Platform;
 use crate::registry::{IndexChildren, Registry};
 use crate::storage::BlobStore;
@@ -45,6 +50,15 @@ pub enum StorageKind {
     Memory,
 }
 
+/// Where metadata lives.
+#[derive(Clone, Debug)]
+pub enum MetaKind {
+    /// The embedded SQLite database file (`sqlite.path`).
+    Sqlite(PathBuf),
+    /// PostgreSQL (`database`), shared by any number of instances.
+    Postgres(Box<PgConnectOptions>, PoolSettings),
+}
+
 /// Upload purging (`storage.maintenance.uploadpurging`).
 #[derive(Clone, Debug)]
 pub struct Purging {
@@ -66,8 +80,8 @@ pub struct DebugServer {
 pub struct Settings {
     pub addr: String,
     pub storage: StorageKind,
-    /// The SQLite metadata database file.
-    pub meta_path: PathBuf,
+    /// The metadata database.
+    pub meta: MetaKind,
     pub edge: EdgeSettings,
     /// Certificate, key and client CA files for HTTPS.
     pub tls: Option<(PathBuf, PathBuf, Vec<String>)>,
@@ -103,11 +117,13 @@ impl Settings {
                 config.storage.driver_name().unwrap_or("(none)")
             ),
         };
-        let meta_path = match &storage {
-            StorageKind::Fs(root) => root.join("berth").join("meta.db"),
-            StorageKind::Memory => std::env::temp_dir()
-                .join(format!("berth-inmemory-{}", uuid::Uuid::new_v4().simple()))
-                .join("meta.db"),
+        let meta = match config.database.as_ref().filter(|d| d.enabled) {
+            Some(db) => MetaKind::Postgres(Box::new(pg_options(db)?), pool_settings(db)),
+            None => MetaKind::Sqlite(match (&config.sqlite.path, &storage) {
+                (Some(path), _) => PathBuf::from(path),
+                (None, StorageKind::Fs(root)) => root.join("berth").join("meta.db"),
+                (None, StorageKind::Memory) => temporary_sqlite(),
+            }),
         };
         if config.http.net == "unix" {
             bail!("http.net: unix sockets are not supported yet; use tcp");
@@ -133,7 +149,7 @@ impl Settings {
         Ok(Settings {
             addr: listen_addr(&h.addr),
             storage,
-            meta_path,
+            meta,
             edge: EdgeSettings {
                 host: h.host.clone().filter(|s| !s.is_empty()),
                 trusted_proxies: TrustedProxies::new(
@@ -178,7 +194,91 @@ impl Settings {
     }
 }
 
-/// Opens the blob store and metadata store of a data directory.
+/// A fresh SQLite file in a temporary directory of its own (in-memory storage without
+/// `sqlite.path`), removed at shutdown.
+fn temporary_sqlite() -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("berth-inmemory-{}", uuid::Uuid::new_v4().simple()))
+        .join("meta.db")
+}
+
+/// The connection to PostgreSQL that `database` describes.
+fn pg_options(db: &crate::config::Database) -> anyhow::Result<PgConnectOptions> {
+    let ssl_mode = PgSslMode::from_str(&db.sslmode)
+        .map_err(|_| anyhow::anyhow!("database.sslmode: {:?} is not an SSL mode", db.sslmode))?;
+    let mut options = PgConnectOptions::new_without_pgpass()
+        .host(&db.host)
+        .port(db.port)
+        .username(&db.user)
+        .database(&db.dbname)
+        .ssl_mode(ssl_mode)
+        .application_name("berth");
+    if let Some(password) = &db.password {
+        options = options.password(password);
+    }
+    if let Some(ca) = &db.sslrootcert {
+        options = options.ssl_root_cert(ca.as_str());
+    }
+    if let Some(cert) = &db.sslcert {
+        options = options.ssl_client_cert(cert.as_str());
+    }
+    if let Some(key) = &db.sslkey {
+        options = options.ssl_client_key(key.as_str());
+    }
+    Ok(options)
+}
+
+/// The pool `database.pool` describes. `maxidle` is how many connections stay open while idle;
+/// `connecttimeout` bounds how long a request waits for a connection before it answers 503.
+fn pool_settings(db: &crate::config::Database) -> PoolSettings {
+    let mut pool = PoolSettings::default();
+    let p = &db.pool;
+    if let Some(n) = p.maxopen.filter(|n| *n > 0) {
+        pool.max_connections = n;
+    }
+    if let Some(n) = p.maxidle {
+        pool.min_connections = n.min(pool.max_connections);
+    }
+    let nonzero = |d: Option<crate::config::GoDuration>| d.map(|d| d.0).filter(|d| !d.is_zero());
+    if let Some(d) = nonzero(p.maxlifetime) {
+        pool.max_lifetime = Some(d);
+    }
+    if let Some(d) = nonzero(p.maxidletime) {
+        pool.idle_timeout = Some(d);
+    }
+    if let Some(d) = nonzero(db.connecttimeout) {
+        pool.acquire_timeout = d;
+    }
+    pool
+}
+
+/// Opens the metadata store. PostgreSQL is waited for while it cannot be reached (an instance
+/// may start before its database); a refusal (bad password, no such database) ends start-up.
+pub async fn open_meta(kind: &MetaKind) -> anyhow::Result<Arc<dyn MetaStore>> {
+    match kind {
+        MetaKind::Sqlite(path) => {
+            let meta = SqliteMetaStore::open(path)
+                .await
+                .with_context(|| format!("opening the metadata database {}", path.display()))?;
+            Ok(Arc::new(meta))
+        }
+        MetaKind::Postgres(options, pool) => loop {
+            match PgMetaStore::connect((**options).clone(), pool).await {
+                Ok(meta) => return Ok(Arc::new(meta)),
+                Err(MetaError::Unavailable(e)) => {
+                    tracing::warn!(error = %e, "the metadata database cannot be reached yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context("opening the PostgreSQL metadata database")
+                    )
+                }
+            }
+        },
+    }
+}
+
 /// Which children of a pushed index must be present (`validation.manifests.indexes`). With
 /// `validation.disabled`, Distribution skips index checks altogether.
 fn index_children(v: &crate::config::Validation) -> IndexChildren {
@@ -210,15 +310,33 @@ pub async fn open_stores(data: &Path) -> anyhow::Result<(BlobStore, Arc<dyn Meta
 }
 
 /// Indexes a Distribution storage tree found in `store` into `meta`, unless that was done before.
-pub async fn import_if_needed(store: &BlobStore, meta: &dyn MetaStore) -> anyhow::Result<()> {
-    if !import::needs_import(store).await? {
-        return Ok(());
+/// One instance imports (under the lease `import/distribution`); others sharing the store wait
+/// until it is done, or take over if it dies.
+pub async fn import_if_needed(store: &BlobStore, meta: Arc<dyn MetaStore>) -> anyhow::Result<()> {
+    let mut waiting = false;
+    while import::needs_import(store).await? {
+        let job = async {
+            eprintln!("found a Distribution storage tree that is not indexed yet; importing it");
+            let report =
+                import::import_distribution(store, meta.as_ref(), std::io::stderr().is_terminal())
+                    .await
+                    .context("importing the Distribution storage tree")?;
+            eprintln!("import finished: {report}");
+            anyhow::Ok(())
+        };
+        match run_once_leased(meta.clone(), "import/distribution", lease::TTL, job).await {
+            Ok(Some(done)) => return done,
+            Ok(None) if !waiting => {
+                waiting = true;
+                tracing::info!(
+                    "another instance is importing the Distribution storage tree; waiting"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "taking the import lease failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    eprintln!("found a Distribution storage tree that is not indexed yet; importing it");
-    let report = import::import_distribution(store, meta, std::io::stderr().is_terminal())
-        .await
-        .context("importing the Distribution storage tree")?;
-    eprintln!("import finished: {report}");
     Ok(())
 }
 
@@ -245,23 +363,13 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (store, meta): (BlobStore, Arc<dyn MetaStore>) = match &settings.storage {
-        StorageKind::Fs(root) => {
-            let store = BlobStore::fs(root)
-                .with_context(|| format!("opening storage under {}", root.display()))?;
-            let meta = SqliteMetaStore::open(&settings.meta_path)
-                .await
-                .context("opening the metadata database")?;
-            (store, Arc::new(meta))
-        }
-        StorageKind::Memory => {
-            let meta = SqliteMetaStore::open(&settings.meta_path)
-                .await
-                .context("opening the metadata database")?;
-            (BlobStore::memory()?, Arc::new(meta))
-        }
+    let store = match &settings.storage {
+        StorageKind::Fs(root) => BlobStore::fs(root)
+            .with_context(|| format!("opening storage under {}", root.display()))?,
+        StorageKind::Memory => BlobStore::memory()?,
     };
-    import_if_needed(&store, meta.as_ref()).await?;
+    let meta = open_meta(&settings.meta).await?;
+    import_if_needed(&store, meta.clone()).await?;
     let meta: Arc<dyn MetaStore> = Arc::new(crate::meta::cache::CachedMetaStore::new(meta));
     let notifications = &settings.config.notifications;
     let notifier = crate::events::Notifier::new(notifications, settings.addr.clone())
@@ -274,14 +382,20 @@ pub async fn serve(
     let registry = Arc::new(registry);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let delivery_stop = tokio_util::sync::CancellationToken::new();
-    let mut tasks =
-        crate::events::spawn_delivery(meta, &notifications.endpoints, delivery_stop.clone());
+    let delivery_stop = CancellationToken::new();
+    let mut tasks = crate::events::spawn_delivery(
+        meta.clone(),
+        &notifications.endpoints,
+        delivery_stop.clone(),
+    );
     if let Some(p) = settings.purging.clone() {
-        tasks.push(tokio::spawn(purge_loop(
-            registry.clone(),
-            p,
-            stop_rx.clone(),
+        let registry = registry.clone();
+        tasks.push(tokio::spawn(run_leased(
+            meta,
+            "uploads/purge".into(),
+            lease::Holder::default(),
+            delivery_stop.clone(),
+            move |stop| purge_loop(registry.clone(), p.clone(), stop),
         )));
     }
     let health = Health::new();
@@ -339,8 +453,12 @@ pub async fn serve(
     for t in tasks {
         let _ = t.await;
     }
-    if let StorageKind::Memory = settings.storage {
-        if let Some(dir) = settings.meta_path.parent() {
+    if let (StorageKind::Memory, MetaKind::Sqlite(path), None) = (
+        &settings.storage,
+        &settings.meta,
+        &settings.config.sqlite.path,
+    ) {
+        if let Some(dir) = path.parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
@@ -409,17 +527,13 @@ fn storage_probe(check: &crate::config::StorageDriverCheck) -> Option<StoragePro
     })
 }
 
-/// Removes abandoned uploads every `interval`.
-async fn purge_loop(
-    registry: Arc<Registry>,
-    p: Purging,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+/// Removes abandoned uploads every `interval`, until `stop`.
+async fn purge_loop(registry: Arc<Registry>, p: Purging, stop: CancellationToken) {
     let interval = p.interval.max(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
         match registry.purge_uploads(p.age, p.dry_run).await {
             Ok(0) => {}
