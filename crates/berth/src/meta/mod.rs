@@ -14,6 +14,7 @@ pub mod cache;
 mod group;
 pub mod lease;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 #[cfg(test)]
 pub mod testsuite;

@@ -32,9 +32,10 @@ use sqlx::{Acquire, Connection, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::watch;
 
 use super::group::{GroupWriter, WriteRequest, Writes};
+use super::rows::{self, now, parse_repo, MANIFEST_COLUMNS};
 use super::{
-    affected, BlobRecord, BlobState, Change, Lease, ManifestRecord, MetaError, MetaStore,
-    OutboxEvent, Page, Result, UploadRecord,
+    affected, BlobRecord, Change, Lease, ManifestRecord, MetaError, MetaStore, OutboxEvent, Page,
+    Result, UploadRecord,
 };
 use crate::oci::digest::Digest;
 use crate::oci::name::{Reference, RepoName};
@@ -381,13 +382,6 @@ type RepoIds = HashMap<String, i64>;
 
 type Tx<'c> = Transaction<'c, Postgres>;
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 async fn repo_id(tx: &mut Tx<'_>, ids: &mut RepoIds, repo: &RepoName) -> Result<Option<i64>> {
     if let Some(id) = ids.get(repo.as_str()) {
         return Ok(Some(*id));
@@ -680,22 +674,9 @@ async fn apply_one(tx: &mut Tx<'_>, ids: &mut RepoIds, change: Change) -> Result
 // ---------------------------------------------------------------------------------------------
 // Reads
 
-fn parse_digest(s: &str) -> Result<Digest> {
-    s.parse()
-        .map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
-}
-
-fn parse_repo(s: &str) -> Result<RepoName> {
-    s.parse()
-        .map_err(|e| MetaError::Corrupt(format!("stored repository name: {e}")))
-}
-
 fn limit(page: &Page) -> Option<i64> {
     page.limit.map(i64::from)
 }
-
-const MANIFEST_COLUMNS: &str =
-    "m.digest, m.media_type, m.size, m.artifact_type, m.subject, m.annotations";
 
 const UPLOAD_SELECT: &str = "SELECT u.id, r.name, u.size, u.parts, u.created_at FROM uploads u \
      JOIN repositories r ON r.id = u.repo_id";
@@ -710,31 +691,6 @@ fn upload_row(row: &PgRow) -> Result<UploadRecord> {
         size: row.try_get::<i64, _>("size")? as u64,
         parts: row.try_get("parts")?,
         created_at: row.try_get("created_at")?,
-    })
-}
-
-fn manifest_row(row: &PgRow) -> Result<ManifestRecord> {
-    let subject: Option<String> = row.try_get("subject")?;
-    let annotations: Option<String> = row.try_get("annotations")?;
-    Ok(ManifestRecord {
-        digest: parse_digest(row.try_get::<&str, _>("digest")?)?,
-        media_type: row.try_get("media_type")?,
-        size: row.try_get::<i64, _>("size")? as u64,
-        artifact_type: row.try_get("artifact_type")?,
-        subject: subject.as_deref().map(parse_digest).transpose()?,
-        annotations: annotations
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|e| MetaError::Corrupt(format!("stored annotations: {e}")))?,
-    })
-}
-
-fn lease_row(name: &str, row: &PgRow) -> Result<Lease> {
-    Ok(Lease {
-        name: name.to_string(),
-        holder: row.try_get("holder")?,
-        token: row.try_get("token")?,
     })
 }
 
@@ -767,23 +723,11 @@ impl MetaStore for PgMetaStore {
         .bind(digest.to_string())
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let state = match row.try_get::<&str, _>("state")? {
-            "stored" => BlobState::Stored,
-            "deleting" => BlobState::Deleting,
-            other => return Err(MetaError::Corrupt(format!("blob state {other:?}"))),
-        };
-        Ok(Some(BlobRecord {
-            digest: digest.clone(),
-            size: row.try_get::<i64, _>("size")? as u64,
-            state,
-            created_at: row.try_get("created_at")?,
-            last_referenced_at: row.try_get("last_referenced_at")?,
-        }))
+        row.map(|r| rows::blob(digest, &r)).transpose()
     }
 
     async fn repos_with_blob(&self, digest: &Digest, limit: u32) -> Result<Vec<(RepoName, u64)>> {
-        let rows = sqlx::query(
+        let found = sqlx::query(
             "SELECT r.name, b.size FROM repo_blobs b JOIN repositories r ON r.id = b.repo_id \
              WHERE b.digest = $1 ORDER BY r.name LIMIT $2",
         )
@@ -791,14 +735,7 @@ impl MetaStore for PgMetaStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    parse_repo(row.try_get::<&str, _>("name")?)?,
-                    row.try_get::<i64, _>("size")? as u64,
-                ))
-            })
-            .collect()
+        found.iter().map(rows::repo_and_size).collect()
     }
 
     async fn manifest(
@@ -830,7 +767,7 @@ impl MetaStore for PgMetaStore {
                 .await?
             }
         };
-        row.as_ref().map(manifest_row).transpose()
+        row.as_ref().map(rows::manifest).transpose()
     }
 
     async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>> {
@@ -880,7 +817,7 @@ impl MetaStore for PgMetaStore {
         .bind(artifact_type)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(manifest_row).collect()
+        rows.iter().map(rows::manifest).collect()
     }
 
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {
@@ -907,24 +844,14 @@ impl MetaStore for PgMetaStore {
     }
 
     async fn outbox_peek(&self, topic: &str, limit: u32) -> Result<Vec<OutboxEvent>> {
-        let rows = sqlx::query(
+        let found = sqlx::query(
             "SELECT seq, topic, payload FROM outbox WHERE topic = $1 ORDER BY seq LIMIT $2",
         )
         .bind(topic)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let payload: &str = row.try_get("payload")?;
-                Ok(OutboxEvent {
-                    seq: row.try_get("seq")?,
-                    topic: row.try_get("topic")?,
-                    payload: serde_json::from_str(payload)
-                        .map_err(|e| MetaError::Corrupt(format!("outbox payload: {e}")))?,
-                })
-            })
-            .collect()
+        found.iter().map(rows::outbox).collect()
     }
 
     async fn outbox_ack(&self, topic: &str, seq: i64) -> Result<()> {
@@ -954,7 +881,7 @@ impl MetaStore for PgMetaStore {
         .bind(ttl.as_millis() as i64)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| lease_row(name, &r)).transpose()
+        row.map(|r| rows::lease(name, &r)).transpose()
     }
 
     async fn lease_renew(&self, lease: &Lease, ttl: Duration) -> Result<bool> {
@@ -990,7 +917,7 @@ impl MetaStore for PgMetaStore {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| lease_row(name, &r)).transpose()
+        row.map(|r| rows::lease(name, &r)).transpose()
     }
 
     async fn read_point(&self) -> Option<u64> {

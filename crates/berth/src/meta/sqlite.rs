@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::group::{GroupWriter, WriteRequest, Writes};
+use super::rows::{self, now, parse_repo, MANIFEST_COLUMNS};
 use super::{
-    BlobRecord, BlobState, Change, Lease, ManifestRecord, MetaError, MetaStore, OutboxEvent, Page,
-    Result, UploadRecord,
+    BlobRecord, Change, Lease, ManifestRecord, MetaError, MetaStore, OutboxEvent, Page, Result,
+    UploadRecord,
 };
 use crate::oci::digest::Digest;
 use crate::oci::name::{Reference, RepoName};
@@ -155,56 +156,21 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn parse_digest(s: &str) -> Result<Digest> {
-    s.parse()
-        .map_err(|e| MetaError::Corrupt(format!("stored digest {s:?}: {e}")))
-}
-
 fn limit(page: &Page) -> i64 {
     page.limit.map(i64::from).unwrap_or(-1)
 }
-
-const MANIFEST_COLUMNS: &str =
-    "m.digest, m.media_type, m.size, m.artifact_type, m.subject, m.annotations";
 
 const UPLOAD_SELECT: &str = "SELECT u.id, r.name, u.size, u.parts, u.created_at FROM uploads u \
      JOIN repositories r ON r.id = u.repo_id";
 
 fn upload_row(row: &SqliteRow) -> Result<UploadRecord> {
-    let name: &str = row.try_get("name")?;
     Ok(UploadRecord {
         id: row.try_get("id")?,
-        repo: name
-            .parse()
-            .map_err(|e| MetaError::Corrupt(format!("stored repository name: {e}")))?,
+        repo: parse_repo(row.try_get("name")?)?,
         size: row.try_get::<i64, _>("size")? as u64,
         parts: serde_json::from_str(row.try_get::<&str, _>("parts")?)
             .map_err(|e| MetaError::Corrupt(format!("stored upload parts: {e}")))?,
         created_at: row.try_get("created_at")?,
-    })
-}
-
-fn manifest_row(row: &SqliteRow) -> Result<ManifestRecord> {
-    let subject: Option<String> = row.try_get("subject")?;
-    let annotations: Option<String> = row.try_get("annotations")?;
-    Ok(ManifestRecord {
-        digest: parse_digest(row.try_get::<&str, _>("digest")?)?,
-        media_type: row.try_get("media_type")?,
-        size: row.try_get::<i64, _>("size")? as u64,
-        artifact_type: row.try_get("artifact_type")?,
-        subject: subject.as_deref().map(parse_digest).transpose()?,
-        annotations: annotations
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|e| MetaError::Corrupt(format!("stored annotations: {e}")))?,
     })
 }
 
@@ -632,7 +598,7 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn repos_with_blob(&self, digest: &Digest, limit: u32) -> Result<Vec<(RepoName, u64)>> {
-        let rows = sqlx::query(
+        let found = sqlx::query(
             "SELECT r.name, b.size FROM repo_blobs b JOIN repositories r ON r.id = b.repo_id \
              WHERE b.digest = ? ORDER BY r.name LIMIT ?",
         )
@@ -640,15 +606,7 @@ impl MetaStore for SqliteMetaStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let name: &str = row.try_get("name")?;
-                let repo = name
-                    .parse()
-                    .map_err(|e| MetaError::Corrupt(format!("stored repository name: {e}")))?;
-                Ok((repo, row.try_get::<i64, _>("size")? as u64))
-            })
-            .collect()
+        found.iter().map(rows::repo_and_size).collect()
     }
 
     async fn manifest(
@@ -680,7 +638,7 @@ impl MetaStore for SqliteMetaStore {
                 .await?
             }
         };
-        row.as_ref().map(manifest_row).transpose()
+        row.as_ref().map(rows::manifest).transpose()
     }
 
     async fn tags(&self, repo: &RepoName, page: &Page) -> Result<Option<Vec<String>>> {
@@ -731,7 +689,7 @@ impl MetaStore for SqliteMetaStore {
         .bind(artifact_type)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(manifest_row).collect()
+        rows.iter().map(rows::manifest).collect()
     }
 
     async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>> {
@@ -741,19 +699,7 @@ impl MetaStore for SqliteMetaStore {
         .bind(digest.to_string())
         .fetch_optional(&self.reader)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let state = match row.try_get::<&str, _>("state")? {
-            "stored" => BlobState::Stored,
-            "deleting" => BlobState::Deleting,
-            other => return Err(MetaError::Corrupt(format!("blob state {other:?}"))),
-        };
-        Ok(Some(BlobRecord {
-            digest: digest.clone(),
-            size: row.try_get::<i64, _>("size")? as u64,
-            state,
-            created_at: row.try_get("created_at")?,
-            last_referenced_at: row.try_get("last_referenced_at")?,
-        }))
+        row.map(|r| rows::blob(digest, &r)).transpose()
     }
 
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {
@@ -780,24 +726,14 @@ impl MetaStore for SqliteMetaStore {
     }
 
     async fn outbox_peek(&self, topic: &str, limit: u32) -> Result<Vec<OutboxEvent>> {
-        let rows = sqlx::query(
+        let found = sqlx::query(
             "SELECT seq, topic, payload FROM outbox WHERE topic = ? ORDER BY seq LIMIT ?",
         )
         .bind(topic)
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let payload: &str = row.try_get("payload")?;
-                Ok(OutboxEvent {
-                    seq: row.try_get("seq")?,
-                    topic: row.try_get("topic")?,
-                    payload: serde_json::from_str(payload)
-                        .map_err(|e| MetaError::Corrupt(format!("outbox payload: {e}")))?,
-                })
-            })
-            .collect()
+        found.iter().map(rows::outbox).collect()
     }
 
     async fn read_point(&self) -> Option<u64> {
@@ -865,14 +801,7 @@ impl MetaStore for SqliteMetaStore {
             .bind(now_ms())
             .fetch_optional(&self.reader)
             .await?;
-        row.map(|r| {
-            Ok(Lease {
-                name: name.to_string(),
-                holder: r.try_get("holder")?,
-                token: r.try_get("token")?,
-            })
-        })
-        .transpose()
+        row.map(|r| rows::lease(name, &r)).transpose()
     }
 
     async fn outbox_ack(&self, topic: &str, seq: i64) -> Result<()> {
