@@ -11,16 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
-use common::cli::{output, report, run, run_bytes, run_fails, Env};
+use common::cli::{
+    output, parse_push_digest, read_digestfile, report, run, run_bytes, run_fails, Env,
+};
 use common::image::{self, Blob};
 use common::Registry;
 use serde_json::Value;
-
-fn read_digestfile(p: &Path) -> String {
-    let d =
-        std::fs::read_to_string(p).unwrap_or_else(|e| panic!("digest file {}: {e}", p.display()));
-    d.trim().to_string()
-}
 
 fn oci_ref(dir: &Path, tag: &str) -> String {
     format!("oci:{}:{tag}", dir.display())
@@ -257,16 +253,10 @@ fn skopeo_oci_single_arch_round_trip() {
     image::write_image_layout(&src, "v1", &img);
     let dest = format!("docker://{host}/clients/skopeo-single:v1");
 
-    let digestfile = env.path("digest");
-    run(env.skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--digestfile",
-        digestfile.to_str().unwrap(),
-        &oci_ref(&src, "v1"),
-        &dest,
-    ]));
-    assert_eq!(read_digestfile(&digestfile), img.manifest.digest);
+    assert_eq!(
+        env.skopeo_push(&[], &oci_ref(&src, "v1"), &dest),
+        img.manifest.digest
+    );
 
     // What the registry serves, checked directly.
     assert_registry_manifest(&reg, "clients/skopeo-single", "v1", &img.manifest);
@@ -328,15 +318,10 @@ fn skopeo_oci_single_arch_round_trip() {
     }
 
     // Pushing the same image again is idempotent.
-    run(env.skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--digestfile",
-        digestfile.to_str().unwrap(),
-        &oci_ref(&src, "v1"),
-        &dest,
-    ]));
-    assert_eq!(read_digestfile(&digestfile), img.manifest.digest);
+    assert_eq!(
+        env.skopeo_push(&[], &oci_ref(&src, "v1"), &dest),
+        img.manifest.digest
+    );
     assert_registry_manifest(&reg, "clients/skopeo-single", "v1", &img.manifest);
 }
 
@@ -351,17 +336,10 @@ fn skopeo_oci_multi_arch_round_trip() {
     let repo = "clients/skopeo-multi";
     let dest = format!("docker://{host}/{repo}:v1");
 
-    let digestfile = env.path("digest");
-    run(env.skopeo().args([
-        "copy",
-        "--all",
-        "--dest-tls-verify=false",
-        "--digestfile",
-        digestfile.to_str().unwrap(),
-        &oci_ref(&src, "v1"),
-        &dest,
-    ]));
-    assert_eq!(read_digestfile(&digestfile), m.index.digest);
+    assert_eq!(
+        env.skopeo_push(&["--all"], &oci_ref(&src, "v1"), &dest),
+        m.index.digest
+    );
 
     assert_registry_manifest(&reg, repo, "v1", &m.index);
     for img in &m.images {
@@ -431,16 +409,10 @@ fn skopeo_docker_schema2_round_trip() {
     image::write_dir_image(&src, &img);
     let repo = "clients/skopeo-v2s2";
     let dest = format!("docker://{host}/{repo}:v1");
-    let digestfile = env.path("digest");
-    run(env.skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--digestfile",
-        digestfile.to_str().unwrap(),
-        &format!("dir:{}", src.display()),
-        &dest,
-    ]));
-    assert_eq!(read_digestfile(&digestfile), img.manifest.digest);
+    assert_eq!(
+        env.skopeo_push(&[], &format!("dir:{}", src.display()), &dest),
+        img.manifest.digest
+    );
     assert_registry_manifest(&reg, repo, "v1", &img.manifest);
     let f = http_get(
         &reg.url(&format!("/v2/{repo}/manifests/v1")),
@@ -479,17 +451,7 @@ fn skopeo_docker_schema2_round_trip() {
     let oci_src = env.path("src-oci");
     image::write_image_layout(&oci_src, "v1", &oci);
     let conv = format!("docker://{host}/clients/skopeo-converted:v1");
-    run(env.skopeo().args([
-        "copy",
-        "--format",
-        "v2s2",
-        "--dest-tls-verify=false",
-        "--digestfile",
-        digestfile.to_str().unwrap(),
-        &oci_ref(&oci_src, "v1"),
-        &conv,
-    ]));
-    let pushed = read_digestfile(&digestfile);
+    let pushed = env.skopeo_push(&["--format", "v2s2"], &oci_ref(&oci_src, "v1"), &conv);
     assert_ne!(
         pushed, oci.manifest.digest,
         "the manifest should have been converted"
@@ -547,18 +509,14 @@ fn skopeo_docker_schema2_round_trip() {
         );
     }
     // Pushing the same conversion again yields the same digest.
-    let digestfile2 = env.path("digest2");
-    run(env.skopeo().args([
-        "copy",
-        "--format",
-        "v2s2",
-        "--dest-tls-verify=false",
-        "--digestfile",
-        digestfile2.to_str().unwrap(),
-        &oci_ref(&oci_src, "v1"),
-        &format!("docker://{host}/clients/skopeo-converted:again"),
-    ]));
-    assert_eq!(read_digestfile(&digestfile2), pushed);
+    assert_eq!(
+        env.skopeo_push(
+            &["--format", "v2s2"],
+            &oci_ref(&oci_src, "v1"),
+            &format!("docker://{host}/clients/skopeo-converted:again")
+        ),
+        pushed
+    );
 }
 
 #[test]
@@ -845,26 +803,6 @@ impl Drop for DockerImages<'_> {
     }
 }
 
-fn docker_available(env: &Env) -> Result<(), String> {
-    let mut c = env.cmd("docker");
-    c.arg("info");
-    match c.output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(report(&c, &out)),
-        Err(e) => Err(format!("cannot run docker: {e}")),
-    }
-}
-
-/// The digest in `docker push` output ("<tag>: digest: sha256:... size: N").
-fn parse_push_digest(out: &str) -> String {
-    out.lines()
-        .find_map(|l| {
-            let i = l.find("digest: ")?;
-            Some(l[i + 8..].split_whitespace().next()?.to_string())
-        })
-        .unwrap_or_else(|| panic!("no digest in docker push output:\n{out}"))
-}
-
 fn docker_inspect(env: &Env, reference: &str) -> Value {
     let v: Value = serde_json::from_str(&run(env
         .cmd("docker")
@@ -876,7 +814,7 @@ fn docker_inspect(env: &Env, reference: &str) -> Value {
 #[test]
 fn docker_cli_push_pull_round_trip() {
     let env = Env::new();
-    if let Err(why) = docker_available(&env) {
+    if let Err(why) = env.docker_available() {
         if std::env::var("BERTH_SKIP_DOCKER").as_deref() == Ok("1") {
             eprintln!("skipping docker_cli_push_pull_round_trip (BERTH_SKIP_DOCKER=1): {why}");
             return;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
-use common::cli::{report, run, run_fails, Env};
+use common::cli::{run, run_fails, Env};
 use common::image;
 use common::nginx::Nginx;
 use common::oci::*;
@@ -359,17 +359,8 @@ async fn skopeo_pushes_and_pulls_through_nginx() {
     let src = env.path("src");
     image::write_image_layout(&src, "v1", &img);
     let dest = format!("docker://{host}/{repo}:v1");
-    let digestfile = env.path("digest");
-    run(env.skopeo().args([
-        "copy",
-        "--dest-tls-verify=false",
-        "--digestfile",
-        digestfile.to_str().unwrap(),
-        &format!("oci:{}:v1", src.display()),
-        &dest,
-    ]));
     assert_eq!(
-        std::fs::read_to_string(&digestfile).unwrap().trim(),
+        env.skopeo_push(&[], &format!("oci:{}:v1", src.display()), &dest),
         img.manifest.digest
     );
     let served = cluster.instances_served();
@@ -406,21 +397,10 @@ async fn skopeo_pushes_and_pulls_through_nginx() {
     assert_eq!(got.reachable, source.reachable);
 }
 
-/// Whether the machine's Docker Engine answers.
-fn docker_available(env: &Env) -> Result<(), String> {
-    let mut c = env.cmd("docker");
-    c.arg("info");
-    match c.output() {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(report(&c, &out)),
-        Err(e) => Err(format!("cannot run docker: {e}")),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_pushes_and_pulls_through_nginx() {
     let env = Env::new();
-    if let Err(why) = docker_available(&env) {
+    if let Err(why) = env.docker_available() {
         if std::env::var("BERTH_SKIP_DOCKER").as_deref() == Ok("1") {
             eprintln!(
                 "skipping docker_pushes_and_pulls_through_nginx (BERTH_SKIP_DOCKER=1): {why}"

@@ -101,4 +101,51 @@ impl Env {
         c.arg("--insecure-policy");
         c
     }
+
+    /// `skopeo copy --dest-tls-verify=false <extra> <src> <dest>`; returns the digest of the
+    /// manifest skopeo pushed (its `--digestfile`).
+    pub fn skopeo_push(&self, extra: &[&str], src: &str, dest: &str) -> String {
+        let digestfile = self.path(&format!("digest-{}", uuid_like()));
+        let mut c = self.skopeo();
+        c.args(["copy", "--dest-tls-verify=false", "--digestfile"])
+            .arg(&digestfile)
+            .args(extra)
+            .args([src, dest]);
+        run(&mut c);
+        read_digestfile(&digestfile)
+    }
+
+    /// Whether the machine's Docker Engine answers.
+    pub fn docker_available(&self) -> Result<(), String> {
+        let mut c = self.cmd("docker");
+        c.arg("info");
+        match c.output() {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(report(&c, &out)),
+            Err(e) => Err(format!("cannot run docker: {e}")),
+        }
+    }
+}
+
+/// The digest a client wrote to its `--digestfile`.
+pub fn read_digestfile(p: &std::path::Path) -> String {
+    let d =
+        std::fs::read_to_string(p).unwrap_or_else(|e| panic!("digest file {}: {e}", p.display()));
+    d.trim().to_string()
+}
+
+/// The digest in `docker push` output ("<tag>: digest: sha256:... size: N").
+pub fn parse_push_digest(out: &str) -> String {
+    out.lines()
+        .find_map(|l| {
+            let i = l.find("digest: ")?;
+            Some(l[i + 8..].split_whitespace().next()?.to_string())
+        })
+        .unwrap_or_else(|| panic!("no digest in docker push output:\n{out}"))
+}
+
+/// A name unique in this process (for files of one environment).
+fn uuid_like() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
