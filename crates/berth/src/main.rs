@@ -61,6 +61,10 @@ enum ImportSource {
     Distribution {
         /// The root directory.
         dir: PathBuf,
+        /// Index into the metadata database this configuration file names (its `database` or
+        /// `sqlite` section) instead of the SQLite file under the root directory.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -153,10 +157,20 @@ fn run() -> anyhow::Result<()> {
             println!("configuration is valid");
             Ok(())
         }
-        Command::Import(ImportSource::Distribution { dir }) => {
+        Command::Import(ImportSource::Distribution { dir, config }) => {
             let _log = logging::init("warn", Format::Text, Default::default());
+            let settings = match &config {
+                Some(file) => Some(Settings::from_config(&load(Some(file))?.config)?),
+                None => None,
+            };
             runtime.block_on(async {
-                let (store, meta) = server::open_stores(&dir).await?;
+                let (store, meta) = match &settings {
+                    Some(settings) => (
+                        berth::storage::BlobStore::fs(&dir)?,
+                        server::open_meta(&settings.meta).await?,
+                    ),
+                    None => server::open_stores(&dir).await?,
+                };
                 let report = berth::import::import_distribution(
                     &store,
                     meta.as_ref(),

@@ -298,6 +298,59 @@ async fn write_group(
     ids: &mut RepoIds,
     group: &mut [WriteRequest],
 ) -> Result<Vec<Result<()>>> {
+    // Most groups succeed whole: first apply every request in the one transaction, with no
+    // savepoints (each costs two round trips). Only when a request fails is the group run again
+    // with each request in its own savepoint, so that one caller's failure undoes nothing else.
+    let mut tx = begin_group(conn, group).await?;
+    let mut first = Ok(());
+    'all: for req in group.iter() {
+        for change in req.changes.iter().cloned() {
+            if let Err(e) = apply_one(&mut tx, ids, change).await {
+                first = Err(e);
+                break 'all;
+            }
+        }
+    }
+    match first {
+        Ok(()) => {
+            tx.commit().await?;
+            return Ok(group.iter().map(|_| Ok(())).collect());
+        }
+        Err(e) => {
+            ids.clear();
+            tx.rollback().await?;
+            if group.len() == 1 {
+                return Ok(vec![Err(e)]);
+            }
+        }
+    }
+    let mut tx = begin_group(conn, group).await?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    for req in group.iter_mut() {
+        let mut savepoint = tx.begin().await?;
+        let mut outcome = Ok(());
+        for change in std::mem::take(&mut req.changes) {
+            if let Err(e) = apply_one(&mut savepoint, ids, change).await {
+                outcome = Err(e);
+                break;
+            }
+        }
+        match outcome {
+            Ok(()) => savepoint.commit().await?,
+            Err(_) => {
+                ids.clear();
+                savepoint.rollback().await?
+            }
+        }
+        outcomes.push(outcome);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Opens a group's transaction: bumps and announces the generation (or only locks the state
+/// row when the group changes no cached read), which orders it after every other instance's.
+async fn begin_group<'c>(conn: &'c mut PgConnection, group: &[WriteRequest]) -> Result<Tx<'c>> {
     let mut tx = Connection::begin(conn).await?;
     // What the group may change for cached reads, announced up front: the statement that bumps
     // the generation also takes the row lock that orders this group after every other instance's.
@@ -335,45 +388,7 @@ async fn write_group(
             .execute(&mut *tx)
             .await?;
     }
-    if let [req] = group {
-        // Alone in its group: the transaction is the request's, no savepoint needed.
-        let mut outcome = Ok(());
-        for change in std::mem::take(&mut req.changes) {
-            if let Err(e) = apply_one(&mut tx, ids, change).await {
-                outcome = Err(e);
-                break;
-            }
-        }
-        match outcome {
-            Ok(()) => tx.commit().await?,
-            Err(_) => {
-                ids.clear();
-                tx.rollback().await?
-            }
-        }
-        return Ok(vec![outcome]);
-    }
-    let mut outcomes = Vec::with_capacity(group.len());
-    for req in group.iter_mut() {
-        let mut savepoint = tx.begin().await?;
-        let mut outcome = Ok(());
-        for change in std::mem::take(&mut req.changes) {
-            if let Err(e) = apply_one(&mut savepoint, ids, change).await {
-                outcome = Err(e);
-                break;
-            }
-        }
-        match outcome {
-            Ok(()) => savepoint.commit().await?,
-            Err(_) => {
-                ids.clear();
-                savepoint.rollback().await?
-            }
-        }
-        outcomes.push(outcome);
-    }
-    tx.commit().await?;
-    Ok(outcomes)
+    Ok(tx)
 }
 
 /// Repository ids the writer has read, by name (see the SQLite store: ids never change and

@@ -41,6 +41,7 @@ fn page(after: Option<&str>, limit: Option<u32>) -> Page {
 }
 
 pub async fn run(store: &dyn MetaStore) {
+    failures_in_a_group_undo_nothing_else(store).await;
     let a = repo("team/app");
     let b = repo("other");
     assert!(!store.repository_exists(&a).await.unwrap());
@@ -582,4 +583,44 @@ pub async fn shared(a: &dyn MetaStore, b: &dyn MetaStore) {
         b.repositories(&page).await.unwrap(),
         vec!["shared/app".to_string(), "shared/other".to_string()]
     );
+}
+
+/// Many callers at once (one write group, or several): the ones whose changes fail get their
+/// error and leave nothing behind; every other caller's changes commit.
+async fn failures_in_a_group_undo_nothing_else(store: &dyn MetaStore) {
+    let r = repo("group/app");
+    let calls = (0..24).map(|i| {
+        let mut changes = vec![Change::LinkBlob {
+            repo: r.clone(),
+            digest: digest(&format!("group blob {i}")),
+            size: i,
+            mounted_from: None,
+        }];
+        if i % 3 == 0 {
+            // A tag on a manifest that does not exist: the whole change list fails.
+            changes.push(Change::SetTag {
+                repo: r.clone(),
+                tag: tag(&format!("t{i}")),
+                digest: digest("no such manifest"),
+            });
+        }
+        store.apply(changes)
+    });
+    let outcomes = futures::future::join_all(calls).await;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let linked = store
+            .blob_in_repo(&r, &digest(&format!("group blob {i}")))
+            .await
+            .unwrap();
+        if i % 3 == 0 {
+            assert!(
+                matches!(outcome, Err(MetaError::MissingReference(_))),
+                "call {i}"
+            );
+            assert_eq!(linked, None, "call {i} failed, yet its blob is linked");
+        } else {
+            outcome.unwrap_or_else(|e| panic!("call {i}: {e}"));
+            assert_eq!(linked, Some(i as u64), "call {i}");
+        }
+    }
 }
