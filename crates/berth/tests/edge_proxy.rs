@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::oci::*;
+use common::postgres::Postgres;
 use common::token::{write_bundle, Signer};
 use common::{pseudo_bytes, sha256, Launch, Registry};
 use reqwest::Response;
@@ -463,6 +464,104 @@ async fn readyz_fails_while_storage_cannot_be_reached() {
     assert_eq!(get(&reg.url("/readyz")).await, (200, "ok".to_string()));
     let resp = check_status(get_blob(&reg, "edge/ready", &digest).await, 200).await;
     assert_eq!(resp.bytes().await.unwrap().as_ref(), data.as_slice());
+}
+
+/// The parent pid of a process, from `/proc/<pid>/stat` (`pid (comm) state ppid ...`; comm may
+/// hold spaces, so fields are counted from the closing parenthesis).
+fn parent_of(pid: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    after.split(' ').nth(1).map(str::to_string)
+}
+
+/// A PostgreSQL server whose processes are stopped (SIGSTOP) until this is dropped (SIGCONT),
+/// also when the test fails half-way: its postmaster (the parent of its checkpointer) first, so
+/// that it forks nothing more, then the postmaster's children (backends and helpers, each in a
+/// session of its own).
+struct Frozen(Vec<String>);
+
+impl Frozen {
+    fn freeze(pg: &Postgres) -> Frozen {
+        let checkpointer = pg.psql(
+            "postgres",
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'",
+        );
+        let postmaster = parent_of(checkpointer.trim()).expect("the checkpointer's parent");
+        assert!(
+            signal(&postmaster, "STOP"),
+            "SIGSTOP to the postmaster {postmaster} failed"
+        );
+        let mut pids = vec![postmaster.clone()];
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            let child = pid.bytes().all(|b| b.is_ascii_digit())
+                && parent_of(&pid).as_ref() == Some(&postmaster);
+            // A backend that exited since the listing cannot answer anyway.
+            if child && signal(&pid, "STOP") {
+                pids.push(pid);
+            }
+        }
+        Frozen(pids)
+    }
+}
+
+/// Sends `sig` to `pid`; whether it was delivered.
+fn signal(pid: &str, sig: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([&format!("-{sig}"), pid])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in self.0.iter().rev() {
+            signal(pid, "CONT");
+        }
+    }
+}
+
+/// A database that hangs (every server process stopped, connections open) makes `/readyz`
+/// answer 503 within its check's bound instead of hanging with it. The pool would wait up to
+/// `connecttimeout` (30 s here) for a connection; the check gives up long before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_instead_of_hanging_when_the_database_hangs() {
+    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    pg.create_database("edge");
+    let setup = Setup::new();
+    let reg = setup.start(
+        &[],
+        &format!(
+            "database:\n  enabled: true\n  host: {}\n  port: {}\n  user: {}\n  password: {}\n  dbname: edge\n  sslmode: disable\n  connecttimeout: 30s\n",
+            pg.host(),
+            pg.port(),
+            Postgres::USER,
+            Postgres::PASSWORD
+        ),
+    );
+    push_blob(&reg, "edge/hung", &pseudo_bytes("hung", 100)).await;
+    assert_eq!(get(&reg.url("/readyz")).await, (200, "ok".to_string()));
+
+    let frozen = Frozen::freeze(&pg);
+    // A client that would wait far longer than the check may take: a hang fails the test.
+    let patient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let answer = patient.get(reg.url("/readyz")).send().await;
+    let livez = patient.get(reg.url("/livez")).send().await;
+    drop(frozen);
+    let resp = answer.expect("/readyz answers while the database hangs");
+    assert_eq!(resp.status().as_u16(), 503);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("did not answer within 2s"), "{body}");
+    assert_eq!(livez.expect("/livez answers").status().as_u16(), 200);
+
+    // Continued, the database serves again and so does the registry.
+    wait_for_status(&reg.url("/readyz"), 200).await;
+    push_blob(&reg, "edge/hung", &pseudo_bytes("after", 100)).await;
 }
 
 #[tokio::test]
