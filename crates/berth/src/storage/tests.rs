@@ -1,0 +1,731 @@
+//! The one test suite every backend passes, at two levels: `contract`, the driver boundary
+//! itself, and `suite`, the blob store over it. Both run against every driver; the store's suite
+//! runs also against drivers with capabilities masked off, so that each way the store publishes
+//! (a rename, a copy, a concatenation inside the backend, a writer) is taken by some run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ::opendal::{services, Operator};
+
+use super::*;
+
+fn body(chunks: &[&[u8]]) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin {
+    futures::stream::iter(
+        chunks
+            .iter()
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    )
+}
+
+async fn collect(s: ByteStream) -> io::Result<Vec<u8>> {
+    let chunks: Vec<Bytes> = s.try_collect().await?;
+    Ok(chunks.concat())
+}
+
+// ---- backends ---------------------------------------------------------------------------------
+
+/// A driver under test, with the directories it lives in.
+struct Backend {
+    driver: Arc<dyn Driver>,
+    root: Option<PathBuf>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Backend {
+    fn store(&self) -> BlobStore {
+        BlobStore::new(self.driver.clone())
+    }
+}
+
+fn fs() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    Backend {
+        driver: Arc::new(FsDriver::open(dir.path()).unwrap()),
+        root: Some(dir.path().to_path_buf()),
+        _dirs: vec![dir],
+    }
+}
+
+fn memory() -> Backend {
+    Backend {
+        driver: Arc::new(OpenDalDriver::memory().unwrap()),
+        root: None,
+        _dirs: Vec::new(),
+    }
+}
+
+/// OpenDAL's own fs service: an operator that renames and copies, which memory does not, so the
+/// OpenDAL driver's paths for them run too.
+fn opendal_fs() -> Backend {
+    let (root, tmp) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let builder = services::Fs::default()
+        .root(&root.path().to_string_lossy())
+        .atomic_write_dir(&tmp.path().to_string_lossy());
+    let driver = OpenDalDriver::new(Operator::new(builder).unwrap());
+    assert!(driver.capabilities().rename && driver.capabilities().copy);
+    Backend {
+        driver: Arc::new(driver),
+        root: Some(root.path().to_path_buf()),
+        _dirs: vec![root, tmp],
+    }
+}
+
+/// `backend` with some capabilities hidden by `hide`.
+fn masked(backend: Backend, hide: impl FnOnce(&mut Capabilities)) -> Backend {
+    let mut caps = backend.driver.capabilities();
+    hide(&mut caps);
+    Backend {
+        driver: Arc::new(Masked {
+            inner: backend.driver,
+            caps,
+        }),
+        ..backend
+    }
+}
+
+/// A driver with some of another's capabilities hidden, refusing the operations it hides: the
+/// store's other publishing paths run on a real backend, and a store that called an operation
+/// not declared would fail.
+struct Masked {
+    inner: Arc<dyn Driver>,
+    caps: Capabilities,
+}
+
+#[async_trait::async_trait]
+impl Driver for Masked {
+    fn capabilities(&self) -> Capabilities {
+        self.caps
+    }
+    async fn stat(&self, path: &str) -> driver::Result<Option<u64>> {
+        self.inner.stat(path).await
+    }
+    async fn read(&self, path: &str, range: Range<u64>) -> driver::Result<ByteStream> {
+        self.inner.read(path, range).await
+    }
+    async fn read_all(&self, path: &str) -> driver::Result<Bytes> {
+        self.inner.read_all(path).await
+    }
+    async fn writer(
+        &self,
+        path: &str,
+        durability: Durability,
+    ) -> driver::Result<Box<dyn DriverWriter>> {
+        self.inner.writer(path, durability).await
+    }
+    async fn sync(&self, path: &str) -> driver::Result<()> {
+        self.inner.sync(path).await
+    }
+    async fn rename(&self, from: &str, to: &str) -> driver::Result<()> {
+        if !self.caps.rename {
+            return Err(DriverError::unsupported("rename"));
+        }
+        self.inner.rename(from, to).await
+    }
+    async fn copy(&self, from: &str, to: &str) -> driver::Result<()> {
+        if !self.caps.copy {
+            return Err(DriverError::unsupported("copy"));
+        }
+        self.inner.copy(from, to).await
+    }
+    async fn concat(&self, sources: &[String], to: &str) -> driver::Result<()> {
+        if !self.caps.concat {
+            return Err(DriverError::unsupported("concat"));
+        }
+        self.inner.concat(sources, to).await
+    }
+    async fn delete(&self, path: &str) -> driver::Result<()> {
+        self.inner.delete(path).await
+    }
+    async fn delete_all(&self, dir: &str) -> driver::Result<()> {
+        self.inner.delete_all(dir).await
+    }
+    async fn list(&self, dir: &str) -> driver::Result<Vec<Entry>> {
+        self.inner.list(dir).await
+    }
+    async fn presign_read(
+        &self,
+        path: &str,
+        expires: Duration,
+    ) -> driver::Result<Option<url::Url>> {
+        if !self.caps.presign_read {
+            return Ok(None);
+        }
+        self.inner.presign_read(path, expires).await
+    }
+    async fn purge_temporaries(&self, cutoff: SystemTime) -> driver::Result<usize> {
+        self.inner.purge_temporaries(cutoff).await
+    }
+}
+
+// ---- the driver contract ----------------------------------------------------------------------
+
+async fn put(driver: &dyn Driver, path: &str, data: &[u8]) {
+    let mut w = driver.writer(path, Durability::Durable).await.unwrap();
+    w.write(Bytes::copy_from_slice(data)).await.unwrap();
+    w.commit().await.unwrap();
+}
+
+async fn read(driver: &dyn Driver, path: &str, range: Range<u64>) -> Vec<u8> {
+    collect(driver.read(path, range).await.unwrap())
+        .await
+        .unwrap()
+}
+
+async fn listed(driver: &dyn Driver, dir: &str) -> Vec<(String, u64)> {
+    let mut got: Vec<(String, u64)> = driver
+        .list(dir)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.path, e.size))
+        .collect();
+    got.sort();
+    got
+}
+
+fn owned(entries: &[(&str, u64)]) -> Vec<(String, u64)> {
+    entries.iter().map(|(p, s)| (p.to_string(), *s)).collect()
+}
+
+async fn contract(driver: &dyn Driver) {
+    let caps = driver.capabilities();
+
+    // Missing objects: absent for stat, delete and list; an error of its kind for reads.
+    assert_eq!(driver.stat("c/missing").await.unwrap(), None);
+    let read_missing = driver.read("c/missing", 0..0).await.err().map(|e| e.kind());
+    assert_eq!(read_missing, Some(ErrorKind::NotFound));
+    let read_all_missing = driver.read_all("c/missing").await.unwrap_err().kind();
+    assert_eq!(read_all_missing, ErrorKind::NotFound);
+    driver.delete("c/missing").await.unwrap();
+    driver.delete_all("c/missing/").await.unwrap();
+    assert!(listed(driver, "c/missing/").await.is_empty());
+
+    // A commit makes the object appear whole; nothing of it is visible before.
+    for durability in [Durability::Durable, Durability::Deferred] {
+        let mut w = driver.writer("c/obj", durability).await.unwrap();
+        w.write(Bytes::from_static(b"hello ")).await.unwrap();
+        w.write(Bytes::from_static(b"world")).await.unwrap();
+        assert_eq!(driver.stat("c/obj").await.unwrap(), None, "{durability:?}");
+        assert!(listed(driver, "c/").await.is_empty(), "{durability:?}");
+        w.commit().await.unwrap();
+        driver.sync("c/obj").await.unwrap();
+        assert_eq!(driver.stat("c/obj").await.unwrap(), Some(11));
+        assert_eq!(driver.read_all("c/obj").await.unwrap(), &b"hello world"[..]);
+        driver.delete("c/obj").await.unwrap();
+        assert_eq!(driver.stat("c/obj").await.unwrap(), None);
+    }
+
+    // A commit replaces what was at the path, whole; an abort or a dropped writer leaves what
+    // was there, or nothing.
+    put(driver, "c/obj", b"the first version, longer").await;
+    put(driver, "c/obj", b"second").await;
+    assert_eq!(driver.read_all("c/obj").await.unwrap(), &b"second"[..]);
+    let mut w = driver.writer("c/obj", Durability::Durable).await.unwrap();
+    w.write(Bytes::from_static(b"never")).await.unwrap();
+    w.abort().await.unwrap();
+    assert_eq!(driver.read_all("c/obj").await.unwrap(), &b"second"[..]);
+    let mut w = driver.writer("c/new", Durability::Durable).await.unwrap();
+    w.write(Bytes::from_static(b"never")).await.unwrap();
+    w.abort().await.unwrap();
+    let mut w = driver
+        .writer("c/dropped", Durability::Deferred)
+        .await
+        .unwrap();
+    w.write(Bytes::from_static(b"never")).await.unwrap();
+    drop(w);
+    assert_eq!(driver.stat("c/new").await.unwrap(), None);
+    assert_eq!(driver.stat("c/dropped").await.unwrap(), None);
+    assert_eq!(listed(driver, "c/").await, owned(&[("c/obj", 6)]));
+
+    // An empty object.
+    let w = driver.writer("c/empty", Durability::Durable).await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(driver.stat("c/empty").await.unwrap(), Some(0));
+    assert_eq!(read(driver, "c/empty", 0..0).await, b"");
+
+    // Ranged reads at the edges, and past them.
+    for (range, want) in [
+        (0..0, &b""[..]),
+        (0..6, &b"second"[..]),
+        (0..1, &b"s"[..]),
+        (5..6, &b"d"[..]),
+        (6..6, &b""[..]),
+        (2..4, &b"co"[..]),
+    ] {
+        assert_eq!(
+            read(driver, "c/obj", range.clone()).await,
+            want,
+            "{range:?}"
+        );
+    }
+    for range in [0..7, 6..7, 7..9] {
+        let failed = match driver.read("c/obj", range.clone()).await {
+            Err(_) => true,
+            Ok(s) => collect(s).await.is_err(),
+        };
+        assert!(failed, "{range:?} is past the end of a 6-byte object");
+    }
+
+    // A large object written in chunks of several sizes (below, around and above the write
+    // buffer), read whole and across chunk boundaries.
+    let big: Vec<u8> = (0..(4 << 20) + 3).map(|i| (i % 251) as u8).collect();
+    let mut w = driver.writer("c/big", Durability::Durable).await.unwrap();
+    let cuts = [0, 1000, (1 << 20) + 1000, 3 << 20, big.len()];
+    for piece in cuts.windows(2) {
+        w.write(Bytes::copy_from_slice(&big[piece[0]..piece[1]]))
+            .await
+            .unwrap();
+    }
+    w.commit().await.unwrap();
+    let len = big.len() as u64;
+    assert_eq!(driver.stat("c/big").await.unwrap(), Some(len));
+    assert!(read(driver, "c/big", 0..len).await == big, "whole");
+    for (start, end) in [
+        ((2 << 20) - 5, (2 << 20) + 5),
+        ((1 << 20) - 1, (1 << 20) + 1),
+        (1 << 20, len),
+        (len - 1, len),
+    ] {
+        let got = read(driver, "c/big", start..end).await;
+        assert!(got == big[start as usize..end as usize], "{start}..{end}");
+    }
+
+    // A listing holds every object below a directory, recursively, and nothing beside it.
+    put(driver, "l/a", b"1").await;
+    put(driver, "l/b/c", b"22").await;
+    put(driver, "l/b/d", b"333").await;
+    put(driver, "lx", b"1").await;
+    put(driver, "l2/e", b"1").await;
+    let below_l = owned(&[("l/a", 1), ("l/b/c", 2), ("l/b/d", 3)]);
+    assert_eq!(listed(driver, "l/").await, below_l);
+    assert_eq!(listed(driver, "l").await, below_l);
+    assert_eq!(
+        listed(driver, "l/b/").await,
+        owned(&[("l/b/c", 2), ("l/b/d", 3)])
+    );
+
+    // Deleting one object, then a directory: what is beside them stays.
+    driver.delete("l/a").await.unwrap();
+    assert_eq!(driver.stat("l/a").await.unwrap(), None);
+    driver.delete_all("l/b/").await.unwrap();
+    assert!(listed(driver, "l/").await.is_empty());
+    assert_eq!(driver.stat("lx").await.unwrap(), Some(1));
+    assert_eq!(driver.stat("l2/e").await.unwrap(), Some(1));
+
+    // The declared operations.
+    if caps.rename {
+        put(driver, "r/from", b"moved").await;
+        put(driver, "r/old", b"replaced").await;
+        driver.rename("r/from", "r/to/deeper").await.unwrap();
+        assert_eq!(driver.stat("r/from").await.unwrap(), None);
+        assert_eq!(driver.read_all("r/to/deeper").await.unwrap(), &b"moved"[..]);
+        driver.rename("r/to/deeper", "r/old").await.unwrap();
+        assert_eq!(driver.read_all("r/old").await.unwrap(), &b"moved"[..]);
+        let e = driver.rename("r/missing", "r/x").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert_eq!(driver.stat("r/x").await.unwrap(), None);
+    }
+    if caps.copy {
+        driver.copy("c/obj", "k/copy").await.unwrap();
+        assert_eq!(driver.read_all("k/copy").await.unwrap(), &b"second"[..]);
+        assert_eq!(driver.read_all("c/obj").await.unwrap(), &b"second"[..]);
+        let e = driver.copy("k/missing", "k/x").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert_eq!(driver.stat("k/x").await.unwrap(), None);
+    }
+    if caps.concat {
+        put(driver, "n/1", b"ab").await;
+        put(driver, "n/2", b"").await;
+        put(driver, "n/3", b"cd").await;
+        let sources: Vec<String> = ["n/1", "n/2", "n/3"].map(String::from).into();
+        driver.concat(&sources, "n/all/x").await.unwrap();
+        assert_eq!(driver.read_all("n/all/x").await.unwrap(), &b"abcd"[..]);
+        let missing = ["n/1".to_string(), "n/missing".to_string()];
+        let e = driver.concat(&missing, "n/y").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert_eq!(driver.stat("n/y").await.unwrap(), None);
+    }
+    if !caps.presign_read {
+        let url = driver.presign_read("c/obj", Duration::from_secs(60)).await;
+        assert_eq!(url.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn driver_contract_fs() {
+    contract(&*fs().driver).await;
+}
+
+#[tokio::test]
+async fn driver_contract_memory() {
+    contract(&*memory().driver).await;
+}
+
+#[tokio::test]
+async fn driver_contract_opendal_fs() {
+    contract(&*opendal_fs().driver).await;
+}
+
+#[test]
+fn io_errors_are_classified() {
+    let cases = [
+        (io::ErrorKind::NotFound.into(), ErrorKind::NotFound),
+        (io::ErrorKind::PermissionDenied.into(), ErrorKind::Auth),
+        (io::ErrorKind::AlreadyExists.into(), ErrorKind::Precondition),
+        (io::Error::from_raw_os_error(28), ErrorKind::Full),
+        (io::Error::from_raw_os_error(122), ErrorKind::Full),
+        (io::ErrorKind::TimedOut.into(), ErrorKind::Unavailable),
+        (io::Error::from_raw_os_error(20), ErrorKind::Other),
+    ];
+    for (e, kind) in cases {
+        let shown = format!("{e:?}");
+        assert_eq!(DriverError::io(e, "doing").kind(), kind, "{shown}");
+    }
+}
+
+#[test]
+fn driver_errors_become_the_store_errors_callers_match() {
+    let e = |kind| StorageError::from(DriverError::new(kind, "x"));
+    assert!(matches!(e(ErrorKind::NotFound), StorageError::NotFound(_)));
+    assert!(matches!(e(ErrorKind::Full), StorageError::Full(_)));
+    for kind in [
+        ErrorKind::Precondition,
+        ErrorKind::Throttled,
+        ErrorKind::Unavailable,
+        ErrorKind::Auth,
+        ErrorKind::Other,
+    ] {
+        assert!(matches!(e(kind), StorageError::Backend(b) if b.kind() == kind));
+    }
+}
+
+// ---- the blob store ---------------------------------------------------------------------------
+
+async fn suite(store: BlobStore) {
+    // Single part, digest computed while streaming.
+    let data = b"hello world";
+    let d = Digest::of(Algorithm::Sha256, data);
+    let mut h = Algorithm::Sha256.hasher();
+    let p0 = new_part_name(0);
+    let n = store
+        .write_part("u1", &p0, body(&[b"hello ", b"world"]), Some(&mut h))
+        .await
+        .unwrap();
+    assert_eq!(n, 11);
+    assert_eq!(store.stat_blob(&d).await.unwrap(), None);
+    store
+        .commit_upload("u1", &[p0], 11, &d, Some(h.finish()))
+        .await
+        .unwrap();
+    store.delete_upload("u1").await.unwrap();
+    assert_eq!(store.stat_blob(&d).await.unwrap(), Some(11));
+    let got = collect(store.read_blob(&d, 6..11).await.unwrap()).await;
+    assert_eq!(got.unwrap(), b"world");
+    let past_end = match store.read_blob(&d, 6..12).await {
+        Err(_) => true,
+        Ok(s) => collect(s).await.is_err(),
+    };
+    assert!(past_end, "a range past the end of a blob fails");
+
+    // Several parts, sha512, with a competing part for the same offset that does not count.
+    let d512 = Digest::of(Algorithm::Sha512, b"abcdef");
+    let (a, b, rival) = (new_part_name(0), new_part_name(2), new_part_name(2));
+    store
+        .write_part("u2", &a, body(&[b"ab"]), None)
+        .await
+        .unwrap();
+    store
+        .write_part("u2", &b, body(&[b"cd", b"ef"]), None)
+        .await
+        .unwrap();
+    store
+        .write_part("u2", &rival, body(&[b"XXXX"]), None)
+        .await
+        .unwrap();
+    let parts = [a, b];
+    let wrong = Digest::of(Algorithm::Sha512, b"abcdeg");
+    assert!(matches!(
+        store.commit_upload("u2", &parts, 6, &wrong, None).await,
+        Err(StorageError::DigestMismatch { .. })
+    ));
+    assert_eq!(store.stat_blob(&wrong).await.unwrap(), None);
+    store
+        .commit_upload("u2", &parts, 6, &d512, None)
+        .await
+        .unwrap();
+    assert_eq!(store.read_blob_bytes(&d512).await.unwrap(), &b"abcdef"[..]);
+
+    // Several parts whose digest was computed while they streamed in.
+    let dk = Digest::of(Algorithm::Sha256, b"xyz!");
+    let (a, b) = (new_part_name(0), new_part_name(1));
+    store
+        .write_part("u6", &a, body(&[b"x"]), None)
+        .await
+        .unwrap();
+    store
+        .write_part("u6", &b, body(&[b"yz!"]), None)
+        .await
+        .unwrap();
+    let parts = [a, b];
+    let known_wrong = Digest::of(Algorithm::Sha256, b"xyz?");
+    assert!(matches!(
+        store
+            .commit_upload("u6", &parts, 4, &dk, Some(known_wrong))
+            .await,
+        Err(StorageError::DigestMismatch { .. })
+    ));
+    assert_eq!(store.stat_blob(&dk).await.unwrap(), None);
+    store
+        .commit_upload("u6", &parts, 4, &dk, Some(dk.clone()))
+        .await
+        .unwrap();
+    assert_eq!(store.read_blob_bytes(&dk).await.unwrap(), &b"xyz!"[..]);
+
+    // One part without a digest (read back and hashed), and with one of another algorithm (not
+    // taken for the expected one): a wrong digest publishes nothing and keeps the part.
+    let d7 = Digest::of(Algorithm::Sha512, b"single");
+    let p = new_part_name(0);
+    store
+        .write_part("u7", &p, body(&[b"sin", b"gle"]), None)
+        .await
+        .unwrap();
+    let sha256 = Some(Digest::of(Algorithm::Sha256, b"single"));
+    let wrong7 = Digest::of(Algorithm::Sha512, b"singlE");
+    assert!(matches!(
+        store
+            .commit_upload("u7", std::slice::from_ref(&p), 6, &wrong7, sha256.clone())
+            .await,
+        Err(StorageError::DigestMismatch { .. })
+    ));
+    assert_eq!(store.stat_blob(&wrong7).await.unwrap(), None);
+    store
+        .commit_upload("u7", std::slice::from_ref(&p), 6, &d7, sha256)
+        .await
+        .unwrap();
+    assert_eq!(store.read_blob_bytes(&d7).await.unwrap(), &b"single"[..]);
+
+    // A blob stored already: the same bytes again are fine, other bytes claiming its digest are
+    // refused (with and without a digest computed on the way), and it stays as it was.
+    for (upload, bytes, ok) in [("u8", &b"single"[..], true), ("u9", &b"double"[..], false)] {
+        let p = new_part_name(0);
+        store
+            .write_part(upload, &p, body(&[bytes]), None)
+            .await
+            .unwrap();
+        let committed = store
+            .commit_upload(upload, std::slice::from_ref(&p), 6, &d7, None)
+            .await;
+        assert_eq!(committed.is_ok(), ok, "{upload}: {committed:?}");
+        if !ok {
+            assert!(matches!(
+                committed,
+                Err(StorageError::DigestMismatch { .. })
+            ));
+            let known = Digest::of(Algorithm::Sha512, bytes);
+            assert!(matches!(
+                store
+                    .commit_upload(upload, std::slice::from_ref(&p), 6, &d7, Some(known))
+                    .await,
+                Err(StorageError::DigestMismatch { .. })
+            ));
+        }
+        store.delete_upload(upload).await.unwrap();
+    }
+    let (a, b) = (new_part_name(0), new_part_name(3));
+    store
+        .write_part("u10", &a, body(&[b"dou"]), None)
+        .await
+        .unwrap();
+    store
+        .write_part("u10", &b, body(&[b"ble"]), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.commit_upload("u10", &[a, b], 6, &d7, None).await,
+        Err(StorageError::DigestMismatch { .. })
+    ));
+    assert_eq!(store.read_blob_bytes(&d7).await.unwrap(), &b"single"[..]);
+    assert_eq!(store.verify_blob(&d7).await.unwrap(), Some(6));
+
+    // Missing parts and wrong totals are detected, not papered over.
+    let p = new_part_name(0);
+    store
+        .write_part("u3", &p, body(&[b"ab"]), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .commit_upload("u3", std::slice::from_ref(&p), 3, &d, None)
+            .await,
+        Err(StorageError::Incomplete(_))
+    ));
+    assert!(matches!(
+        store
+            .commit_upload("u3", &[p.clone(), new_part_name(2)], 2, &d, None)
+            .await,
+        Err(StorageError::PartMissing(_))
+    ));
+    // A part removed (never acknowledged) is missing; removing it again is no error.
+    store.delete_part("u3", &p).await.unwrap();
+    store.delete_part("u3", &p).await.unwrap();
+    assert!(matches!(
+        store
+            .commit_upload("u3", std::slice::from_ref(&p), 2, &d, None)
+            .await,
+        Err(StorageError::PartMissing(_))
+    ));
+
+    // Empty blob, and a failing body leaves no part behind.
+    let empty = Digest::of(Algorithm::Sha256, b"");
+    store
+        .commit_upload("u4", &[], 0, &empty, None)
+        .await
+        .unwrap();
+    assert_eq!(store.stat_blob(&empty).await.unwrap(), Some(0));
+    assert_eq!(
+        collect(store.read_blob(&empty, 0..0).await.unwrap())
+            .await
+            .unwrap(),
+        b""
+    );
+    let failing = futures::stream::iter(vec![
+        Ok(Bytes::from_static(b"x")),
+        Err(io::Error::other("client went away")),
+    ]);
+    let p = new_part_name(0);
+    assert!(matches!(
+        store.write_part("u5", &p, failing, None).await,
+        Err(StorageError::Body(_))
+    ));
+    assert!(matches!(
+        store.commit_upload("u5", &[p], 1, &d, None).await,
+        Err(StorageError::PartMissing(_))
+    ));
+
+    // Manifest-style whole writes are idempotent.
+    let m = Digest::of(Algorithm::Sha256, b"{}");
+    store
+        .put_blob_bytes(&m, Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    store
+        .put_blob_bytes(&m, Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    assert_eq!(store.read_blob_bytes(&m).await.unwrap(), &b"{}"[..]);
+    assert!(matches!(
+        store.read_blob_bytes(&wrong).await,
+        Err(StorageError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.read_blob(&wrong, 0..0).await.err(),
+        Some(StorageError::NotFound(_))
+    ));
+
+    // Verification of stored blobs: intact, missing, corrupt.
+    assert_eq!(store.verify_blob(&m).await.unwrap(), Some(2));
+    assert_eq!(store.verify_blob(&wrong).await.unwrap(), None);
+    let corrupt = Digest::of(Algorithm::Sha256, b"the real content");
+    store
+        .write_file(&blob_path(&corrupt), Bytes::from_static(b"other content"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.verify_blob(&corrupt).await,
+        Err(StorageError::DigestMismatch { .. })
+    ));
+
+    // Files that are not blobs: listed sorted, below a directory only.
+    store
+        .write_file("f/b/c", Bytes::from_static(b"c"))
+        .await
+        .unwrap();
+    store
+        .write_file("f/a", Bytes::from_static(b"a"))
+        .await
+        .unwrap();
+    store
+        .write_file("fx", Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(store.list_files("f/").await.unwrap(), ["f/a", "f/b/c"]);
+    assert_eq!(
+        store.list_files("none/").await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        store.read_file("f/b/c").await.unwrap(),
+        Some(Bytes::from_static(b"c"))
+    );
+    assert_eq!(store.read_file("f/missing").await.unwrap(), None);
+
+    // Upload data by age, gone once the upload is deleted.
+    let p = new_part_name(0);
+    store
+        .write_part("u11", &p, body(&[b"kept"]), None)
+        .await
+        .unwrap();
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let old = store.upload_data_older_than(later).await.unwrap();
+    for kept in ["u2", "u6", "u10", "u11"] {
+        assert!(old.iter().any(|id| id == kept), "{kept} in {old:?}");
+    }
+    for gone in ["u1", "u4", "u5", "u8", "u9"] {
+        assert!(!old.iter().any(|id| id == gone), "{gone} in {old:?}");
+    }
+    let young = store
+        .upload_data_older_than(SystemTime::UNIX_EPOCH)
+        .await
+        .unwrap();
+    assert_eq!(young, Vec::<String>::new());
+    for n in 1..=11 {
+        store.delete_upload(&format!("u{n}")).await.unwrap();
+    }
+    assert_eq!(
+        store.upload_data_older_than(later).await.unwrap(),
+        Vec::<String>::new()
+    );
+    // Every write of the suite cleaned up after itself.
+    assert_eq!(store.remove_stale_temporaries(later).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn store_suite_fs() {
+    let backend = fs();
+    suite(backend.store()).await;
+    // Published blobs use Distribution's layout.
+    let d = Digest::of(Algorithm::Sha256, b"hello world");
+    let root = backend.root.as_ref().unwrap();
+    assert!(root.join(blob_path(&d)).is_file());
+    // Deleted uploads leave no directories behind.
+    let uploads: Vec<_> = std::fs::read_dir(root.join(UPLOADS)).unwrap().collect();
+    assert_eq!(uploads.len(), 0, "{uploads:?}");
+}
+
+#[tokio::test]
+async fn store_suite_memory() {
+    suite(memory().store()).await;
+}
+
+#[tokio::test]
+async fn store_suite_opendal_fs() {
+    suite(opendal_fs().store()).await;
+}
+
+#[tokio::test]
+async fn store_suite_publishing_by_copy() {
+    suite(masked(fs(), |c| c.rename = false).store()).await;
+    suite(masked(opendal_fs(), |c| c.rename = false).store()).await;
+}
+
+#[tokio::test]
+async fn store_suite_publishing_through_a_writer() {
+    let writer_only = |c: &mut Capabilities| {
+        c.rename = false;
+        c.copy = false;
+        c.concat = false;
+    };
+    suite(masked(fs(), writer_only).store()).await;
+}
