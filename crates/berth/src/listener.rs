@@ -76,7 +76,13 @@ impl TlsListener {
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let (stream, peer) = match tcp.accept().await {
+                // Once the listener is dropped (shutdown), stop accepting at once: the socket
+                // closes with this task, so new connections are refused rather than dropped.
+                let accepted = tokio::select! {
+                    accepted = tcp.accept() => accepted,
+                    _ = tx.closed() => break,
+                };
+                let (stream, peer) = match accepted {
                     Ok(x) => {
                         let _ = x.0.set_nodelay(true);
                         x
@@ -87,9 +93,6 @@ impl TlsListener {
                         continue;
                     }
                 };
-                if tx.is_closed() {
-                    break;
-                }
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     let handshake = tokio::time::timeout(
@@ -172,4 +175,30 @@ pub async fn bind(addr: &str, what: &str) -> anyhow::Result<(TcpListener, Socket
     let local = listener.local_addr()?;
     println!("{what} listening on {local}");
     Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A dropped TLS listener (shutdown) closes its socket at once: a new connection is refused,
+    /// not accepted and then dropped.
+    #[tokio::test]
+    async fn a_dropped_tls_listener_refuses_new_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        let config = super::server_config(&cert_path, &key_path, &[]).unwrap();
+        let (tcp, addr) = super::bind("127.0.0.1:0", "test").await.unwrap();
+        let listener = super::TlsListener::new(tcp, config).unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+        drop(listener);
+        // Give the accept task a moment to see the listener gone (what is asserted is not how
+        // fast, but that no connection is taken in afterwards).
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "a connection was accepted after the listener was dropped"
+        );
+    }
 }
