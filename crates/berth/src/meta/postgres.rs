@@ -233,41 +233,34 @@ async fn current_generation(pool: &PgPool) -> Result<u64> {
 
 /// Reads of the committed generation, shared: a caller waits for one that *started after* it
 /// asked (so it covers every commit acknowledged before), and one query serves every caller
-/// waiting when it starts.
+/// that was waiting when it started. Callers take turns on one lock (fair, first come first
+/// served); whoever holds it either finds a result new enough or runs the query itself, so a
+/// caller never waits for a query nobody runs, even when the caller running one is cancelled.
 #[derive(Default)]
 struct ReadPoint {
+    /// Queries started so far.
     started: AtomicU64,
-    done: watch::Sender<(u64, Option<u64>)>,
-    running: tokio::sync::Mutex<()>,
+    /// The last query's number and result.
+    last: tokio::sync::Mutex<(u64, Option<u64>)>,
 }
+
+/// The longest a read point's query may take before the read goes to the database uncached.
+const READ_POINT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ReadPoint {
     async fn get(&self, pool: &PgPool) -> Option<u64> {
         let want = self.started.load(Ordering::SeqCst) + 1;
-        let mut done = self.done.subscribe();
-        loop {
-            let (id, value) = *done.borrow_and_update();
-            if id >= want {
-                return value;
-            }
-            match self.running.try_lock() {
-                Ok(_guard) => {
-                    let (id, value) = *self.done.borrow();
-                    if id >= want {
-                        return value;
-                    }
-                    let mine = self.started.fetch_add(1, Ordering::SeqCst) + 1;
-                    let value = current_generation(pool).await.ok();
-                    self.done.send_modify(|d| *d = (mine, value));
-                    return value;
-                }
-                Err(_) => {
-                    if done.changed().await.is_err() {
-                        return None;
-                    }
-                }
-            }
+        let mut last = self.last.lock().await;
+        if last.0 >= want {
+            return last.1;
         }
+        let mine = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let value = tokio::time::timeout(READ_POINT_TIMEOUT, current_generation(pool))
+            .await
+            .ok()
+            .and_then(|g| g.ok());
+        *last = (mine, value);
+        value
     }
 }
 
@@ -984,6 +977,45 @@ mod tests {
         pg.create_database("cached");
         let cached = crate::meta::cache::CachedMetaStore::new(Arc::new(store(&pg, "cached").await));
         crate::meta::testsuite::run(&cached).await;
+    }
+
+    /// Every caller asking for a read point gets one, also when other callers asking at the
+    /// same moment give up half-way (their request was cancelled) while their query runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_points_are_answered_even_when_other_callers_give_up() {
+        use crate::meta::MetaStore;
+        use std::time::Duration;
+        let pg = Postgres::start();
+        pg.create_database("points");
+        let store = Arc::new(store(&pg, "points").await);
+        // The change listener is connected once a read point is given at all.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while store.read_point().await.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the change listener connects");
+        for round in 0..100 {
+            let calls = (0..16).map(|i| {
+                let store = store.clone();
+                async move {
+                    if i % 4 == 0 {
+                        let gave_up =
+                            tokio::time::timeout(Duration::from_micros(20), store.read_point());
+                        let _ = gave_up.await;
+                        Some(0)
+                    } else {
+                        store.read_point().await
+                    }
+                }
+            });
+            let answered =
+                tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
+                    .await
+                    .unwrap_or_else(|_| panic!("round {round}: a read point was never answered"));
+            assert!(answered.iter().all(Option::is_some), "round {round}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
