@@ -23,7 +23,7 @@ use crate::oci::digest::{Algorithm, Digest, Hasher};
 use crate::oci::manifest::{self, Platform, MAX_MANIFEST_SIZE};
 use crate::oci::name::{Reference, RepoName, Tag};
 use crate::oci::Page;
-use crate::storage::{new_part_name, BlobStore, ByteStream, StorageError};
+use crate::storage::{new_part_name, BlobStore, ByteStream, ErrorKind, StorageError};
 use events::{EventAction, EventSink, RegistryEvent, BLOB_MEDIA_TYPE};
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,12 @@ impl From<StorageError> for RegistryError {
                 RegistryError::BlobUploadInvalid(format!("request body ended early: {e}"))
             }
             StorageError::Full(m) => RegistryError::StorageFull(m),
+            // Worth a retry: the client hears 503 with Retry-After, not a fault.
+            StorageError::Backend(e)
+                if matches!(e.kind(), ErrorKind::Throttled | ErrorKind::Unavailable) =>
+            {
+                RegistryError::Unavailable(format!("the blob storage is unavailable: {e}"))
+            }
             e => RegistryError::Storage(e),
         }
     }
@@ -827,5 +833,25 @@ impl Registry {
     ) -> Result<Vec<ManifestDescriptor>> {
         let records = self.meta.referrers(repo, subject, artifact_type).await?;
         Ok(records.into_iter().map(ManifestDescriptor::from).collect())
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::RegistryError;
+    use crate::storage::{DriverError, ErrorKind, StorageError};
+
+    #[test]
+    fn a_throttled_or_unavailable_backend_is_unavailable_and_a_fault_is_not() {
+        for kind in [ErrorKind::Throttled, ErrorKind::Unavailable] {
+            let e = StorageError::from(DriverError::new(kind, "slow down"));
+            assert!(
+                matches!(RegistryError::from(e), RegistryError::Unavailable(m) if m.contains("slow down"))
+            );
+        }
+        for kind in [ErrorKind::Auth, ErrorKind::Other] {
+            let e = StorageError::from(DriverError::new(kind, "denied"));
+            assert!(matches!(RegistryError::from(e), RegistryError::Storage(_)));
+        }
     }
 }
