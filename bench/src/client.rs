@@ -102,9 +102,14 @@ impl Target {
             None => (rest, ""),
         };
         let host = authority.replace("localhost", "127.0.0.1");
-        let addr: SocketAddr = host
-            .parse()
-            .with_context(|| format!("--url needs a numeric HOST:PORT, got {authority:?}"))?;
+        // A numeric address as it is; a name resolved once, here (the first address it has).
+        let addr: SocketAddr = match host.parse() {
+            Ok(addr) => addr,
+            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&host)
+                .with_context(|| format!("--url: cannot resolve {authority:?} (HOST:PORT)"))?
+                .next()
+                .ok_or_else(|| anyhow!("--url: {authority:?} resolves to no address"))?,
+        };
         Ok(Target {
             addr,
             host: HeaderValue::from_str(authority)?,
@@ -344,5 +349,8 @@ mod tests {
         assert_eq!(t.prefix, "/reg");
         assert_eq!(t.addr.port(), 5000);
         assert!(Target::parse("https://127.0.0.1:5000").is_err());
+        let named = Target::parse("http://LOCALHOST:5000").unwrap();
+        assert!(named.addr.ip().is_loopback());
+        assert_eq!(named.host, "LOCALHOST:5000");
     }
 }
