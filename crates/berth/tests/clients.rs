@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::cli::{
-    output, parse_push_digest, read_digestfile, report, run, run_bytes, run_fails, Env,
+    can_run, output, parse_push_digest, read_digestfile, report, run, run_bytes, run_fails, Env,
 };
 use common::image::{self, Blob};
 use common::Registry;
@@ -814,12 +814,12 @@ fn docker_inspect(env: &Env, reference: &str) -> Value {
 #[test]
 fn docker_cli_push_pull_round_trip() {
     let env = Env::new();
-    if let Err(why) = env.docker_available() {
-        if std::env::var("BERTH_SKIP_DOCKER").as_deref() == Ok("1") {
-            eprintln!("skipping docker_cli_push_pull_round_trip (BERTH_SKIP_DOCKER=1): {why}");
-            return;
-        }
-        panic!("docker is not usable (set BERTH_SKIP_DOCKER=1 to skip): {why}");
+    if !can_run(
+        "docker_cli_push_pull_round_trip",
+        env.docker_available(),
+        "BERTH_SKIP_DOCKER",
+    ) {
+        return;
     }
     let reg = Registry::start();
     let host = reg.host();
@@ -1079,15 +1079,17 @@ impl Drop for Ctr<'_> {
 #[test]
 fn containerd_pull_single_and_multi_arch() {
     let env = Env::new();
-    if !Path::new(CONTAINERD_SOCK).exists() {
-        let why = format!("containerd socket {CONTAINERD_SOCK} is missing");
-        if std::env::var("BERTH_SKIP_CONTAINERD").as_deref() == Ok("1") {
-            eprintln!(
-                "skipping containerd_pull_single_and_multi_arch (BERTH_SKIP_CONTAINERD=1): {why}"
-            );
-            return;
-        }
-        panic!("{why} (set BERTH_SKIP_CONTAINERD=1 to skip)");
+    let socket = if Path::new(CONTAINERD_SOCK).exists() {
+        Ok(())
+    } else {
+        Err(format!("containerd socket {CONTAINERD_SOCK} is missing"))
+    };
+    if !can_run(
+        "containerd_pull_single_and_multi_arch",
+        socket,
+        "BERTH_SKIP_CONTAINERD",
+    ) {
+        return;
     }
     let reg = Registry::start();
     let host = reg.host();

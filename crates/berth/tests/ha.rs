@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
-use common::cli::{run, run_fails, Env};
+use common::cli::{can_run, run, run_fails, Env};
 use common::image;
 use common::nginx::Nginx;
 use common::oci::*;
@@ -400,14 +400,12 @@ async fn skopeo_pushes_and_pulls_through_nginx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_pushes_and_pulls_through_nginx() {
     let env = Env::new();
-    if let Err(why) = env.docker_available() {
-        if std::env::var("BERTH_SKIP_DOCKER").as_deref() == Ok("1") {
-            eprintln!(
-                "skipping docker_pushes_and_pulls_through_nginx (BERTH_SKIP_DOCKER=1): {why}"
-            );
-            return;
-        }
-        panic!("docker is not usable (set BERTH_SKIP_DOCKER=1 to skip): {why}");
+    if !can_run(
+        "docker_pushes_and_pulls_through_nginx",
+        env.docker_available(),
+        "BERTH_SKIP_DOCKER",
+    ) {
+        return;
     }
     let cluster = Cluster::start();
     let host = cluster.nginx.host();

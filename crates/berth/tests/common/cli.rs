@@ -149,3 +149,15 @@ fn uuid_like() -> u64 {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Whether a test that needs `what` (Docker, containerd, ...) can run: `Ok` runs it. When it
+/// cannot, it fails saying why, unless `skip_var=1` is set in the environment, which skips it
+/// (printed) on a machine known to lack it.
+pub fn can_run(test: &str, what: Result<(), String>, skip_var: &str) -> bool {
+    let Err(why) = what else { return true };
+    if std::env::var(skip_var).as_deref() == Ok("1") {
+        eprintln!("skipping {test} ({skip_var}=1): {why}");
+        return false;
+    }
+    panic!("{test} cannot run: {why} (set {skip_var}=1 to skip it)");
+}
