@@ -177,6 +177,29 @@ start_berth() { # DIR [BINARY]
   grep -q "berth listening on" "$dir/server.out" || log "warning: berth did not print 'berth listening on'"
 }
 
+# Writes DIR/nginx.conf: one worker in the foreground, its pid, logs and temporary files in DIR,
+# and HTTP (the rest of its http block).
+write_nginx_conf() { # DIR HTTP
+  mkdir -p "$1/tmp"
+  cat >"$1/nginx.conf" <<EOF
+master_process off;
+daemon off;
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $1/tmp/body;
+  proxy_temp_path $1/tmp/proxy;
+  fastcgi_temp_path $1/tmp/fastcgi;
+  uwsgi_temp_path $1/tmp/uwsgi;
+  scgi_temp_path $1/tmp/scgi;
+$2
+}
+EOF
+}
+
 # ---------------------------------------------------------------- PostgreSQL (berth-pg*)
 PG_DIR=""
 PG_PORT=""
@@ -265,21 +288,7 @@ start_berth-pg3() {
     upstreams+="    server $HOST:$port max_fails=1 fail_timeout=2s;"$'\n'
   done
   port="$(pick_port)"
-  cat >"$dir/nginx.conf" <<EOF
-master_process off;
-daemon off;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $dir/tmp/body;
-  proxy_temp_path $dir/tmp/proxy;
-  fastcgi_temp_path $dir/tmp/fastcgi;
-  uwsgi_temp_path $dir/tmp/uwsgi;
-  scgi_temp_path $dir/tmp/scgi;
-  upstream berth {
+  write_nginx_conf "$dir" "  upstream berth {
 $upstreams    keepalive 64;
   }
   server {
@@ -288,14 +297,12 @@ $upstreams    keepalive 64;
     location / {
       proxy_pass http://berth;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection \"\";
       proxy_set_header Host \$http_host;
       proxy_request_buffering off;
       proxy_buffering off;
     }
-  }
-}
-EOF
+  }"
   taskset -c "$SERVER_CPU" "$NGINX_BIN" -c "$dir/nginx.conf" -p "$dir" -e "$dir/error.log" >>"$dir/server.log" 2>&1 &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
@@ -312,25 +319,11 @@ start_nginx() {
   local dir="$1" port
   port="$(pick_port)"
   mkdir -p "$dir/tmp"
-  cat >"$dir/nginx.conf" <<EOF
-master_process off;
-daemon off;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
+  write_nginx_conf "$dir" "  sendfile on;
   tcp_nopush on;
   tcp_nodelay on;
   keepalive_timeout 300s;
   keepalive_requests 100000000;
-  client_body_temp_path $dir/tmp/body;
-  proxy_temp_path $dir/tmp/proxy;
-  fastcgi_temp_path $dir/tmp/fastcgi;
-  uwsgi_temp_path $dir/tmp/uwsgi;
-  scgi_temp_path $dir/tmp/scgi;
   types { }
   default_type application/octet-stream;
   server {
@@ -338,9 +331,7 @@ http {
     root $BASE/nginx-root;
     location = /v2/ { return 200 '{}'; }
     location ~ /manifests/ { default_type application/vnd.oci.image.manifest.v1+json; }
-  }
-}
-EOF
+  }"
   taskset -c "$SERVER_CPU" "$NGINX_BIN" -c "$dir/nginx.conf" -p "$dir" -e "$dir/error.log" >"$dir/server.log" 2>&1 &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
