@@ -1,8 +1,9 @@
 //! The metadata store: repositories, which blobs each repository may see, manifests, tags,
 //! referrers, upload sessions and the event outbox.
 //!
-//! [`MetaStore`] is the one interface the core uses; SQLite implements it now and PostgreSQL will
-//! implement the same trait and pass the same test suite (`testsuite`). Every change goes
+//! [`MetaStore`] is the one interface the core uses; SQLite (`sqlite`, the default) and
+//! PostgreSQL (`postgres`, for many instances) implement it and pass the same test suite
+//! (`testsuite`). Every change goes
 //! through [`MetaStore::apply`]: one call, one transaction, so a change and the event that reports
 //! it ([`Change::Enqueue`]) commit together or not at all.
 //!

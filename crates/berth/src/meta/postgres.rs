@@ -148,15 +148,11 @@ impl ChangeLog {
     }
 
     /// Applies one announcement: `<generation>\t<c|->\t<repo>\t<repo>...` or `<generation>\t*`.
-    fn apply(&self, payload: &str) {
+    /// `false` if it cannot be read, which leaves this instance not knowing what changed.
+    fn apply(&self, payload: &str) -> bool {
         let mut parts = payload.split('\t');
         let Some(generation) = parts.next().and_then(|g| g.parse::<u64>().ok()) else {
-            tracing::warn!(
-                payload,
-                "unreadable change announcement; dropping every cached read"
-            );
-            self.everything_changed(None);
-            return;
+            return false;
         };
         {
             let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
@@ -169,6 +165,21 @@ impl ChangeLog {
                 log.repos.insert(repo.to_string(), generation);
             }
         }
+        self.applied_up_to(generation);
+        true
+    }
+
+    /// Marks everything changed at `generation`, as after a (re)connect.
+    fn everything_changed(&self, generation: u64) {
+        {
+            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            log.all = generation;
+            log.repos.clear();
+        }
+        self.applied_up_to(generation);
+    }
+
+    fn applied_up_to(&self, generation: u64) {
         self.applied.send_if_modified(|g| {
             let newer = generation > *g;
             if newer {
@@ -176,25 +187,6 @@ impl ChangeLog {
             }
             newer
         });
-    }
-
-    /// Marks everything changed at `generation` (or at the newest known), as after a reconnect.
-    fn everything_changed(&self, generation: Option<u64>) {
-        let at = generation.unwrap_or(u64::MAX);
-        {
-            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-            log.all = at;
-            log.repos.clear();
-        }
-        if let Some(g) = generation {
-            self.applied.send_if_modified(|a| {
-                let newer = g > *a;
-                if newer {
-                    *a = g;
-                }
-                newer
-            });
-        }
     }
 }
 
@@ -216,10 +208,16 @@ async fn listen_once(pool: &PgPool, changes: &ChangeLog) -> Result<()> {
     listener.listen(CHANNEL).await?;
     // Announcements missed while not listening are unknown: what was cached before is void.
     let generation = current_generation(pool).await?;
-    changes.everything_changed(Some(generation));
+    changes.everything_changed(generation);
     changes.synced.store(true, Ordering::SeqCst);
     while let Some(n) = listener.try_recv().await? {
-        changes.apply(n.payload());
+        if !changes.apply(n.payload()) {
+            // What changed is unknown: start over (reads bypass the cache until then).
+            return Err(MetaError::Corrupt(format!(
+                "unreadable change announcement {:?}",
+                n.payload()
+            )));
+        }
     }
     Ok(())
 }
@@ -977,6 +975,24 @@ mod tests {
         pg.create_database("cached");
         let cached = crate::meta::cache::CachedMetaStore::new(Arc::new(store(&pg, "cached").await));
         crate::meta::testsuite::run(&cached).await;
+    }
+
+    #[test]
+    fn announcements_invalidate_what_they_name_and_unreadable_ones_are_refused() {
+        let log = super::ChangeLog::default();
+        let (a, b): (crate::oci::name::RepoName, crate::oci::name::RepoName) =
+            ("team/a".parse().unwrap(), "team/b".parse().unwrap());
+        log.everything_changed(3);
+        assert!(log.changed_since(Some(&a), 2) && !log.changed_since(Some(&a), 3));
+        assert!(log.apply("5\t-\tteam/a"));
+        assert!(log.changed_since(Some(&a), 4) && !log.changed_since(Some(&b), 4));
+        assert!(!log.changed_since(None, 4), "the catalog did not change");
+        assert!(log.apply("6\tc"));
+        assert!(log.changed_since(None, 5));
+        assert!(log.apply("7\t*"));
+        assert!(log.changed_since(Some(&b), 6));
+        assert_eq!(*log.applied.borrow(), 7);
+        assert!(!log.apply("not a generation"));
     }
 
     /// Every caller asking for a read point gets one, also when other callers asking at the
