@@ -41,6 +41,10 @@ http:
   addr: 0.0.0.0:5000
 ";
 
+/// How long a URL handed out by a redirect to the storage backend stays valid (Distribution's
+/// S3 driver: 20 minutes).
+const BLOB_URL_LIFETIME: Duration = Duration::from_secs(20 * 60);
+
 /// Where blobs are kept.
 #[derive(Clone, Debug)]
 pub enum StorageKind {
@@ -48,6 +52,9 @@ pub enum StorageKind {
     Fs(PathBuf),
     /// Process memory (Distribution's `inmemory`): lost on exit; for tests.
     Memory,
+    /// An object store (`s3`, `swift`, `azure`, `gcs`, `oss`), opened from the configuration's
+    /// `storage` section.
+    Object(&'static str),
 }
 
 /// Where metadata lives.
@@ -112,10 +119,10 @@ impl Settings {
         let storage = match (&config.storage.filesystem, &config.storage.inmemory) {
             (Some(fs), _) => StorageKind::Fs(PathBuf::from(&fs.rootdirectory)),
             (None, Some(_)) => StorageKind::Memory,
-            _ => bail!(
-                "storage driver {} is not supported yet; use filesystem or inmemory",
-                config.storage.driver_name().unwrap_or("(none)")
-            ),
+            _ => match config.storage.driver_name() {
+                Some(name) => StorageKind::Object(name),
+                None => bail!("exactly one storage driver must be configured"),
+            },
         };
         let meta = match config.database.as_ref().filter(|d| d.enabled) {
             Some(db) => MetaKind::Postgres(Box::new(pg_options(db)?), pool_settings(db)),
@@ -123,6 +130,11 @@ impl Settings {
                 (Some(path), _) => PathBuf::from(path),
                 (None, StorageKind::Fs(root)) => root.join("berth").join("meta.db"),
                 (None, StorageKind::Memory) => temporary_sqlite(),
+                (None, StorageKind::Object(name)) => bail!(
+                    "storage.{name} keeps blobs in an object store, which cannot hold the \
+                     metadata database: configure `database` (PostgreSQL, which any number of \
+                     instances can share) or `sqlite.path` (a local file, for one instance)"
+                ),
             }),
         };
         if config.http.net == "unix" {
@@ -367,7 +379,20 @@ pub async fn serve(
         StorageKind::Fs(root) => BlobStore::fs(root)
             .with_context(|| format!("opening storage under {}", root.display()))?,
         StorageKind::Memory => BlobStore::memory()?,
+        StorageKind::Object(name) => {
+            let backend = crate::storage::open(&settings.config.storage)
+                .await
+                .with_context(|| format!("opening storage.{name}"))?;
+            for warning in &backend.warnings {
+                tracing::warn!(driver = backend.name, "{warning}");
+            }
+            BlobStore::new(backend.driver)
+        }
     };
+    // Distribution's default: object stores hand pulls to the backend unless told not to.
+    let redirect = matches!(settings.storage, StorageKind::Object(_))
+        && !settings.config.storage.redirect.disable
+        && store.can_redirect();
     let meta = open_meta(&settings.meta).await?;
     import_if_needed(&store, meta.clone()).await?;
     let meta: Arc<dyn MetaStore> = Arc::new(crate::meta::cache::CachedMetaStore::new(meta));
@@ -376,6 +401,9 @@ pub async fn serve(
         .context("notifications")?;
     let mut registry = Registry::new(meta.clone(), store)
         .with_index_children(index_children(&settings.config.validation));
+    if redirect {
+        registry = registry.with_redirects(BLOB_URL_LIFETIME);
+    }
     if notifier.is_active() {
         registry = registry.with_events(Arc::new(notifier));
     }

@@ -62,6 +62,19 @@ pub async fn get(
         RangeRequest::Part(r) => (StatusCode::PARTIAL_CONTENT, r),
         RangeRequest::Unsatisfiable => Err(RegistryError::RangeNotSatisfiable { size })?,
     };
+    if with_body {
+        // Pulls from an object store go to the backend, which serves the range asked for.
+        if let Some(url) = reg.core.blob_url(repo, &digest, size).await? {
+            return respond(
+                StatusCode::TEMPORARY_REDIRECT,
+                &[
+                    (header::LOCATION, url.to_string()),
+                    (CONTENT_DIGEST, digest.to_string()),
+                ],
+                Body::empty(),
+            );
+        }
+    }
     let mut headers = vec![
         (header::CONTENT_TYPE, "application/octet-stream".to_string()),
         (

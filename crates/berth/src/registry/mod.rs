@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -193,6 +194,9 @@ pub struct Registry {
     /// Manifest bytes by digest. Content-addressed, so never stale: which repository may see
     /// a manifest is still decided by the metadata store on every request.
     manifest_bytes: quick_cache::sync::Cache<Digest, Bytes, ManifestWeight>,
+    /// How long the backend URLs that blob pulls are redirected to stay valid; `None` serves
+    /// every blob through this process.
+    redirect: Option<Duration>,
 }
 
 /// Weighs cached manifests by their size.
@@ -221,6 +225,7 @@ impl Registry {
                 MANIFEST_CACHE_BYTES,
                 ManifestWeight,
             ),
+            redirect: None,
         }
     }
 
@@ -231,6 +236,13 @@ impl Registry {
     }
 
     /// Which children of an index must be present when it is pushed.
+    /// Pulls of blobs are redirected to URLs of the storage backend that stay valid for
+    /// `lifetime` (see [`Registry::blob_url`]).
+    pub fn with_redirects(mut self, lifetime: Duration) -> Registry {
+        self.redirect = Some(lifetime);
+        self
+    }
+
     pub fn with_index_children(mut self, policy: IndexChildren) -> Registry {
         self.index_children = policy;
         self
@@ -305,6 +317,26 @@ impl Registry {
         self.note_pull(|| events::pull(repo, digest, BLOB_MEDIA_TYPE, size, None))
             .await;
         Ok(stream)
+    }
+
+    /// Where a client can fetch a blob of `size` bytes visible in `repo` (see
+    /// [`Registry::blob_size`]) directly from the storage backend, when pulls are redirected;
+    /// reports the pull when it hands out a URL.
+    pub async fn blob_url(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Option<url::Url>> {
+        let Some(lifetime) = self.redirect else {
+            return Ok(None);
+        };
+        let url = self.store.blob_url(digest, lifetime).await?;
+        if url.is_some() {
+            self.note_pull(|| events::pull(repo, digest, BLOB_MEDIA_TYPE, size, None))
+                .await;
+        }
+        Ok(url)
     }
 
     /// Removes a blob from a repository (its bytes stay while other repositories link them).
@@ -589,7 +621,7 @@ impl Registry {
     /// Removes upload sessions idle for longer than `age`, and upload data that no session owns
     /// and that nothing has written for as long. With `dry_run`, only counts them. Returns the
     /// number of sessions and orphaned data directories concerned.
-    pub async fn purge_uploads(&self, age: std::time::Duration, dry_run: bool) -> Result<usize> {
+    pub async fn purge_uploads(&self, age: Duration, dry_run: bool) -> Result<usize> {
         let cutoff = std::time::SystemTime::now()
             .checked_sub(age)
             .unwrap_or(std::time::UNIX_EPOCH);

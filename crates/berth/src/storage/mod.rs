@@ -26,26 +26,36 @@
 //!   ignored.
 //! - A failed or aborted write leaves nothing behind, a full backend included.
 
+mod backends;
 mod driver;
 mod fs;
 mod opendal;
+mod swift;
 
 use std::io;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 
 use crate::oci::digest::{Algorithm, Digest, Hasher};
 
+pub use self::backends::{open, Backend};
 pub use self::driver::{
     ByteStream, Capabilities, Driver, DriverError, DriverWriter, Durability, Entry, ErrorKind,
 };
 pub use self::fs::FsDriver;
-pub use self::opendal::OpenDalDriver;
+pub use self::opendal::{OpenDalDriver, Tuning};
+pub use self::swift::{SwiftAuth, SwiftDriver};
+
+/// Makes ring the process's TLS provider for the object stores' HTTP clients (which bring
+/// none of their own), unless one is installed already.
+pub fn install_tls_provider() {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+}
 
 /// Size of the buffered writes to a backend, and of reads from it.
 const IO_CHUNK: usize = 1 << 20;
@@ -146,6 +156,20 @@ impl BlobStore {
             .read(&blob_path(d), range)
             .await
             .map_err(|e| not_found_as(e, d))
+    }
+
+    /// Whether [`BlobStore::blob_url`] can hand out URLs.
+    pub fn can_redirect(&self) -> bool {
+        self.capabilities.presign_read
+    }
+
+    /// A URL from which a client can fetch the published blob `d` directly from the backend,
+    /// valid for `lifetime`; `None` when the backend hands out no such URLs.
+    pub async fn blob_url(&self, d: &Digest, lifetime: Duration) -> Result<Option<url::Url>> {
+        if !self.capabilities.presign_read {
+            return Ok(None);
+        }
+        Ok(self.driver.presign_read(&blob_path(d), lifetime).await?)
     }
 
     /// Reads a whole (small) blob, e.g. a manifest.

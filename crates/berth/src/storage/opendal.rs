@@ -1,12 +1,13 @@
-//! A driver over any OpenDAL operator: the memory backend now, object stores (S3, Swift) through
-//! the same code when they are configured.
+//! A driver over any OpenDAL operator: the memory backend, and the object stores (S3, Swift,
+//! Azure, GCS, OSS) that `backends.rs` opens from the configuration.
 //!
 //! Capabilities are the operator's own declared ones, never guessed from its scheme. Objects
 //! appear whole: an OpenDAL writer publishes on close (one put, or the completion of a multipart
 //! upload) and its abort discards; the services this driver is for make a copy or a rename
-//! appear whole too. They are durable when a write completes, so `sync` does nothing and
-//! nothing is left to purge after a crash (an object store's unfinished multipart uploads are
-//! its lifecycle rules' business).
+//! appear whole too (a large copy on S3 is a multipart copy, completed in one step). They are
+//! durable when a write completes, so `sync` does nothing. Only the basic calls are made:
+//! deletes go one object at a time (no batch delete, which some S3 gateways lack), and listings
+//! are taken in whatever order the backend returns them.
 
 use std::io;
 use std::ops::Range;
@@ -29,10 +30,44 @@ use super::IO_CHUNK;
 pub struct OpenDalDriver {
     op: Operator,
     capabilities: Capabilities,
+    tuning: Tuning,
+}
+
+/// How the driver sizes and spreads its transfers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// The size of the pieces a writer sends: the part size of a multipart upload (at least the
+    /// backend's minimum, 5 MiB on S3). A writer holds up to `write_concurrency` of them.
+    pub write_chunk: usize,
+    /// Parts of one write in flight at once.
+    pub write_concurrency: usize,
+    /// The part size of a server-side copy done in parts (S3's multipart copy); `None` copies in
+    /// one call up to the backend's limit (5 GiB on S3) and in parts of that limit beyond it.
+    pub copy_chunk: Option<usize>,
+    /// Parts of one copy in flight at once.
+    pub copy_concurrency: usize,
+    /// Objects deleted at once when a directory is removed (one call per object).
+    pub delete_concurrency: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            write_chunk: IO_CHUNK,
+            write_concurrency: 1,
+            copy_chunk: None,
+            copy_concurrency: 1,
+            delete_concurrency: 8,
+        }
+    }
 }
 
 impl OpenDalDriver {
     pub fn new(op: Operator) -> OpenDalDriver {
+        OpenDalDriver::with_tuning(op, Tuning::default())
+    }
+
+    pub fn with_tuning(op: Operator, tuning: Tuning) -> OpenDalDriver {
         let c = op.info().capability();
         let capabilities = Capabilities {
             rename: c.rename,
@@ -43,7 +78,11 @@ impl OpenDalDriver {
             streamed_writes: c.write_can_multi || c.write_can_append,
             presign_read: c.presign_read,
         };
-        OpenDalDriver { op, capabilities }
+        OpenDalDriver {
+            op,
+            capabilities,
+            tuning,
+        }
     }
 
     /// A driver over a fresh in-memory operator.
@@ -154,7 +193,8 @@ impl Driver for OpenDalDriver {
         let w = self
             .op
             .writer_with(path)
-            .chunk(IO_CHUNK)
+            .chunk(self.tuning.write_chunk)
+            .concurrent(self.tuning.write_concurrency)
             .await
             .map_err(failed("write"))?;
         Ok(Box::new(OpenDalWriter { w }))
@@ -175,7 +215,19 @@ impl Driver for OpenDalDriver {
         if !self.capabilities.copy {
             return Err(DriverError::unsupported("copy"));
         }
-        self.op.copy(from, to).await.map_err(failed("copy"))?;
+        let mut copy = self
+            .op
+            .copier_with(from, to)
+            .concurrent(self.tuning.copy_concurrency);
+        if let Some(chunk) = self.tuning.copy_chunk {
+            copy = copy.chunk(chunk);
+        }
+        let mut copier = copy.await.map_err(failed("copy"))?;
+        if let Err(e) = copier.close().await {
+            // A multipart copy cut short leaves parts behind until it is aborted.
+            let _ = copier.abort().await;
+            return Err(failed("copy")(e));
+        }
         Ok(())
     }
 
@@ -193,11 +245,13 @@ impl Driver for OpenDalDriver {
                 "refusing to delete everything below the storage root",
             ));
         }
-        let dir = directory(dir);
-        match self.op.delete_with(&dir).recursive(true).await {
-            Err(e) if !is_not_found(&e) => Err(failed("delete")(e)),
-            _ => Ok(()),
-        }
+        // One delete per object: batch deletes are not offered by every S3 gateway.
+        let entries = self.list(dir).await?;
+        futures::stream::iter(entries)
+            .map(|entry| async move { self.delete(&entry.path).await })
+            .buffer_unordered(self.tuning.delete_concurrency.max(1))
+            .try_collect::<()>()
+            .await
     }
 
     async fn list(&self, dir: &str) -> Result<Vec<Entry>> {
