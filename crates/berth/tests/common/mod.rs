@@ -9,6 +9,7 @@ pub mod image;
 
 pub mod token;
 
+pub mod garage;
 pub mod nginx;
 pub mod postgres;
 
