@@ -27,7 +27,7 @@ pub async fn health(State(probes): State<Arc<Probes>>) -> Response {
     };
     (
         status,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        [(http::header::CONTENT_TYPE, "application/json")],
         serde_json::Value::Object(failures).to_string(),
     )
         .into_response()

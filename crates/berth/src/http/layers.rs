@@ -36,7 +36,7 @@ pub async fn access_log(req: Request, next: Next) -> Response {
         .unwrap_or_default();
     let agent = req
         .headers()
-        .get(axum::http::header::USER_AGENT)
+        .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();

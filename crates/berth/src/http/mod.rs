@@ -197,11 +197,7 @@ pub fn router_with_health(
 
 /// `GET /v2/`: the API version check.
 async fn base() -> Response {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        "{}",
-    )
-        .into_response()
+    ([(http::header::CONTENT_TYPE, "application/json")], "{}").into_response()
 }
 
 /// Routes `/v2/<name>/...` requests, whose names span several path segments.
@@ -296,9 +292,9 @@ fn request_context(edge: &Edge, req: &Parts) -> RequestContext {
     RequestContext {
         id: uuid::Uuid::new_v4().to_string(),
         addr,
-        host: h(axum::http::header::HOST),
+        host: h(http::header::HOST),
         method: req.method.to_string(),
-        user_agent: h(axum::http::header::USER_AGENT),
+        user_agent: h(http::header::USER_AGENT),
         actor: req.extensions.get::<Actor>().map(|a| a.0.clone()),
         base_url,
     }
@@ -321,7 +317,7 @@ fn query_param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
-fn header_str(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> Option<&str> {
+fn header_str(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

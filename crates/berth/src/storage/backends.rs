@@ -17,6 +17,7 @@ use opendal::{services, Operator};
 use super::driver::{Driver, DriverError, ErrorKind, Result};
 use super::fs::FsDriver;
 use super::opendal::{OpenDalDriver, Tuning};
+use super::s3::MultipartUploads;
 use super::swift::{SwiftAuth, SwiftDriver};
 use crate::config::{Parameters, Storage, Swift, S3};
 
@@ -40,7 +41,7 @@ pub struct Backend {
 
 /// Opens the one driver `storage` configures (validation has checked there is exactly one).
 pub async fn open(storage: &Storage) -> Result<Backend> {
-    crate::storage::install_tls_provider();
+    crate::storage::install_http_defaults();
     let mut warnings = Vec::new();
     let (name, driver): (&'static str, Arc<dyn Driver>) = if let Some(fs) = &storage.filesystem {
         (
@@ -173,19 +174,21 @@ fn s3_driver(c: &S3, warnings: &mut Vec<String>) -> Result<OpenDalDriver> {
         None if c.accelerate == Some(true) => with_scheme("s3-accelerate.amazonaws.com", secure),
         None => with_scheme(&format!("s3.{region}.amazonaws.com"), secure),
     };
-    let mut b = services::S3::default()
-        .bucket(bucket)
-        .region(region)
-        .endpoint(&endpoint)
-        .root(&root_of(c.rootdirectory.as_deref()));
     // Gateways (MinIO, Garage, Ceph) are addressed by path; AWS by virtual host, unless
     // `forcepathstyle` says otherwise.
     let path_style = c
         .forcepathstyle
         .unwrap_or(c.regionendpoint.as_deref().is_some_and(|e| !e.is_empty()));
+    let mut b = services::S3::default()
+        .bucket(bucket)
+        .region(region)
+        .endpoint(&endpoint)
+        .root(&root_of(c.rootdirectory.as_deref()));
     if !path_style {
         b = b.enable_virtual_host_style();
     }
+    let root = root_of(c.rootdirectory.as_deref());
+    let mut multipart = None;
     match (c.accesskey.as_deref(), c.secretkey.as_deref()) {
         (Some(a), Some(s)) if !a.is_empty() => {
             // Static keys: nothing is read from the environment or ~/.aws beside them.
@@ -193,6 +196,16 @@ fn s3_driver(c: &S3, warnings: &mut Vec<String>) -> Result<OpenDalDriver> {
                 .access_key_id(a)
                 .secret_access_key(s)
                 .disable_config_load();
+            multipart = Some(MultipartUploads::new(
+                &endpoint,
+                bucket,
+                path_style,
+                region,
+                &root,
+                a,
+                s,
+                c.skipverify == Some(true),
+            )?);
         }
         (Some(a), _) if !a.is_empty() => {
             return Err(invalid(
@@ -234,7 +247,19 @@ fn s3_driver(c: &S3, warnings: &mut Vec<String>) -> Result<OpenDalDriver> {
         copy_concurrency: c.multipartcopymaxconcurrency.unwrap_or(4).max(1) as usize,
         ..Tuning::default()
     };
-    Ok(OpenDalDriver::with_tuning(op, tuning))
+    let driver = OpenDalDriver::with_tuning(op, tuning);
+    Ok(match multipart {
+        Some(m) => driver.with_multipart_cleanup(m),
+        None => {
+            warnings.push(
+                "storage.s3 has no static keys: multipart uploads left open by a crash are not \
+                 aborted by upload purging; give the bucket a lifecycle rule \
+                 (AbortIncompleteMultipartUpload) instead"
+                    .to_string(),
+            );
+            driver
+        }
+    })
 }
 
 async fn swift_driver(c: &Swift) -> Result<SwiftDriver> {

@@ -30,6 +30,7 @@ mod backends;
 mod driver;
 mod fs;
 mod opendal;
+mod s3;
 mod swift;
 
 use std::io;
@@ -51,10 +52,13 @@ pub use self::fs::FsDriver;
 pub use self::opendal::{OpenDalDriver, Tuning};
 pub use self::swift::{SwiftAuth, SwiftDriver};
 
-/// Makes ring the process's TLS provider for the object stores' HTTP clients (which bring
-/// none of their own), unless one is installed already.
-pub fn install_tls_provider() {
+/// Prepares the process for the object stores' HTTP clients: ring as the TLS provider (they
+/// bring none of their own) unless one is installed already, and OpenDAL's HTTP transport.
+pub fn install_http_defaults() {
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    ::opendal::HttpTransporter::install_default(
+        opendal_http_transport_reqwest::ReqwestTransport::default(),
+    );
 }
 
 /// Size of the buffered writes to a backend, and of reads from it.

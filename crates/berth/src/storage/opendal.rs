@@ -23,6 +23,7 @@ use super::driver::{
     is_full, ByteStream, Capabilities, Driver, DriverError, DriverWriter, Durability, Entry,
     ErrorKind, Result,
 };
+use super::s3::MultipartUploads;
 use super::IO_CHUNK;
 
 /// Objects in an OpenDAL operator.
@@ -31,6 +32,8 @@ pub struct OpenDalDriver {
     op: Operator,
     capabilities: Capabilities,
     tuning: Tuning,
+    /// The multipart uploads of an S3 bucket, aborted by `purge_temporaries` when stale.
+    multipart: Option<MultipartUploads>,
 }
 
 /// How the driver sizes and spreads its transfers.
@@ -82,7 +85,15 @@ impl OpenDalDriver {
             op,
             capabilities,
             tuning,
+            multipart: None,
         }
+    }
+
+    /// Makes `purge_temporaries` abort the multipart uploads that writes cut short by a crash
+    /// left open in an S3 bucket.
+    pub fn with_multipart_cleanup(mut self, uploads: MultipartUploads) -> OpenDalDriver {
+        self.multipart = Some(uploads);
+        self
     }
 
     /// A driver over a fresh in-memory operator.
@@ -308,8 +319,11 @@ impl Driver for OpenDalDriver {
         Ok(Some(url))
     }
 
-    async fn purge_temporaries(&self, _cutoff: SystemTime) -> Result<usize> {
-        Ok(0)
+    async fn purge_temporaries(&self, cutoff: SystemTime) -> Result<usize> {
+        match &self.multipart {
+            Some(uploads) => uploads.abort_older_than("", cutoff).await,
+            None => Ok(0),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! (a rename, a copy, a concatenation inside the backend, a writer) is taken by some run.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ::opendal::{services, Operator};
 
@@ -347,9 +347,26 @@ async fn contract(driver: &dyn Driver) {
         assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
         assert_eq!(driver.stat("n/y").await.unwrap(), None);
     }
-    if !caps.presign_read {
-        let url = driver.presign_read("c/obj", Duration::from_secs(60)).await;
-        assert_eq!(url.unwrap(), None);
+    let url = driver
+        .presign_read("c/obj", Duration::from_secs(60))
+        .await
+        .unwrap();
+    if caps.presign_read {
+        // A URL that anyone holding it can read the object from, with no credentials.
+        let url = url.expect("a backend that presigns hands out a URL");
+        let resp = reqwest::get(url.clone()).await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        assert_eq!(resp.bytes().await.unwrap(), &b"second"[..]);
+        let resp = reqwest::Client::new()
+            .get(url)
+            .header("Range", "bytes=1-3")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 206);
+        assert_eq!(resp.bytes().await.unwrap(), &b"eco"[..]);
+    } else {
+        assert_eq!(url, None);
     }
 }
 
@@ -728,4 +745,238 @@ async fn store_suite_publishing_through_a_writer() {
         c.concat = false;
     };
     suite(masked(fs(), writer_only).store()).await;
+}
+
+// ---- object stores ----------------------------------------------------------------------------
+
+#[path = "../../tests/common/garage.rs"]
+mod garage;
+
+/// The `storage.s3` section for a bucket of a Garage cluster (as a user writes it for one).
+fn s3_config(g: &garage::Garage, bucket: &str) -> crate::config::S3 {
+    crate::config::S3 {
+        accesskey: Some(g.access_key().to_string()),
+        secretkey: Some(g.secret_key().to_string()),
+        region: Some(g.region().to_string()),
+        regionendpoint: Some(g.endpoint()),
+        bucket: Some(bucket.to_string()),
+        rootdirectory: Some("/registry".to_string()),
+        chunksize: Some(5 << 20),
+        ..Default::default()
+    }
+}
+
+/// A driver on a bucket of `g`, opened from the configuration as the server opens it.
+async fn s3(g: &garage::Garage, bucket: &str) -> Arc<dyn Driver> {
+    let storage = crate::config::Storage {
+        s3: Some(s3_config(g, bucket)),
+        ..Default::default()
+    };
+    let backend = open(&storage).await.unwrap();
+    assert_eq!(backend.name, "s3");
+    assert!(backend.warnings.is_empty(), "{:?}", backend.warnings);
+    backend.driver
+}
+
+/// Bytes that differ from one offset to the next, so a misplaced part shows.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64 * 31 + seed as u64 * 7 + (i as u64 >> 12)) as u8)
+        .collect()
+}
+
+#[tokio::test]
+async fn driver_contract_s3() {
+    let g = garage::Garage::start();
+    let driver = s3(&g, g.bucket()).await;
+    let caps = driver.capabilities();
+    assert!(
+        caps.copy && caps.streamed_writes && caps.presign_read,
+        "{caps:?}"
+    );
+    assert!(!caps.rename && !caps.concat, "{caps:?}");
+    contract(&*driver).await;
+}
+
+#[tokio::test]
+async fn store_suite_s3() {
+    let g = garage::Garage::start();
+    let driver = s3(&g, g.bucket()).await;
+    suite(BlobStore::new(driver.clone())).await;
+    // The store's objects are below the configured root, at Distribution's paths.
+    let d = Digest::of(Algorithm::Sha256, b"hello world");
+    let storage = crate::config::Storage {
+        s3: Some(crate::config::S3 {
+            rootdirectory: None,
+            ..s3_config(&g, g.bucket())
+        }),
+        ..Default::default()
+    };
+    let unrooted = open(&storage).await.unwrap().driver;
+    assert!(unrooted
+        .stat(&format!("registry/{}", blob_path(&d)))
+        .await
+        .unwrap()
+        .is_some());
+    // The suite's writes left no multipart upload open.
+    assert_eq!(
+        driver
+            .purge_temporaries(SystemTime::now() + Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn s3_large_objects_go_in_parts_and_copy_in_parts() {
+    let g = garage::Garage::start();
+    let bucket = g.create_bucket("large");
+    let mut config = s3_config(&g, &bucket);
+    // Server-side copies in parts of 5 MiB: the multipart copy runs on a 12 MiB object.
+    config.multipartcopychunksize = Some(5 << 20);
+    let storage = crate::config::Storage {
+        s3: Some(config),
+        ..Default::default()
+    };
+    let driver = open(&storage).await.unwrap().driver;
+    let data = pattern(12 << 20, 3);
+    let mut w = driver.writer("big/a", Durability::Durable).await.unwrap();
+    // Chunks of an odd size: parts are cut at the configured size whatever the writes are.
+    for chunk in data.chunks(777_777) {
+        w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    assert_eq!(
+        driver.stat("big/a").await.unwrap(),
+        None,
+        "visible before commit"
+    );
+    w.commit().await.unwrap();
+    assert_eq!(driver.stat("big/a").await.unwrap(), Some(data.len() as u64));
+    assert_eq!(read(&*driver, "big/a", 0..data.len() as u64).await, data);
+    driver.copy("big/a", "big/b").await.unwrap();
+    let len = data.len() as u64;
+    assert_eq!(read(&*driver, "big/b", 0..len).await, data);
+    assert_eq!(
+        read(&*driver, "big/b", (5 << 20) - 3..(5 << 20) + 3).await,
+        data[(5 << 20) - 3..(5 << 20) + 3]
+    );
+
+    // A store over it publishes a 12 MiB upload of one part by a copy, and of three parts
+    // through a writer, both verified.
+    let store = BlobStore::new(driver.clone());
+    let d = Digest::of(Algorithm::Sha256, &data);
+    let mut h = Algorithm::Sha256.hasher();
+    store
+        .write_part("u1", "p0", body(&[&data]), Some(&mut h))
+        .await
+        .unwrap();
+    store
+        .commit_upload("u1", &["p0".into()], len, &d, Some(h.finish()))
+        .await
+        .unwrap();
+    assert_eq!(store.verify_blob(&d).await.unwrap(), Some(len));
+    let other = pattern(12 << 20, 9);
+    let d2 = Digest::of(Algorithm::Sha256, &other);
+    let (a, rest) = other.split_at(4 << 20);
+    let (b, c) = rest.split_at(1 << 20);
+    for (name, part) in [("p0", a), ("p1", b), ("p2", c)] {
+        store
+            .write_part("u2", name, body(&[part]), None)
+            .await
+            .unwrap();
+    }
+    let parts: Vec<String> = ["p0", "p1", "p2"].map(String::from).into();
+    store
+        .commit_upload("u2", &parts, len, &d2, None)
+        .await
+        .unwrap();
+    assert_eq!(store.verify_blob(&d2).await.unwrap(), Some(len));
+    store.delete_upload("u1").await.unwrap();
+    store.delete_upload("u2").await.unwrap();
+    assert_eq!(
+        store.list_files(UPLOADS).await.unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn s3_multipart_uploads_left_open_are_aborted_by_purging() {
+    let g = garage::Garage::start();
+    let driver = s3(&g, g.bucket()).await;
+    // A write that dies with its process: parts sent, the upload never completed nor aborted.
+    let mut w = driver
+        .writer(
+            "berth/uploads/x/00000000000000000000-dead",
+            Durability::Deferred,
+        )
+        .await
+        .unwrap();
+    w.write(Bytes::from(pattern(11 << 20, 1))).await.unwrap();
+    std::mem::forget(w);
+    assert_eq!(
+        driver
+            .stat("berth/uploads/x/00000000000000000000-dead")
+            .await
+            .unwrap(),
+        None
+    );
+    // Not older than the cutoff yet: kept.
+    let past = SystemTime::now() - Duration::from_secs(3600);
+    assert_eq!(driver.purge_temporaries(past).await.unwrap(), 0);
+    let future = SystemTime::now() + Duration::from_secs(3600);
+    let mut aborted = 0;
+    // Parts may still be on their way when the writer is forgotten; the upload is listed once
+    // its creation has been answered.
+    for _ in 0..50 {
+        aborted += driver.purge_temporaries(future).await.unwrap();
+        if aborted > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(aborted, 1);
+    assert_eq!(driver.purge_temporaries(future).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn s3_reads_go_on_with_one_node_of_three_stopped() {
+    let mut g = garage::Garage::start();
+    let driver = s3(&g, g.bucket()).await;
+    let data = pattern(3 << 20, 5);
+    put(&*driver, "n/obj", &data).await;
+    g.stop_node(2);
+    for _ in 0..5 {
+        assert_eq!(read(&*driver, "n/obj", 0..data.len() as u64).await, data);
+    }
+    // Writes too: two copies of three make a quorum.
+    put(&*driver, "n/obj2", b"written with a node down").await;
+    g.start_node(2);
+    assert_eq!(
+        driver.read_all("n/obj2").await.unwrap(),
+        &b"written with a node down"[..]
+    );
+}
+
+#[tokio::test]
+async fn s3_with_wrong_keys_is_an_auth_error() {
+    let g = garage::Garage::start_nodes(1);
+    let mut config = s3_config(&g, g.bucket());
+    config.secretkey = Some("0".repeat(64));
+    let storage = crate::config::Storage {
+        s3: Some(config),
+        ..Default::default()
+    };
+    let driver = open(&storage).await.unwrap().driver;
+    let e = driver.stat("x").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+    let store = BlobStore::new(driver);
+    let e = store
+        .stat_blob(&Digest::of(Algorithm::Sha256, b"x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, StorageError::Backend(b) if b.kind() == ErrorKind::Auth),
+        "{e}"
+    );
 }
