@@ -12,6 +12,7 @@ pub mod token;
 pub mod garage;
 pub mod nginx;
 pub mod postgres;
+pub mod swift;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
