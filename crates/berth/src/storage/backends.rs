@@ -28,6 +28,16 @@ const DEFAULT_CHUNK: u64 = 10 << 20;
 /// Parts of one upload in flight at once: what keeps a single push near the backend's speed.
 const WRITE_CONCURRENCY: usize = 4;
 
+/// What every object store starts from: ranges read in one streamed request.
+const OBJECT_STORE: Tuning = Tuning {
+    write_chunk: DEFAULT_CHUNK as usize,
+    write_concurrency: WRITE_CONCURRENCY,
+    copy_chunk: None,
+    copy_concurrency: 1,
+    delete_concurrency: 8,
+    read_chunk: None,
+};
+
 /// An opened backend: the driver, and what a person should know about it at start-up.
 pub struct Backend {
     pub driver: Arc<dyn Driver>,
@@ -245,7 +255,7 @@ fn s3_driver(c: &S3, warnings: &mut Vec<String>) -> Result<OpenDalDriver> {
         write_concurrency: WRITE_CONCURRENCY,
         copy_chunk,
         copy_concurrency: c.multipartcopymaxconcurrency.unwrap_or(4).max(1) as usize,
-        ..Tuning::default()
+        ..OBJECT_STORE
     };
     let driver = OpenDalDriver::with_tuning(op, tuning);
     Ok(match multipart {
@@ -296,7 +306,7 @@ async fn swift_driver(c: &Swift) -> Result<SwiftDriver> {
             "storage.swift.chunksize",
         )?,
         write_concurrency: WRITE_CONCURRENCY,
-        ..Tuning::default()
+        ..OBJECT_STORE
     };
     SwiftDriver::connect(
         auth,
@@ -341,7 +351,7 @@ fn azure_driver(p: &Parameters) -> Result<OpenDalDriver> {
         Tuning {
             write_chunk: DEFAULT_CHUNK as usize,
             write_concurrency: WRITE_CONCURRENCY,
-            ..Tuning::default()
+            ..OBJECT_STORE
         },
     ))
 }
@@ -363,7 +373,7 @@ fn gcs_driver(p: &Parameters) -> Result<OpenDalDriver> {
             // GCS resumable uploads take parts of multiples of 256 KiB.
             write_chunk: (chunk.max(S3_MIN_PART) as usize).next_multiple_of(256 << 10),
             write_concurrency: 1,
-            ..Tuning::default()
+            ..OBJECT_STORE
         },
     ))
 }
@@ -402,7 +412,7 @@ fn oss_driver(p: &Parameters) -> Result<OpenDalDriver> {
         Tuning {
             write_chunk: part_size(chunk, "storage.oss.chunksize")?,
             write_concurrency: WRITE_CONCURRENCY,
-            ..Tuning::default()
+            ..OBJECT_STORE
         },
     ))
 }

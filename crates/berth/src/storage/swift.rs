@@ -6,9 +6,9 @@
 //! and whenever Swift refuses one (every call is retried once with a fresh token after a 401).
 //!
 //! Large objects: OpenDAL writes an object of more than one part as a static large object
-//! (segments below `.segments/` in the same container, and a manifest at the path). Deletes go
-//! through `?multipart-manifest=delete`, which removes the segments of a manifest with it (and an
-//! ordinary object as usual), so nothing is left behind. A copy is a server-side copy of the
+//! (segments below `.segments/` in the same container, and a manifest at the path). A manifest is
+//! deleted through `?multipart-manifest=delete`, which removes its segments with it, so nothing
+//! is left behind. A copy is a server-side copy of the
 //! content up to Swift's 5 GiB object limit; a larger object is copied through this process as
 //! a new large object, a part at a time.
 
@@ -482,20 +482,58 @@ impl SwiftDriver {
         Ok(url)
     }
 
-    /// Deletes one object, and the segments of a large object with it.
+    /// Deletes one object, and the segments of a large object with it: Swift's
+    /// `?multipart-manifest=delete` takes manifests only, so the object is looked at first.
     async fn delete_object(&self, token: &Token, path: &str) -> Result<()> {
-        let mut url = self.object_url(&token.storage_url, path)?;
-        url.set_query(Some("multipart-manifest=delete"));
-        let resp = self
+        let url = self.object_url(&token.storage_url, path)?;
+        let head = self
             .http
-            .delete(url.clone())
+            .head(url.clone())
             .header("X-Auth-Token", &token.token)
             .send()
             .await
             .map_err(unreachable(url.as_str()))?;
-        match resp.status().as_u16() {
-            404 => Ok(()),
-            _ => accepted(resp, url.as_str()).await.map(drop),
+        if head.status().as_u16() == 404 {
+            return Ok(());
+        }
+        let head = accepted(head, url.as_str()).await?;
+        let manifest = head
+            .headers()
+            .get("X-Static-Large-Object")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let mut delete_url = url.clone();
+        if manifest {
+            delete_url.set_query(Some("multipart-manifest=delete"));
+        }
+        let resp = self
+            .http
+            .delete(delete_url)
+            .header("X-Auth-Token", &token.token)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(unreachable(url.as_str()))?;
+        if resp.status().as_u16() == 404 {
+            return Ok(());
+        }
+        let resp = accepted(resp, url.as_str()).await?;
+        if !manifest {
+            return Ok(());
+        }
+        // A manifest's delete answers like a bulk delete: 200, with the outcome in the body.
+        let body: Value = resp.json().await.map_err(unreachable(url.as_str()))?;
+        let status = body["Response Status"].as_str().unwrap_or_default();
+        if status.starts_with("200") || status.starts_with("404") {
+            Ok(())
+        } else {
+            Err(DriverError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "deleting the large object {url}: {status}: {}",
+                    body["Errors"]
+                ),
+            ))
         }
     }
 }

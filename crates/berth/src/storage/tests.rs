@@ -980,3 +980,109 @@ async fn s3_with_wrong_keys_is_an_auth_error() {
         "{e}"
     );
 }
+
+#[path = "../../tests/common/swift.rs"]
+mod swift_server;
+
+/// A driver on a new container of `s`, opened from a `storage.swift` section as the server
+/// opens it (with the Temp-URL key, so that it presigns).
+async fn swift(s: &swift_server::Swift, container: &str) -> Arc<dyn Driver> {
+    let storage = crate::config::Storage {
+        swift: Some(crate::config::Swift {
+            authurl: Some(s.auth_url()),
+            username: Some(s.username().to_string()),
+            password: Some(s.password().to_string()),
+            container: Some(s.create_container(container)),
+            prefix: Some("/registry".to_string()),
+            chunksize: Some(5 << 20),
+            secretkey: Some(s.temp_url_key().to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let backend = open(&storage).await.unwrap();
+    assert_eq!(backend.name, "swift");
+    backend.driver
+}
+
+#[tokio::test]
+async fn driver_contract_and_store_suite_swift() {
+    let s = swift_server::Swift::start();
+    let driver = swift(&s, "contract").await;
+    let caps = driver.capabilities();
+    assert!(
+        caps.copy && caps.streamed_writes && caps.presign_read,
+        "{caps:?}"
+    );
+    contract(&*driver).await;
+    suite(BlobStore::new(swift(&s, "suite").await)).await;
+}
+
+#[tokio::test]
+async fn swift_large_objects_are_written_in_segments_and_deleted_with_them() {
+    let s = swift_server::Swift::start();
+    let driver = swift(&s, "large").await;
+    let data = pattern(11 << 20, 4);
+    let mut w = driver.writer("big/a", Durability::Durable).await.unwrap();
+    for chunk in data.chunks(1_000_003) {
+        w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    w.commit().await.unwrap();
+    let len = data.len() as u64;
+    assert_eq!(driver.stat("big/a").await.unwrap(), Some(len));
+    assert_eq!(read(&*driver, "big/a", 0..len).await, data);
+    driver.copy("big/a", "big/b").await.unwrap();
+    assert_eq!(read(&*driver, "big/b", 0..len).await, data);
+
+    // The segments live in the container beside the registry's root; a driver on the whole
+    // container sees them.
+    let whole = crate::config::Storage {
+        swift: Some(crate::config::Swift {
+            authurl: Some(s.auth_url()),
+            username: Some(s.username().to_string()),
+            password: Some(s.password().to_string()),
+            container: Some("large".to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let container = open(&whole).await.unwrap().driver;
+    let segments = || async { container.list(".segments/").await.unwrap().len() };
+    assert!(segments().await >= 3, "an 11 MiB object in 5 MiB segments");
+    driver.delete("big/a").await.unwrap();
+    driver.delete("big/b").await.unwrap();
+    assert_eq!(segments().await, 0, "segments left behind");
+    assert_eq!(driver.stat("big/a").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn swift_tokens_are_renewed_when_they_expire() {
+    // Tokens that live 4 s: the driver renews one before it expires (after half its life),
+    // and after a 401 for one that expired meanwhile.
+    let s = swift_server::Swift::start_with_token_life(4);
+    let driver = swift(&s, "renewal").await;
+    put(&*driver, "t/one", b"first").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(driver.read_all("t/one").await.unwrap(), &b"first"[..]);
+    put(&*driver, "t/two", b"second").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(driver.read_all("t/two").await.unwrap(), &b"second"[..]);
+}
+
+#[tokio::test]
+async fn swift_with_a_wrong_password_says_so_at_start() {
+    let s = swift_server::Swift::start();
+    let storage = crate::config::Storage {
+        swift: Some(crate::config::Swift {
+            authurl: Some(s.auth_url()),
+            username: Some(s.username().to_string()),
+            password: Some("wrong".to_string()),
+            container: Some("c".to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let e = open(&storage).await.err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+    assert!(e.to_string().contains("401"), "{e}");
+}
