@@ -214,7 +214,7 @@ impl Receiver {
                         serde_json::from_slice(&body).expect("envelope JSON");
                     let list = envelope["events"].as_array().cloned().unwrap_or_default();
                     seen.lock().unwrap().extend(list);
-                    axum::http::StatusCode::OK
+                    http::StatusCode::OK
                 }
             }),
         );

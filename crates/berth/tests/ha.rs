@@ -801,7 +801,7 @@ impl Webhooks {
                         for event in envelope["events"].as_array().cloned().unwrap_or_default() {
                             list.push(Arrival { at, event });
                         }
-                        axum::http::StatusCode::OK
+                        http::StatusCode::OK
                     }
                 },
             ),

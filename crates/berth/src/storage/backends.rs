@@ -17,7 +17,7 @@ use opendal::{services, Operator};
 use super::driver::{Driver, DriverError, ErrorKind, Result};
 use super::fs::FsDriver;
 use super::opendal::{OpenDalDriver, Tuning};
-use super::s3::MultipartUploads;
+use super::s3::{Bucket, MultipartUploads};
 use super::swift::{SwiftAuth, SwiftDriver};
 use crate::config::{Parameters, Storage, Swift, S3};
 
@@ -206,12 +206,15 @@ fn s3_driver(c: &S3, warnings: &mut Vec<String>) -> Result<OpenDalDriver> {
                 .access_key_id(a)
                 .secret_access_key(s)
                 .disable_config_load();
-            multipart = Some(MultipartUploads::new(
-                &endpoint,
-                bucket,
+            let at = Bucket {
+                endpoint: &endpoint,
+                name: bucket,
                 path_style,
                 region,
-                &root,
+                root: &root,
+            };
+            multipart = Some(MultipartUploads::new(
+                &at,
                 a,
                 s,
                 c.skipverify == Some(true),

@@ -63,26 +63,35 @@ struct UploadXml {
     initiated: Option<String>,
 }
 
+/// Where a bucket is and how it is addressed.
+pub struct Bucket<'a> {
+    pub endpoint: &'a str,
+    pub name: &'a str,
+    /// `endpoint/bucket` rather than `bucket.endpoint`.
+    pub path_style: bool,
+    pub region: &'a str,
+    /// The registry's root in it (`rootdirectory`).
+    pub root: &'a str,
+}
+
 impl MultipartUploads {
     pub fn new(
-        endpoint: &str,
-        bucket: &str,
-        path_style: bool,
-        region: &str,
-        root: &str,
+        bucket: &Bucket<'_>,
         access_key: &str,
         secret_key: &str,
         insecure: bool,
     ) -> Result<MultipartUploads> {
-        let endpoint = endpoint.trim_end_matches('/');
-        let bucket_url = if path_style {
-            format!("{endpoint}/{bucket}")
+        let endpoint = bucket.endpoint.trim_end_matches('/');
+        let name = bucket.name;
+        let bucket_url = if bucket.path_style {
+            format!("{endpoint}/{name}")
         } else {
             match endpoint.split_once("://") {
-                Some((scheme, host)) => format!("{scheme}://{bucket}.{host}"),
-                None => format!("https://{bucket}.{endpoint}"),
+                Some((scheme, host)) => format!("{scheme}://{name}.{host}"),
+                None => format!("https://{name}.{endpoint}"),
             }
         };
+        let (region, root) = (bucket.region, bucket.root);
         let signer = Signer::new(
             Context::new(),
             StaticCredentialProvider::new(access_key, secret_key),

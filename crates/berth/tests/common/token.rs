@@ -393,7 +393,7 @@ fn pattern_matches(pattern: &str, name: &str) -> bool {
 async fn token_handler(
     axum::extract::State(state): axum::extract::State<std::sync::Arc<ServiceState>>,
     axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
-    headers: axum::http::HeaderMap,
+    headers: http::HeaderMap,
 ) -> axum::response::Response {
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
