@@ -386,6 +386,7 @@ pub async fn serve(
             for warning in &backend.warnings {
                 tracing::warn!(driver = backend.name, "{warning}");
             }
+            check_backend(name, backend.driver.as_ref()).await?;
             BlobStore::new(backend.driver)
         }
     };
@@ -492,6 +493,27 @@ pub async fn serve(
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Lists an empty prefix of an object store at start-up, so that wrong credentials or a bucket
+/// that does not exist stop the server with a message that says so; a store that cannot be
+/// reached yet is only warned about (requests answer 503 until it is back).
+async fn check_backend(name: &str, driver: &dyn crate::storage::Driver) -> anyhow::Result<()> {
+    use crate::storage::ErrorKind;
+    match driver.list("berth/probe/").await {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Throttled) => {
+            tracing::warn!(error = %e, "storage.{name} cannot be reached yet; serving anyway");
+            Ok(())
+        }
+        Err(e) if e.kind() == ErrorKind::Auth => {
+            bail!("storage.{name} refused the configured credentials: {e}")
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            bail!("storage.{name}: the bucket or container does not exist (create it first): {e}")
+        }
+        Err(e) => bail!("storage.{name}: {e}"),
+    }
 }
 
 /// Serves `app` on `listener` until `graceful` completes, then stops accepting and lets

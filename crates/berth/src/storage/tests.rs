@@ -1087,3 +1087,29 @@ async fn swift_with_a_wrong_password_says_so_at_start() {
     assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
     assert!(e.to_string().contains("401"), "{e}");
 }
+
+#[tokio::test]
+async fn s3_listing_tells_a_missing_bucket_and_refused_keys_apart() {
+    // What the server checks at start-up, before it serves anything.
+    let g = garage::Garage::start_nodes(1);
+    let missing = crate::config::Storage {
+        s3: Some(s3_config(&g, "no-such-bucket")),
+        ..Default::default()
+    };
+    let driver = open(&missing).await.unwrap().driver;
+    // OpenDAL calls a missing bucket a configuration error; its message names it.
+    let e = driver.list("berth/probe/").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Other, "{e}");
+    assert!(e.to_string().contains("NoSuchBucket"), "{e}");
+    let mut refused = s3_config(&g, g.bucket());
+    refused.accesskey = Some("GK000000000000000000000000".to_string());
+    let refused = crate::config::Storage {
+        s3: Some(refused),
+        ..Default::default()
+    };
+    let driver = open(&refused).await.unwrap().driver;
+    let e = driver.list("berth/probe/").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+    let fine = s3(&g, g.bucket()).await;
+    assert!(fine.list("berth/probe/").await.unwrap().is_empty());
+}
