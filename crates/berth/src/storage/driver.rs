@@ -231,6 +231,29 @@ impl DriverError {
     }
 }
 
+/// Removes every object below `dir` with one delete per object, `concurrency` at a time: the
+/// `delete_all` of object stores (batch deletes are not offered by every S3 gateway). The root
+/// itself is refused.
+pub(super) async fn delete_each(
+    driver: &(impl Driver + ?Sized),
+    dir: &str,
+    concurrency: usize,
+) -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    if dir.trim_matches('/').is_empty() {
+        return Err(DriverError::new(
+            ErrorKind::Other,
+            "refusing to delete everything below the storage root",
+        ));
+    }
+    let entries = driver.list(dir).await?;
+    futures::stream::iter(entries)
+        .map(|entry| async move { driver.delete(&entry.path).await })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<()>()
+        .await
+}
+
 /// Whether an error (or one of its causes) says the device is full.
 pub(super) fn is_full(e: &(dyn std::error::Error + 'static)) -> bool {
     const ENOSPC: i32 = 28;

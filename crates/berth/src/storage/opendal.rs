@@ -20,8 +20,8 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use opendal::{services, Operator};
 
 use super::driver::{
-    is_full, ByteStream, Capabilities, Driver, DriverError, DriverWriter, Durability, Entry,
-    ErrorKind, Result,
+    delete_each, is_full, ByteStream, Capabilities, Driver, DriverError, DriverWriter, Durability,
+    Entry, ErrorKind, Result,
 };
 use super::s3::MultipartUploads;
 use super::IO_CHUNK;
@@ -255,19 +255,7 @@ impl Driver for OpenDalDriver {
     }
 
     async fn delete_all(&self, dir: &str) -> Result<()> {
-        if dir.trim_matches('/').is_empty() {
-            return Err(DriverError::new(
-                ErrorKind::Other,
-                "refusing to delete everything below the storage root",
-            ));
-        }
-        // One delete per object: batch deletes are not offered by every S3 gateway.
-        let entries = self.list(dir).await?;
-        futures::stream::iter(entries)
-            .map(|entry| async move { self.delete(&entry.path).await })
-            .buffer_unordered(self.tuning.delete_concurrency.max(1))
-            .try_collect::<()>()
-            .await
+        delete_each(self, dir, self.tuning.delete_concurrency).await
     }
 
     async fn list(&self, dir: &str) -> Result<Vec<Entry>> {

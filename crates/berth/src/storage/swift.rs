@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use opendal::{services, Operator};
 use serde_json::{json, Value};
 
 use super::driver::{
-    ByteStream, Capabilities, Driver, DriverError, DriverWriter, Durability, Entry, ErrorKind,
-    Result,
+    delete_each, ByteStream, Capabilities, Driver, DriverError, DriverWriter, Durability, Entry,
+    ErrorKind, Result,
 };
 use super::opendal::{OpenDalDriver, Tuning};
 
@@ -609,18 +609,7 @@ impl Driver for SwiftDriver {
     }
 
     async fn delete_all(&self, dir: &str) -> Result<()> {
-        if dir.trim_matches('/').is_empty() {
-            return Err(DriverError::new(
-                ErrorKind::Other,
-                "refusing to delete everything below the storage root",
-            ));
-        }
-        let entries = self.list(dir).await?;
-        futures::stream::iter(entries)
-            .map(|entry| async move { self.delete(&entry.path).await })
-            .buffer_unordered(self.tuning.delete_concurrency.max(1))
-            .try_collect::<()>()
-            .await
+        delete_each(self, dir, self.tuning.delete_concurrency).await
     }
 
     async fn list(&self, dir: &str) -> Result<Vec<Entry>> {
