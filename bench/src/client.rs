@@ -140,8 +140,11 @@ impl Target {
 pub struct Conn {
     target: Arc<Target>,
     sender: Option<SendRequest<ReqBody>>,
-    /// HTTP requests sent on this connection object.
+    /// HTTP requests sent on this connection object (those of `side` included).
     pub requests: u64,
+    /// A keep-alive connection to the host that redirects point at (an object store's
+    /// presigned URLs), kept while they keep pointing at the same host.
+    side: Option<Box<Conn>>,
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -157,6 +160,7 @@ impl Conn {
             target,
             sender: None,
             requests: 0,
+            side: None,
         }
     }
 
@@ -258,6 +262,50 @@ impl Conn {
             bail!("{method} {path}: status {status} (wanted {want:?}): {text}");
         }
         Ok(resp)
+    }
+}
+
+impl Conn {
+    /// `method location` (a redirect's target: a path on this target, or an absolute `http://`
+    /// URL, sent with that URL's own `Host`, as a presigned URL is signed for it), requiring
+    /// `want`. Another host is reached on this worker's side connection.
+    pub async fn follow(
+        &mut self,
+        method: Method,
+        location: &str,
+        want: &[StatusCode],
+    ) -> Result<Response<Incoming>> {
+        let loc = location.trim();
+        let (authority, path) = match loc.strip_prefix("http://") {
+            Some(rest) => match rest.find('/') {
+                Some(i) => (&rest[..i], rest[i..].to_string()),
+                None => (rest, "/".to_string()),
+            },
+            None if loc.starts_with("https://") => {
+                bail!("redirect to {loc}: plain HTTP only")
+            }
+            None => {
+                let path = self.target.path_of(loc);
+                return self.expect(method, &path, &[], ReqBody::Empty, want).await;
+            }
+        };
+        if self.target.host.as_bytes() == authority.as_bytes() {
+            return self.expect(method, &path, &[], ReqBody::Empty, want).await;
+        }
+        if self
+            .side
+            .as_ref()
+            .is_none_or(|s| s.target.host.as_bytes() != authority.as_bytes())
+        {
+            let target = Target::parse(&format!("http://{authority}"))
+                .with_context(|| format!("redirect to {loc}"))?;
+            self.side = Some(Box::new(Conn::new(Arc::new(target))));
+        }
+        let side = self.side.as_mut().expect("side connection");
+        let before = side.requests;
+        let resp = side.expect(method, &path, &[], ReqBody::Empty, want).await;
+        self.requests += side.requests - before;
+        resp
     }
 }
 

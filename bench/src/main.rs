@@ -58,6 +58,10 @@ struct RunArgs {
     /// The server's PID: CPU time from /proc/PID/stat around each scenario, peak RSS at the end.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// The PID of the object store the server keeps blobs in (e.g. Garage): its CPU time around
+    /// each scenario, reported beside the server's (`store CPU-s`).
+    #[arg(long)]
+    store_pid: Option<u32>,
     /// Comma-separated scenarios (default: all). Names: see --list.
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
@@ -162,10 +166,16 @@ async fn run_cmd(args: RunArgs) -> Result<i32> {
     };
     let cpu = CpuMeter {
         server_pid: args.server_pid,
+        store_pid: args.store_pid,
     };
-    if let Some(pid) = args.server_pid {
-        if runner::cpu_seconds(pid).is_none() {
-            bail!("--server-pid {pid}: cannot read /proc/{pid}/stat");
+    for (flag, pid) in [
+        ("--server-pid", args.server_pid),
+        ("--store-pid", args.store_pid),
+    ] {
+        if let Some(pid) = pid {
+            if runner::cpu_seconds(pid).is_none() {
+                bail!("{flag} {pid}: cannot read /proc/{pid}/stat");
+            }
         }
     }
     let knobs = Knobs::new(args.quick, args.duration, args.requests);
@@ -267,6 +277,7 @@ async fn run_cmd(args: RunArgs) -> Result<i32> {
             "label": args.label,
             "url": url,
             "server_pid": args.server_pid,
+            "store_pid": args.store_pid,
             "quick": args.quick,
             "read_only": args.read_only,
             "push_method": ctx.method.map(|m| m.name()),

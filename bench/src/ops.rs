@@ -9,6 +9,26 @@ use crate::data::{Blob, Manifest, MANIFEST_ACCEPT, OCI_MANIFEST};
 
 const OCTET: &str = "application/octet-stream";
 const CONTENT_RANGE: HeaderName = HeaderName::from_static("content-range");
+/// What a blob GET may answer: the bytes, or a redirect to where they are.
+const BLOB_GET: [StatusCode; 6] = REDIRECTS_AND_OK;
+/// What a blob HEAD may answer (Distribution on an object store redirects HEADs too).
+const BLOB_HEAD: [StatusCode; 7] = [
+    StatusCode::OK,
+    StatusCode::NOT_FOUND,
+    StatusCode::MOVED_PERMANENTLY,
+    StatusCode::FOUND,
+    StatusCode::SEE_OTHER,
+    StatusCode::TEMPORARY_REDIRECT,
+    StatusCode::PERMANENT_REDIRECT,
+];
+const REDIRECTS_AND_OK: [StatusCode; 6] = [
+    StatusCode::OK,
+    StatusCode::MOVED_PERMANENTLY,
+    StatusCode::FOUND,
+    StatusCode::SEE_OTHER,
+    StatusCode::TEMPORARY_REDIRECT,
+    StatusCode::PERMANENT_REDIRECT,
+];
 
 /// How the registry takes a monolithic blob upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,18 +189,23 @@ pub async fn push_blob_chunked(conn: &mut Conn, repo: &str, blob: &Blob, chunk: 
     finish_upload(conn, &session, &blob.digest, ReqBody::Empty).await
 }
 
-/// `HEAD /blobs/<digest>`: does the repository have it?
+/// `HEAD /blobs/<digest>`: does the repository have it? A redirect is followed with a HEAD of
+/// its target (a URL presigned for HEAD).
 pub async fn blob_exists(conn: &mut Conn, repo: &str, digest: &str) -> Result<bool> {
     let path = p(conn, &format!("{repo}/blobs/{digest}"));
-    let resp = conn
-        .expect(
-            Method::HEAD,
-            &path,
-            &[],
-            ReqBody::Empty,
-            &[StatusCode::OK, StatusCode::NOT_FOUND],
-        )
+    let mut resp = conn
+        .expect(Method::HEAD, &path, &[], ReqBody::Empty, &BLOB_HEAD)
         .await?;
+    if resp.status().is_redirection() {
+        let loc = header(&resp, "location")
+            .ok_or_else(|| anyhow!("HEAD {path}: {} without Location", resp.status()))?
+            .to_string();
+        read_all(resp).await?;
+        resp = conn
+            .follow(Method::HEAD, &loc, &[StatusCode::OK, StatusCode::NOT_FOUND])
+            .await
+            .with_context(|| format!("HEAD {path} redirected"))?;
+    }
     let ok = resp.status() == StatusCode::OK;
     read_all(resp).await?;
     Ok(ok)
@@ -318,12 +343,25 @@ pub async fn head_manifest(
     Ok(0)
 }
 
-/// `GET /blobs/<digest>`, hashed and verified. Returns the bytes moved.
+/// `GET /blobs/<digest>`, hashed and verified, following one redirect (to another host on the
+/// worker's side connection). Returns the bytes moved.
 pub async fn get_blob(conn: &mut Conn, repo: &str, digest: &str, len: u64) -> Result<u64> {
     let path = p(conn, &format!("{repo}/blobs/{digest}"));
-    let resp = conn
-        .expect(Method::GET, &path, &[], ReqBody::Empty, &[StatusCode::OK])
+    let mut resp = conn
+        .expect(Method::GET, &path, &[], ReqBody::Empty, &BLOB_GET)
         .await?;
+    if resp.status() != StatusCode::OK {
+        // A registry on an object store sends the client to the store (a presigned URL): the
+        // bytes come from there, verified all the same.
+        let loc = header(&resp, "location")
+            .ok_or_else(|| anyhow!("GET {path}: {} without Location", resp.status()))?
+            .to_string();
+        read_all(resp).await?;
+        resp = conn
+            .follow(Method::GET, &loc, &[StatusCode::OK])
+            .await
+            .with_context(|| format!("GET {path} redirected"))?;
+    }
     read_verify(resp, digest, len, &format!("blob {repo}@{digest}"))
         .await
         .with_context(|| format!("GET {path}"))

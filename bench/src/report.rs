@@ -23,10 +23,20 @@ fn f(v: Option<f64>, prec: usize) -> String {
 
 const HEADER: &str =
     "   ops     req/s     MB/s   p50 ms   p99 ms     op s  srv CPU-s  CPU-s/GiB  CPU-s/1k req  gen CPU-s";
+/// The columns added when some run measured the object store behind the server (`--store-pid`).
+const STORE_HEADER: &str = "  store CPU-s  store CPU-s/GiB";
 
-fn row_cells(r: &Value) -> String {
+fn header(store: bool) -> String {
+    if store {
+        format!("{HEADER}{STORE_HEADER}")
+    } else {
+        HEADER.to_string()
+    }
+}
+
+fn row_cells(r: &Value, store: bool) -> String {
     let g = |k: &str| r.get(k).and_then(Value::as_f64);
-    format!(
+    let mut cells = format!(
         "{:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>13} {:>10}",
         g("ops").map_or("-".into(), |v| format!("{v:.0}")),
         f(g("req_per_s"), 1),
@@ -38,13 +48,22 @@ fn row_cells(r: &Value) -> String {
         f(g("cpu_s_per_gib"), 2),
         f(g("cpu_s_per_1k_req"), 3),
         f(g("client_cpu_s"), 2),
-    )
+    );
+    if store {
+        cells += &format!(
+            " {:>12} {:>16}",
+            f(g("store_cpu_s"), 2),
+            f(g("store_cpu_s_per_gib"), 2)
+        );
+    }
+    cells
 }
 
 /// The table of one run.
 pub fn run_table(rows: &[Row]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<26} {}", "scenario", HEADER);
+    let store = rows.iter().any(|r| r.store_cpu_s.is_some());
+    let _ = writeln!(out, "{:<26} {}", "scenario", header(store));
     for r in rows {
         if r.scenario == "peak_rss" {
             let mib = r.extra.get("vmhwm_mib").and_then(Value::as_f64);
@@ -61,7 +80,7 @@ pub fn run_table(rows: &[Row]) -> String {
             continue;
         }
         let v = serde_json::to_value(r).unwrap_or(Value::Null);
-        let _ = writeln!(out, "{:<26} {}", r.scenario, row_cells(&v));
+        let _ = writeln!(out, "{:<26} {}", r.scenario, row_cells(&v, store));
     }
     out
 }
@@ -90,6 +109,8 @@ const METRICS: &[&str] = &[
     "cpu_s_per_1k_req",
     "client_cpu_s",
     "ops",
+    "store_cpu_s",
+    "store_cpu_s_per_gib",
 ];
 
 /// Speed of `base` relative to `other` (>1: base faster) and CPU per unit of work (<1: base
@@ -201,7 +222,18 @@ pub fn combine(inputs: &[String], base: &str) -> Result<(String, Value)> {
         out,
         "Medians over runs (req = one logical operation; MB = 10^6 bytes)\n"
     );
-    let _ = writeln!(out, "{:<26} {:<13} {}", "scenario", "server", HEADER);
+    let store = medians
+        .values()
+        .flat_map(|m| m.values())
+        .any(|m| m.get("store_cpu_s").is_some());
+    let lw = labels.iter().map(String::len).max().unwrap_or(0).max(13);
+    let _ = writeln!(
+        out,
+        "{:<26} {:<lw$} {}",
+        "scenario",
+        "server",
+        header(store)
+    );
     for s in &scenarios {
         for l in &labels {
             let Some(m) = medians.get(l).and_then(|m| m.get(s)) else {
@@ -210,20 +242,20 @@ pub fn combine(inputs: &[String], base: &str) -> Result<(String, Value)> {
                         .iter()
                         .any(|f| f["server"] == l.as_str() && f["scenario"] == s.as_str())
                 {
-                    let _ = writeln!(out, "{:<26} {:<13} FAILED (see JSON)", s, l);
+                    let _ = writeln!(out, "{:<26} {:<lw$} FAILED (see JSON)", s, l);
                 }
                 continue;
             };
             if s == "peak_rss" {
                 let _ = writeln!(
                     out,
-                    "{:<26} {:<13} peak RSS {} MiB",
+                    "{:<26} {:<lw$} peak RSS {} MiB",
                     s,
                     l,
                     f(m["peak_rss_mib"].as_f64(), 1)
                 );
             } else {
-                let _ = writeln!(out, "{:<26} {:<13} {}", s, l, row_cells(m));
+                let _ = writeln!(out, "{:<26} {:<lw$} {}", s, l, row_cells(m, store));
             }
         }
     }

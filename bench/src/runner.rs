@@ -67,14 +67,17 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// A CPU meter for the server (if its PID is known) and for this process.
+/// A CPU meter for the server (if its PID is known), for the object store it keeps blobs in
+/// (if that PID is known) and for this process.
 #[derive(Clone, Copy)]
 pub struct CpuMeter {
     pub server_pid: Option<u32>,
+    pub store_pid: Option<u32>,
 }
 
 pub struct CpuMark {
     server: Option<f64>,
+    store: Option<f64>,
     client: f64,
 }
 
@@ -82,7 +85,16 @@ impl CpuMeter {
     pub fn mark(&self) -> CpuMark {
         CpuMark {
             server: self.server_pid.and_then(cpu_seconds),
+            store: self.store_pid.and_then(cpu_seconds),
             client: cpu_seconds(std::process::id()).unwrap_or(0.0),
+        }
+    }
+
+    /// The object store's CPU-s since `m` (sampled just after [`CpuMeter::since`]).
+    pub fn store_since(&self, m: &CpuMark) -> Option<f64> {
+        match (m.store, self.store_pid.and_then(cpu_seconds)) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
         }
     }
 
@@ -107,6 +119,8 @@ pub struct Measured {
     /// Per-operation latency in microseconds.
     pub lat_us: Vec<u32>,
     pub server_cpu_s: Option<f64>,
+    /// CPU-s of the object store behind the server (`--store-pid`).
+    pub store_cpu_s: Option<f64>,
     pub client_cpu_s: f64,
 }
 
@@ -143,6 +157,11 @@ pub struct Row {
     pub server_cpu_s: Option<f64>,
     pub cpu_s_per_gib: Option<f64>,
     pub cpu_s_per_1k_req: Option<f64>,
+    /// CPU-s of the object store behind the server during the phase (`--store-pid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_cpu_s_per_gib: Option<f64>,
     pub client_cpu_s: f64,
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub extra: serde_json::Value,
@@ -152,6 +171,7 @@ impl Row {
     pub fn from_measured(scenario: &str, concurrency: usize, mut m: Measured) -> Row {
         let secs = m.elapsed.as_secs_f64().max(1e-9);
         let gib = m.bytes as f64 / (1u64 << 30) as f64;
+        let bulk = scenario.contains("_blob_") && m.bytes >= (1 << 24);
         Row {
             scenario: scenario.to_string(),
             ok: true,
@@ -167,14 +187,13 @@ impl Row {
             p99_ms: m.percentile_ms(99.0),
             op_s: None,
             server_cpu_s: m.server_cpu_s,
-            cpu_s_per_gib: m
-                .server_cpu_s
-                .filter(|_| scenario.contains("_blob_") && m.bytes >= (1 << 24))
-                .map(|c| c / gib),
+            cpu_s_per_gib: m.server_cpu_s.filter(|_| bulk).map(|c| c / gib),
             cpu_s_per_1k_req: m
                 .server_cpu_s
                 .filter(|_| m.ops > 0)
                 .map(|c| c * 1000.0 / m.ops as f64),
+            store_cpu_s: m.store_cpu_s,
+            store_cpu_s_per_gib: m.store_cpu_s.filter(|_| bulk).map(|c| c / gib),
             client_cpu_s: m.client_cpu_s,
             extra: serde_json::Value::Null,
         }
@@ -262,6 +281,7 @@ pub async fn drive(
     }
     m.elapsed = start.elapsed();
     let (s, c) = cpu.since(&mark);
+    m.store_cpu_s = cpu.store_since(&mark);
     m.server_cpu_s = s;
     m.client_cpu_s = c;
     m.bytes = bytes.load(Ordering::Relaxed);

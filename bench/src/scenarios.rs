@@ -648,6 +648,7 @@ impl Ctx {
             elapsed,
             lat_us: Vec::new(),
             server_cpu_s: server,
+            store_cpu_s: self.cpu.store_since(&mark),
             client_cpu_s: client,
         };
         let mut row = Row::from_measured(name, 1, m);
@@ -778,6 +779,7 @@ fn finish_op(
         elapsed,
         lat_us: Vec::new(),
         server_cpu_s: server,
+        store_cpu_s: cpu.store_since(mark),
         client_cpu_s: client,
     };
     let mut row = Row::from_measured(name, 8, m);
