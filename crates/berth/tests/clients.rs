@@ -9,10 +9,10 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 
 use common::cli::{
-    can_run, output, parse_push_digest, read_digestfile, report, run, run_bytes, run_fails, Env,
+    can_run, parse_push_digest, read_digestfile, run, run_bytes, run_fails, Ctr, Env, Podman,
+    CONTAINERD_SOCK,
 };
 use common::image::{self, Blob};
 use common::Registry;
@@ -656,35 +656,6 @@ fn skopeo_inspect_list_tags_delete() {
 // podman (vfs storage, private root)
 // ---------------------------------------------------------------------------------------------
 
-struct Podman<'a> {
-    env: &'a Env,
-}
-
-impl Podman<'_> {
-    fn cmd(&self) -> Command {
-        let mut c = self.env.cmd("podman");
-        c.arg("--root")
-            .arg(self.env.path("podman/root"))
-            .arg("--runroot")
-            .arg(self.env.path("podman/runroot"))
-            .arg("--tmpdir")
-            .arg(self.env.path("podman/tmp"))
-            .arg("--volumepath")
-            .arg(self.env.path("podman/volumes"))
-            .arg("--network-config-dir")
-            .arg(self.env.path("podman/networks"))
-            .args(["--storage-driver", "vfs", "--events-backend", "none"])
-            .args(["--cgroup-manager", "cgroupfs"]);
-        c
-    }
-}
-
-impl Drop for Podman<'_> {
-    fn drop(&mut self) {
-        let _ = self.cmd().args(["rmi", "--all", "--force"]).output();
-    }
-}
-
 #[test]
 fn podman_push_pull_round_trip() {
     let reg = Registry::start();
@@ -981,100 +952,6 @@ fn docker_cli_push_pull_round_trip() {
 // ---------------------------------------------------------------------------------------------
 // containerd (ctr), as kubelet would pull
 // ---------------------------------------------------------------------------------------------
-
-const CONTAINERD_SOCK: &str = "/run/docker/containerd/containerd.sock";
-
-struct Ctr<'a> {
-    env: &'a Env,
-    ns: String,
-    refs: Vec<String>,
-}
-
-impl Ctr<'_> {
-    fn cmd(&self) -> Command {
-        let mut c = self.env.cmd("ctr");
-        c.args(["-a", CONTAINERD_SOCK, "-n", &self.ns]);
-        c
-    }
-
-    /// Remove images, snapshots and content of the namespace, then the namespace itself.
-    fn cleanup(&self) -> Result<(), String> {
-        for r in &self.refs {
-            let _ = self.cmd().args(["images", "rm", "--sync", r]).output();
-        }
-        for snapshotter in ["overlayfs", "native"] {
-            // Remove snapshots leaves-first, a few rounds.
-            for _ in 0..10 {
-                let Ok(out) = self
-                    .cmd()
-                    .args(["snapshots", "--snapshotter", snapshotter, "ls"])
-                    .output()
-                else {
-                    break;
-                };
-                let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .skip(1)
-                    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-                    .collect();
-                if keys.is_empty() {
-                    break;
-                }
-                for k in keys {
-                    let _ = self
-                        .cmd()
-                        .args(["snapshots", "--snapshotter", snapshotter, "rm", &k])
-                        .output();
-                }
-            }
-        }
-        if let Ok(out) = self.cmd().args(["content", "ls", "-q"]).output() {
-            let digests: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect();
-            if !digests.is_empty() {
-                let _ = self.cmd().args(["content", "rm"]).args(&digests).output();
-            }
-        }
-        let mut c = self.env.cmd("ctr");
-        c.args(["-a", CONTAINERD_SOCK, "namespaces", "remove", &self.ns]);
-        let out = output(&mut c);
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(report(&c, &out))
-        }
-    }
-
-    /// `ctr images ls` as (ref → target digest).
-    fn images(&self) -> BTreeMap<String, String> {
-        let out = run(self.cmd().args(["images", "ls"]));
-        out.lines()
-            .skip(1)
-            .filter_map(|l| {
-                let cols: Vec<&str> = l.split_whitespace().collect();
-                let digest = cols.iter().find(|c| c.starts_with("sha256:"))?;
-                Some((cols[0].to_string(), digest.to_string()))
-            })
-            .collect()
-    }
-
-    fn content(&self) -> BTreeSet<String> {
-        run(self.cmd().args(["content", "ls", "-q"]))
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Ctr<'_> {
-    fn drop(&mut self) {
-        if !self.ns.is_empty() {
-            let _ = self.cleanup();
-        }
-    }
-}
 
 #[test]
 fn containerd_pull_single_and_multi_arch() {

@@ -1,6 +1,7 @@
 //! Running external client programs (skopeo, podman, docker, ctr) from tests: private
 //! environments and commands whose failures report their full output.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -160,4 +161,136 @@ pub fn can_run(test: &str, what: Result<(), String>, skip_var: &str) -> bool {
         return false;
     }
     panic!("{test} cannot run: {why} (set {skip_var}=1 to skip it)");
+}
+
+// ---- podman (vfs storage, private root)
+
+/// podman with private storage (vfs) and run directories under an [`Env`]; its images are
+/// removed on drop.
+pub struct Podman<'a> {
+    pub env: &'a Env,
+}
+
+impl Podman<'_> {
+    pub fn cmd(&self) -> Command {
+        let mut c = self.env.cmd("podman");
+        c.arg("--root")
+            .arg(self.env.path("podman/root"))
+            .arg("--runroot")
+            .arg(self.env.path("podman/runroot"))
+            .arg("--tmpdir")
+            .arg(self.env.path("podman/tmp"))
+            .arg("--volumepath")
+            .arg(self.env.path("podman/volumes"))
+            .arg("--network-config-dir")
+            .arg(self.env.path("podman/networks"))
+            .args(["--storage-driver", "vfs", "--events-backend", "none"])
+            .args(["--cgroup-manager", "cgroupfs"]);
+        c
+    }
+}
+
+impl Drop for Podman<'_> {
+    fn drop(&mut self) {
+        let _ = self.cmd().args(["rmi", "--all", "--force"]).output();
+    }
+}
+
+// ---- containerd (ctr), as kubelet would pull
+
+/// dockerd's own containerd.
+pub const CONTAINERD_SOCK: &str = "/run/docker/containerd/containerd.sock";
+
+/// containerd's ctr in a namespace of its own, which is emptied and removed on drop with the
+/// images `refs` names.
+pub struct Ctr<'a> {
+    pub env: &'a Env,
+    pub ns: String,
+    pub refs: Vec<String>,
+}
+
+impl Ctr<'_> {
+    pub fn cmd(&self) -> Command {
+        let mut c = self.env.cmd("ctr");
+        c.args(["-a", CONTAINERD_SOCK, "-n", &self.ns]);
+        c
+    }
+
+    /// Remove images, snapshots and content of the namespace, then the namespace itself.
+    pub fn cleanup(&self) -> Result<(), String> {
+        for r in &self.refs {
+            let _ = self.cmd().args(["images", "rm", "--sync", r]).output();
+        }
+        for snapshotter in ["overlayfs", "native"] {
+            // Remove snapshots leaves-first, a few rounds.
+            for _ in 0..10 {
+                let Ok(out) = self
+                    .cmd()
+                    .args(["snapshots", "--snapshotter", snapshotter, "ls"])
+                    .output()
+                else {
+                    break;
+                };
+                let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .skip(1)
+                    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                    .collect();
+                if keys.is_empty() {
+                    break;
+                }
+                for k in keys {
+                    let _ = self
+                        .cmd()
+                        .args(["snapshots", "--snapshotter", snapshotter, "rm", &k])
+                        .output();
+                }
+            }
+        }
+        if let Ok(out) = self.cmd().args(["content", "ls", "-q"]).output() {
+            let digests: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            if !digests.is_empty() {
+                let _ = self.cmd().args(["content", "rm"]).args(&digests).output();
+            }
+        }
+        let mut c = self.env.cmd("ctr");
+        c.args(["-a", CONTAINERD_SOCK, "namespaces", "remove", &self.ns]);
+        let out = output(&mut c);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(report(&c, &out))
+        }
+    }
+
+    /// `ctr images ls` as (ref → target digest).
+    pub fn images(&self) -> BTreeMap<String, String> {
+        let out = run(self.cmd().args(["images", "ls"]));
+        out.lines()
+            .skip(1)
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                let digest = cols.iter().find(|c| c.starts_with("sha256:"))?;
+                Some((cols[0].to_string(), digest.to_string()))
+            })
+            .collect()
+    }
+
+    pub fn content(&self) -> BTreeSet<String> {
+        run(self.cmd().args(["content", "ls", "-q"]))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Ctr<'_> {
+    fn drop(&mut self) {
+        if !self.ns.is_empty() {
+            let _ = self.cleanup();
+        }
+    }
 }
