@@ -7,6 +7,10 @@
 //! a notification endpoint's lease is killed; the database is stopped under load. Every digest
 //! is computed here, never taken from the server.
 //!
+//! The same cluster runs on a three-node Garage cluster (S3) instead of the directory too: a
+//! push and pulls through nginx, with pulls redirected to the object store and one of its nodes
+//! stopped.
+//!
 //! No assertion depends on timing: what must happen eventually is awaited with a generous
 //! deadline, and time only classifies requests as sent during the database outage or not.
 
@@ -14,7 +18,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +27,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use common::cli::{can_run, run, run_fails, Env};
+use common::garage::Garage;
 use common::image;
 use common::nginx::Nginx;
 use common::oci::*;
@@ -61,14 +66,22 @@ impl Cluster {
 
     /// A cluster whose configuration ends with `extra` (top-level YAML sections).
     fn start_with(extra: &str) -> Cluster {
+        Cluster::start_on(None, extra)
+    }
+
+    /// A cluster on `storage` (a `storage:` driver section, indented as in the file), or on a
+    /// shared directory when `None`.
+    fn start_on(storage: Option<String>, extra: &str) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let pg = Postgres::start();
         pg.create_database(DATABASE);
         let root = tmp.path().join("storage");
         std::fs::create_dir(&root).unwrap();
         let root = root.canonicalize().unwrap();
+        let storage = storage
+            .unwrap_or_else(|| format!("  filesystem:\n    rootdirectory: {}\n", root.display()));
         let config = tmp.path().join("config.yml");
-        std::fs::write(&config, config_text(&pg, &root, extra)).unwrap();
+        std::fs::write(&config, config_text(&pg, &storage, extra)).unwrap();
         let logs: Vec<PathBuf> = (0..INSTANCES)
             .map(|i| tmp.path().join(format!("berth-{i}.log")))
             .collect();
@@ -184,15 +197,13 @@ impl Drop for Cluster {
     }
 }
 
-fn config_text(pg: &Postgres, root: &Path, extra: &str) -> String {
+fn config_text(pg: &Postgres, storage: &str, extra: &str) -> String {
     format!(
         "version: 0.1
 log:
   level: warn
 storage:
-  filesystem:
-    rootdirectory: {root}
-  delete:
+{storage}  delete:
     enabled: true
 http:
   addr: 127.0.0.1:0
@@ -205,7 +216,6 @@ database:
   dbname: {DATABASE}
   sslmode: disable
 {extra}",
-        root = root.display(),
         host = pg.host(),
         port = pg.port(),
         user = Postgres::USER,
@@ -395,6 +405,86 @@ async fn skopeo_pushes_and_pulls_through_nginx() {
     assert_eq!(got.top_digest, img.manifest.digest);
     assert_eq!(got.top, img.manifest.data);
     assert_eq!(got.reachable, source.reachable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_s3_serve_pulls_with_a_storage_node_stopped() {
+    let mut garage = Garage::start();
+    let storage = format!(
+        "  s3:
+    accesskey: \"{}\"
+    secretkey: \"{}\"
+    region: \"{}\"
+    regionendpoint: \"{}\"
+    bucket: \"{}\"
+    rootdirectory: /registry
+    chunksize: 5242880
+",
+        garage.access_key(),
+        garage.secret_key(),
+        garage.region(),
+        garage.endpoint(),
+        garage.bucket()
+    );
+    let cluster = Cluster::start_on(Some(storage), "");
+    let env = Env::new();
+    let host = cluster.nginx.host();
+    let repo = "ha/s3";
+    let img = image::oci_image(303, 3);
+    let src = env.path("src");
+    image::write_image_layout(&src, "v1", &img);
+    let dest = format!("docker://{host}/{repo}:v1");
+    assert_eq!(
+        env.skopeo_push(&[], &format!("oci:{}:v1", src.display()), &dest),
+        img.manifest.digest
+    );
+    let served = cluster.instances_served();
+    assert!(
+        served.len() > 1,
+        "the push went to instance(s) {served:?} only"
+    );
+
+    // A node of the object store goes down (not the one the presigned URLs name): every
+    // instance still serves the image, and a client pulls it whole through nginx.
+    garage.stop_node(2);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for i in 0..INSTANCES {
+        let reg = cluster.instance(i);
+        assert_eq!(
+            resolve_on(reg, repo, "v1", OCI_MANIFEST).await,
+            img.manifest.digest
+        );
+        let layer = &img.layers[0];
+        let resp = client
+            .get(reg.url(&format!("/v2/{repo}/blobs/{}", layer.digest)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 307, "instance {i} redirects blob pulls");
+        let location = resp.headers()["location"].to_str().unwrap().to_string();
+        assert!(location.starts_with(&garage.endpoint()), "{location}");
+        let bytes = reqwest::get(&location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(sha256(&bytes), layer.digest);
+    }
+    let back = env.path("back");
+    run(env.skopeo().args([
+        "copy",
+        "--src-tls-verify=false",
+        &dest,
+        &format!("oci:{}:v1", back.display()),
+    ]));
+    let got = image::read_oci_layout(&back, "v1");
+    assert_eq!(got.top_digest, img.manifest.digest);
+    assert_eq!(got.reachable, image::read_oci_layout(&src, "v1").reachable);
+    garage.start_node(2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
