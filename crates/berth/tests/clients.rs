@@ -1,4 +1,5 @@
-//! Real clients (skopeo, podman, the docker CLI, containerd's ctr) against the real server.
+//! Real clients (skopeo, podman, the docker CLI, containerd's ctr) against the real server,
+//! and podman and ctr pulling through redirects to an object store (a real Garage cluster).
 //!
 //! Every test generates its own images (tests/common/image.rs), uses its own temporary
 //! directories (HOME, XDG dirs, auth file, TMPDIR, storage roots) and its own repositories, so
@@ -1053,6 +1054,122 @@ fn containerd_pull_single_and_multi_arch() {
         run(ctr.cmd().args(["images", "rm", "--sync", r]));
     }
     assert!(ctr.images().is_empty());
+    let result = ctr.cleanup();
+    ctr.ns.clear();
+    if let Err(e) = result {
+        panic!("cannot remove the containerd namespace: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pulls redirected to an object store
+// ---------------------------------------------------------------------------------------------
+
+/// A Berth on a bucket of a real Garage cluster (S3), blob pulls redirected to presigned URLs.
+fn registry_on_s3(garage: &common::garage::Garage, dir: &Path) -> Registry {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1
+storage:
+  s3:
+    accesskey: \"{}\"
+    secretkey: \"{}\"
+    region: \"{}\"
+    regionendpoint: \"{}\"
+    bucket: \"{}\"
+    rootdirectory: /registry
+sqlite:
+  path: {}
+http:
+  addr: 127.0.0.1:0
+",
+            garage.access_key(),
+            garage.secret_key(),
+            garage.region(),
+            garage.endpoint(),
+            garage.bucket(),
+            dir.join("meta.db").display()
+        ),
+    )
+    .unwrap();
+    let launch = common::Launch {
+        args: vec![config.to_string_lossy().into_owned()],
+        ..common::Launch::default()
+    };
+    Registry::launch(&launch).unwrap_or_else(|e| panic!("berth on S3: {e}"))
+}
+
+#[test]
+fn podman_and_containerd_follow_redirects_to_s3() {
+    let env = Env::new();
+    let garage = common::garage::Garage::start();
+    let reg = registry_on_s3(&garage, &env.path("berth"));
+    let host = reg.host();
+    let img = image::oci_image(120, 2);
+    let src = env.path("src");
+    image::write_image_layout(&src, "v1", &img);
+    let name = format!("{host}/clients/redirected:v1");
+    run(env.skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        &oci_ref(&src, "v1"),
+        &format!("docker://{name}"),
+    ]));
+    // Blob pulls answer 307 to the object store.
+    let layer = &img.layers[0];
+    let out = run(env.cmd("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        &reg.url(&format!("/v2/clients/redirected/blobs/{}", layer.digest)),
+    ]));
+    let (code, location) = out.split_once(' ').unwrap();
+    assert_eq!(code, "307", "{out}");
+    assert!(location.starts_with(&garage.endpoint()), "{location}");
+
+    // podman pulls it into its private storage: the image id is the config's digest.
+    let podman = Podman { env: &env };
+    run(podman.cmd().args(["pull", "--tls-verify=false", &name]));
+    let id = run(podman
+        .cmd()
+        .args(["image", "inspect", "--format", "{{.Id}}", &name]));
+    assert_eq!(format!("sha256:{}", id.trim()), img.config.digest);
+
+    // containerd fetches every blob through the redirects and verifies each digest.
+    let socket = if Path::new(CONTAINERD_SOCK).exists() {
+        Ok(())
+    } else {
+        Err(format!("containerd socket {CONTAINERD_SOCK} is missing"))
+    };
+    if !can_run(
+        "podman_and_containerd_follow_redirects_to_s3",
+        socket,
+        "BERTH_SKIP_CONTAINERD",
+    ) {
+        return;
+    }
+    let mut ctr = Ctr {
+        env: &env,
+        ns: format!("berth-test-{}", uuid::Uuid::new_v4().simple()),
+        refs: vec![name.clone()],
+    };
+    run(ctr.cmd().args(["images", "pull", "--plain-http", &name]));
+    assert_eq!(
+        ctr.images().get(&name),
+        Some(&img.manifest.digest),
+        "ctr images ls"
+    );
+    let content = ctr.content();
+    for b in img.blobs() {
+        assert!(content.contains(&b.digest), "containerd lacks {}", b.digest);
+    }
+    let got = run_bytes(ctr.cmd().args(["content", "get", &layer.digest]));
+    assert_eq!(got, layer.data);
     let result = ctr.cleanup();
     ctr.ns.clear();
     if let Err(e) = result {
