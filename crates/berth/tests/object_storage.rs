@@ -1,4 +1,6 @@
-//! Berth on S3. Every test starts a real three-node Garage cluster (`common/garage.rs`) and points
+//! Berth on object stores: S3 and OpenStack Swift.
+//!
+//! S3: every test starts a real three-node Garage cluster (`common/garage.rs`) and points
 //! Berth's `storage.s3` section at one of its buckets, with the metadata in a local SQLite file
 //! (`sqlite.path`). Real clients (skopeo, the docker CLI, Distribution's `docker-registry`) and
 //! raw OCI requests go through it: pulls redirected to presigned Garage URLs or streamed through
@@ -7,9 +9,16 @@
 //! upload and the purging of what it left open, and a bucket written by Distribution taken over
 //! in place.
 //!
-//! What the bucket holds is read with a small S3 client of the test's own ([`S3`]), so listings
-//! do not go through Berth. When a test fails, the log of every Berth (and Distribution) process
-//! it started and the end of each Garage node's log are printed.
+//! Swift: every test starts a real all-in-one Swift (`common/swift.rs`, tempauth) and points
+//! Berth's `storage.swift` section at a container of its own. The same round trips (skopeo, the
+//! docker CLI, raw uploads) go through it, pulls redirected to Swift temporary URLs (signed with
+//! the account's key, `secretkey`) or streamed through Berth; objects larger than `chunksize`
+//! are static large objects, whose segments must go when the object does.
+//!
+//! What a store holds is read with small clients of the test's own ([`S3`], [`SwiftListing`]),
+//! so listings do not go through Berth. When a test fails, the log of every Berth (and
+//! Distribution) process it started and the end of each Garage node's or Swift server's log are
+//! printed.
 
 mod common;
 
@@ -26,12 +35,14 @@ use common::oci::{
     check_status, expect_error, finish_upload, header, must_header, on_instance, patch_ok,
     post_blob, start_upload, upload_status,
 };
+use common::swift::Swift;
 use common::{sha256, Launch, Registry};
 use reqwest::{Client, StatusCode, Url};
 use serde_json::Value;
 
 const MIB: usize = 1024 * 1024;
-/// The part size of Berth's (and Distribution's) multipart uploads: S3's minimum.
+/// The part size of Berth's (and Distribution's) multipart uploads: S3's minimum; on Swift, the
+/// size of a large object's segments.
 const CHUNK_SIZE: usize = 5 * MIB;
 /// Lines of each log printed when a test fails.
 const LOG_TAIL: usize = 80;
@@ -44,6 +55,70 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the tests know of a store
+// ---------------------------------------------------------------------------------------------
+
+/// Where one registry keeps its objects, as the tests see it: their keys (Distribution's layout
+/// below a root) and what the URL a blob pull is redirected to must look like.
+trait Store {
+    /// The key prefix of every object (the root without its leading `/`).
+    fn root(&self) -> &str;
+
+    /// `scheme://host:port` of the URLs blob pulls are redirected to.
+    fn origin(&self) -> String;
+
+    /// The path of the URL of the object `key`.
+    fn url_path(&self, key: &str) -> String;
+
+    /// Whether the query of a redirect's URL carries the store's signature.
+    fn signed(&self, query: &str) -> bool;
+
+    /// The object key of a blob: Distribution's layout below the root.
+    fn blob_key(&self, digest: &str) -> String {
+        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+        format!(
+            "{}/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            self.root(),
+            &hex[..2]
+        )
+    }
+
+    /// The prefix of every object of one upload session.
+    fn upload_prefix(&self, upload: &str) -> String {
+        format!("{}/berth/uploads/{upload}/", self.root())
+    }
+
+    /// The prefix of every object of every upload session.
+    fn uploads_prefix(&self) -> String {
+        format!("{}/berth/uploads/", self.root())
+    }
+}
+
+/// One object of a listing.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Object {
+    key: String,
+    size: u64,
+    etag: String,
+    modified: String,
+}
+
+/// A client of the test's own that lists what a store holds, without going through Berth.
+trait Listing {
+    /// Every object whose key starts with `prefix`, sorted by key.
+    async fn objects(&self, prefix: &str) -> Vec<Object>;
+
+    /// The size of the object `key`, if it exists.
+    async fn size_of(&self, key: &str) -> Option<u64> {
+        self.objects(key)
+            .await
+            .into_iter()
+            .find(|o| o.key == key)
+            .map(|o| o.size)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -141,45 +216,55 @@ impl Site {
         }
     }
 
-    /// The object key of a blob: Distribution's layout below the root.
-    fn blob_key(&self, digest: &str) -> String {
-        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
-        format!(
-            "{}/docker/registry/v2/blobs/sha256/{}/{hex}/data",
-            self.root,
-            &hex[..2]
-        )
-    }
-
-    /// The prefix of every object of one upload session.
-    fn upload_prefix(&self, upload: &str) -> String {
-        format!("{}/berth/uploads/{upload}/", self.root)
-    }
-
     /// Berth's configuration on this site.
     fn berth_config(&self, o: &Options) -> String {
-        let purging = match o.purging {
-            Some((age, interval)) => format!(
-                "      enabled: true\n      age: {age}\n      interval: {interval}\n      \
-                 dryrun: false\n"
-            ),
-            None => "      enabled: false\n".to_string(),
-        };
-        format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n{s3}  delete:\n    enabled: true\n  \
-             redirect:\n    disable: {disable}\n  maintenance:\n    uploadpurging:\n{purging}\
-             sqlite:\n  path: \"{sqlite}\"\nhttp:\n  addr: 127.0.0.1:0\n",
-            s3 = self.bucket.s3_section(&format!("/{}", self.root)),
-            disable = !o.redirect,
-            sqlite = o.sqlite.display(),
-        )
+        berth_config(&self.bucket.s3_section(&format!("/{}", self.root)), o)
     }
+}
+
+impl Store for Site {
+    fn root(&self) -> &str {
+        &self.root
+    }
+
+    fn origin(&self) -> String {
+        self.bucket.endpoint.clone()
+    }
+
+    /// Path style: `/<bucket>/<key>`.
+    fn url_path(&self, key: &str) -> String {
+        format!("/{}/{key}", self.bucket.name)
+    }
+
+    fn signed(&self, query: &str) -> bool {
+        query.contains("X-Amz-Signature=")
+    }
+}
+
+/// Berth's configuration with `section` (one driver's mapping, indented for `storage:`, such as
+/// [`Bucket::s3_section`] or [`Container::swift_section`]) as its storage.
+fn berth_config(section: &str, o: &Options) -> String {
+    let purging = match o.purging {
+        Some((age, interval)) => format!(
+            "      enabled: true\n      age: {age}\n      interval: {interval}\n      \
+             dryrun: false\n"
+        ),
+        None => "      enabled: false\n".to_string(),
+    };
+    format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n{section}  delete:\n    enabled: true\n  \
+         redirect:\n    disable: {disable}\n  maintenance:\n    uploadpurging:\n{purging}\
+         sqlite:\n  path: \"{sqlite}\"\nhttp:\n  addr: 127.0.0.1:0\n",
+        disable = !o.redirect,
+        sqlite = o.sqlite.display(),
+    )
 }
 
 /// What differs between the Berth configurations of these tests.
 #[derive(Clone, Debug)]
 struct Options {
-    /// Redirect blob pulls to presigned URLs (Berth's default on S3).
+    /// Redirect blob pulls to presigned URLs (Berth's default on S3, and on Swift with a
+    /// `secretkey`); `redirect: disable: true` when false.
     redirect: bool,
     /// The metadata database file.
     sqlite: PathBuf,
@@ -292,15 +377,6 @@ impl Drop for Berth {
 // A small S3 client of the test's own, to see what the bucket holds
 // ---------------------------------------------------------------------------------------------
 
-/// One object of a listing.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Object {
-    key: String,
-    size: u64,
-    etag: String,
-    modified: String,
-}
-
 /// Signed requests to one bucket (path style, AWS signature version 4).
 struct S3 {
     bucket: Bucket,
@@ -372,7 +448,22 @@ impl S3 {
         body
     }
 
-    /// Every object whose key starts with `prefix`, sorted by key.
+    /// The open (neither completed nor aborted) multipart uploads below `prefix`, as
+    /// (key, upload id), sorted.
+    async fn open_uploads(&self, prefix: &str) -> Vec<(String, String)> {
+        let xml = self
+            .get(&[("uploads", None), ("prefix", Some(prefix))])
+            .await;
+        let mut out: Vec<(String, String)> = elements(&xml, "Upload")
+            .into_iter()
+            .map(|u| (first(u, "Key"), first(u, "UploadId")))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+impl Listing for S3 {
     async fn objects(&self, prefix: &str) -> Vec<Object> {
         let xml = self
             .get(&[("list-type", Some("2")), ("prefix", Some(prefix))])
@@ -385,29 +476,6 @@ impl S3 {
                 etag: first(c, "ETag"),
                 modified: first(c, "LastModified"),
             })
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// The size of the object `key`, if it exists.
-    async fn size_of(&self, key: &str) -> Option<u64> {
-        self.objects(key)
-            .await
-            .into_iter()
-            .find(|o| o.key == key)
-            .map(|o| o.size)
-    }
-
-    /// The open (neither completed nor aborted) multipart uploads below `prefix`, as
-    /// (key, upload id), sorted.
-    async fn open_uploads(&self, prefix: &str) -> Vec<(String, String)> {
-        let xml = self
-            .get(&[("uploads", None), ("prefix", Some(prefix))])
-            .await;
-        let mut out: Vec<(String, String)> = elements(&xml, "Upload")
-            .into_iter()
-            .map(|u| (first(u, "Key"), first(u, "UploadId")))
             .collect();
         out.sort();
         out
@@ -435,6 +503,190 @@ fn first(xml: &str, tag: &str) -> String {
         .unwrap_or_else(|| panic!("no <{tag}> in {xml}"))
         .replace("&quot;", "\"")
         .replace("&amp;", "&")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Swift, containers and what Berth is told about them
+// ---------------------------------------------------------------------------------------------
+
+/// A Swift owned by one test; the end of each server's log is printed if the test fails.
+struct SwiftCluster(Swift);
+
+impl SwiftCluster {
+    fn start() -> SwiftCluster {
+        SwiftCluster(blocking(Swift::start))
+    }
+}
+
+impl std::ops::Deref for SwiftCluster {
+    type Target = Swift;
+    fn deref(&self) -> &Swift {
+        &self.0
+    }
+}
+
+impl Drop for SwiftCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- Swift logs (end) ---\n{}", self.0.logs());
+        }
+    }
+}
+
+/// A container of the Swift's account (created for the test), the registry's root in it, and
+/// what Berth authenticates with.
+#[derive(Clone, Debug)]
+struct Container {
+    auth_url: String,
+    username: String,
+    password: String,
+    /// The account's URL, `http://127.0.0.1:PORT/v1/AUTH_test`.
+    storage_url: String,
+    name: String,
+    /// The key prefix (`prefix` without its leading `/`).
+    root: String,
+    /// The account's key for temporary URLs.
+    temp_url_key: String,
+}
+
+impl Container {
+    fn create(swift: &Swift, name: &str, root: &str) -> Container {
+        let name = blocking(|| swift.create_container(name));
+        Container {
+            auth_url: swift.auth_url(),
+            username: swift.username().to_string(),
+            password: swift.password().to_string(),
+            storage_url: swift.storage_url(),
+            name,
+            root: root.trim_matches('/').to_string(),
+            temp_url_key: swift.temp_url_key().to_string(),
+        }
+    }
+
+    /// The `swift:` section of a `storage:` mapping (indented for it); with `temp_urls`, the
+    /// account's temporary URL key as `secretkey`, so that Berth can redirect pulls. Every string
+    /// is quoted.
+    fn swift_section(&self, temp_urls: bool) -> String {
+        let mut out = format!(
+            "  swift:\n    authurl: \"{}\"\n    username: \"{}\"\n    password: \"{}\"\n    \
+             container: \"{}\"\n    prefix: \"/{}\"\n    chunksize: {CHUNK_SIZE}\n",
+            self.auth_url, self.username, self.password, self.name, self.root
+        );
+        if temp_urls {
+            out.push_str(&format!("    secretkey: \"{}\"\n", self.temp_url_key));
+        }
+        out
+    }
+
+    /// Berth's configuration on this container.
+    fn berth_config(&self, temp_urls: bool, o: &Options) -> String {
+        berth_config(&self.swift_section(temp_urls), o)
+    }
+}
+
+impl Store for Container {
+    fn root(&self) -> &str {
+        &self.root
+    }
+
+    fn origin(&self) -> String {
+        let u = Url::parse(&self.storage_url).expect("storage URL");
+        format!(
+            "{}://{}:{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port_or_known_default().unwrap_or(0)
+        )
+    }
+
+    /// `/v1/<account>/<container>/<key>`.
+    fn url_path(&self, key: &str) -> String {
+        let u = Url::parse(&self.storage_url).expect("storage URL");
+        format!("{}/{}/{key}", u.path().trim_end_matches('/'), self.name)
+    }
+
+    fn signed(&self, query: &str) -> bool {
+        query.contains("temp_url_sig=") && query.contains("temp_url_expires=")
+    }
+}
+
+/// Listings of one container (`GET <storage URL>/<container>?prefix=…&format=json` with a
+/// token from tempauth).
+struct SwiftListing {
+    url: String,
+    token: String,
+    http: Client,
+}
+
+impl SwiftListing {
+    fn new(swift: &Swift, container: &Container) -> SwiftListing {
+        SwiftListing {
+            url: format!("{}/{}", container.storage_url, container.name),
+            token: blocking(|| swift.token()),
+            http: plain(),
+        }
+    }
+
+    /// Whether the object `key` is a static large object (a manifest of segments), by a HEAD.
+    async fn is_large_object(&self, key: &str) -> bool {
+        let url = format!("{}/{key}", self.url);
+        let resp = self
+            .http
+            .head(&url)
+            .header("x-auth-token", &self.token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("HEAD {url}: {e}"));
+        assert_eq!(resp.status(), StatusCode::OK, "HEAD {url}");
+        header(&resp, "x-static-large-object").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+}
+
+/// Swift's listing page size: a listing that long may have more.
+const SWIFT_LISTING_LIMIT: usize = 10_000;
+
+impl Listing for SwiftListing {
+    async fn objects(&self, prefix: &str) -> Vec<Object> {
+        let mut url = Url::parse(&self.url).expect("container URL");
+        url.query_pairs_mut()
+            .append_pair("prefix", prefix)
+            .append_pair("format", "json");
+        let resp = self
+            .http
+            .get(url.as_str())
+            .header("x-auth-token", &self.token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = resp.status();
+        let body = resp.text().await.expect("Swift answer");
+        assert!(
+            status == StatusCode::OK || status == StatusCode::NO_CONTENT,
+            "GET {url}: {status} {body}"
+        );
+        let list: Value = if body.is_empty() {
+            Value::Array(Vec::new())
+        } else {
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: {e}: {body}"))
+        };
+        let list = list.as_array().expect("a JSON listing");
+        assert!(
+            list.len() < SWIFT_LISTING_LIMIT,
+            "GET {url}: the listing is longer than one page"
+        );
+        let text = |o: &Value, k: &str| o[k].as_str().unwrap_or_default().to_string();
+        let mut out: Vec<Object> = list
+            .iter()
+            .map(|o| Object {
+                key: text(o, "name"),
+                size: o["bytes"].as_u64().expect("object size"),
+                etag: text(o, "hash"),
+                modified: text(o, "last_modified"),
+            })
+            .collect();
+        out.sort();
+        out
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -521,10 +773,10 @@ async fn assert_pulls(reg: &Registry, repo: &str, expected: &[u8]) {
     );
 }
 
-/// A blob GET answers 307 to a presigned URL of the blob's object on the Garage endpoint (in
-/// Distribution's layout below the site's root), which serves the bytes without credentials, a
-/// range included. Returns the URL.
-async fn assert_redirects(reg: &Registry, site: &Site, repo: &str, data: &[u8]) -> String {
+/// A blob GET answers 307 to a presigned URL of the blob's object in the store (a presigned
+/// Garage URL, a Swift temporary URL; in Distribution's layout below the store's root), which
+/// serves the bytes without credentials, a range included. Returns the URL.
+async fn assert_redirects(reg: &Registry, store: &impl Store, repo: &str, data: &[u8]) -> String {
     let digest = sha256(data);
     let url = reg.url(&format!("/v2/{repo}/blobs/{digest}"));
     let a = fetch(&plain(), &url, None).await;
@@ -549,16 +801,16 @@ async fn assert_redirects(reg: &Registry, site: &Site, repo: &str, data: &[u8]) 
             u.host_str().unwrap_or(""),
             u.port_or_known_default().unwrap_or(0)
         ),
-        site.bucket.endpoint,
-        "the redirect of {url} must go to the Garage endpoint: {location}"
+        store.origin(),
+        "the redirect of {url} must go to the store's endpoint: {location}"
     );
     assert_eq!(
         u.path(),
-        format!("/{}/{}", site.bucket.name, site.blob_key(&digest)),
+        store.url_path(&store.blob_key(&digest)),
         "the redirect of {url} must name the blob's object: {location}"
     );
     assert!(
-        u.query().is_some_and(|q| q.contains("X-Amz-Signature=")),
+        u.query().is_some_and(|q| store.signed(q)),
         "the redirect of {url} is not presigned: {location}"
     );
     let whole = fetch(&plain(), &location, None).await;
@@ -657,10 +909,15 @@ fn oci_ref(dir: &Path, tag: &str) -> String {
     format!("oci:{}:{tag}", dir.display())
 }
 
-/// Pushes a generated single-arch image and a multi-arch index to `host` with skopeo, copies
-/// both back into new OCI layouts and checks the digests and every blob's bytes. Returns the
-/// image and the index.
-fn skopeo_round_trip(env: &Env, host: &str, seed: u64) -> (image::Image, image::MultiArch) {
+/// Pushes a generated single-arch image and a multi-arch index to `host` with skopeo (as
+/// `<namespace>/single:v1` and `<namespace>/multi:v1`), copies both back into new OCI layouts
+/// and checks the digests and every blob's bytes. Returns the image and the index.
+fn skopeo_round_trip(
+    env: &Env,
+    host: &str,
+    namespace: &str,
+    seed: u64,
+) -> (image::Image, image::MultiArch) {
     let single = image::oci_image(seed, 3);
     let multi = image::oci_multi_arch(seed + 1);
     let single_src = env.path("single-src");
@@ -671,18 +928,19 @@ fn skopeo_round_trip(env: &Env, host: &str, seed: u64) -> (image::Image, image::
     let pushed = env.skopeo_push(
         &[],
         &oci_ref(&single_src, "v1"),
-        &format!("docker://{host}/s3/single:v1"),
+        &format!("docker://{host}/{namespace}/single:v1"),
     );
     assert_eq!(pushed, single.manifest.digest, "digest skopeo pushed");
     let pushed = env.skopeo_push(
         &["--all"],
         &oci_ref(&multi_src, "v1"),
-        &format!("docker://{host}/s3/multi:v1"),
+        &format!("docker://{host}/{namespace}/multi:v1"),
     );
     assert_eq!(pushed, multi.index.digest, "digest skopeo pushed");
 
     for (repo, src, all) in [("single", &single_src, false), ("multi", &multi_src, true)] {
-        let back = env.path(&format!("{repo}-back"));
+        let repo = format!("{namespace}/{repo}");
+        let back = env.path(&format!("{}-back", repo.replace('/', "-")));
         let mut c = env.skopeo();
         c.arg("copy");
         if all {
@@ -690,21 +948,96 @@ fn skopeo_round_trip(env: &Env, host: &str, seed: u64) -> (image::Image, image::
         }
         run(c.args([
             "--src-tls-verify=false",
-            &format!("docker://{host}/s3/{repo}:v1"),
+            &format!("docker://{host}/{repo}:v1"),
             &oci_ref(&back, "v1"),
         ]));
         let source = image::read_oci_layout(src, "v1");
         let got = image::read_oci_layout(&back, "v1");
-        assert_eq!(got.top_digest, source.top_digest, "s3/{repo}:v1 digest");
+        assert_eq!(got.top_digest, source.top_digest, "{repo}:v1 digest");
         assert_eq!(got.top_media_type, source.top_media_type);
         assert_eq!(
             got.reachable.keys().collect::<Vec<_>>(),
             source.reachable.keys().collect::<Vec<_>>(),
-            "s3/{repo}:v1: the blobs copied back"
+            "{repo}:v1: the blobs copied back"
         );
-        assert_eq!(got.reachable, source.reachable, "s3/{repo}:v1: blob bytes");
+        assert_eq!(got.reachable, source.reachable, "{repo}:v1: blob bytes");
     }
     (single, multi)
+}
+
+/// The configs and layers of what [`skopeo_round_trip`] pushed into `namespace`, with the
+/// repository each was pushed to. (Manifests are blobs too in Distribution's layout, but a pull
+/// of one goes through the manifest endpoint; only configs and layers are fetched as blobs.)
+fn pulled_blobs<'a>(
+    namespace: &str,
+    single: &'a image::Image,
+    multi: &'a image::MultiArch,
+) -> Vec<(String, &'a Blob)> {
+    let mut blobs: Vec<(String, &Blob)> = single
+        .blobs()
+        .into_iter()
+        .map(|b| (format!("{namespace}/single"), b))
+        .collect();
+    blobs.extend(
+        multi
+            .blobs()
+            .into_iter()
+            .map(|b| (format!("{namespace}/multi"), b)),
+    );
+    blobs.retain(|(_, b)| b.media_type != image::OCI_MANIFEST);
+    blobs
+}
+
+/// After [`skopeo_round_trip`] into `namespace`: every config and layer is pulled from Berth
+/// (redirected to the store, or streamed by Berth itself when not `redirect`) and stored at its
+/// key with its size, and the manifests are served by Berth.
+async fn assert_round_trip_served(
+    berth: &Registry,
+    store: &impl Store,
+    objects: &impl Listing,
+    namespace: &str,
+    redirect: bool,
+    single: &image::Image,
+    multi: &image::MultiArch,
+) {
+    for (repo, blob) in pulled_blobs(namespace, single, multi) {
+        if redirect {
+            assert_redirects(berth, store, &repo, &blob.data).await;
+        } else {
+            assert_streams(berth, &repo, &blob.data).await;
+        }
+        assert_pulls(berth, &repo, &blob.data).await;
+        assert_eq!(
+            objects.size_of(&store.blob_key(&blob.digest)).await,
+            Some(blob.data.len() as u64),
+            "the object of {repo}@{} in the store",
+            blob.digest,
+        );
+    }
+    // Manifests are always served by Berth itself.
+    for (repo, reference, m) in [
+        ("single", "v1", &single.manifest),
+        ("multi", "v1", &multi.index),
+        (
+            "multi",
+            multi.images[1].manifest.digest.as_str(),
+            &multi.images[1].manifest,
+        ),
+    ] {
+        let repo = format!("{namespace}/{repo}");
+        let resp = plain()
+            .get(berth.url(&format!("/v2/{repo}/manifests/{reference}")))
+            .header(
+                "accept",
+                format!("{}, {}", image::OCI_MANIFEST, image::OCI_INDEX),
+            )
+            .send()
+            .await
+            .unwrap();
+        let resp = check_status(resp, 200).await;
+        assert_eq!(header(&resp, "content-type"), Some(m.media_type.clone()));
+        assert!(resp.bytes().await.unwrap() == m.data, "{repo}:{reference}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -728,61 +1061,12 @@ async fn skopeo_round_trips_on_s3_with_and_without_redirect() {
         let env = Env::new();
         let host = berth.host();
         let seed = if redirect { 4100 } else { 4200 };
-        let (single, multi) = blocking(|| skopeo_round_trip(&env, &host, seed));
-
-        let mut blobs: Vec<(&str, &Blob)> = single
-            .blobs()
-            .into_iter()
-            .map(|b| ("s3/single", b))
-            .collect();
-        blobs.extend(multi.blobs().into_iter().map(|b| ("s3/multi", b)));
+        let (single, multi) = blocking(|| skopeo_round_trip(&env, &host, "s3", seed));
         let s3 = S3::new(&site.bucket);
-        for (repo, blob) in &blobs {
-            // Manifests are blobs too in Distribution's layout, but a pull of one goes through
-            // the manifest endpoint; only configs and layers are fetched as blobs.
-            if blob.media_type == image::OCI_MANIFEST {
-                continue;
-            }
-            if redirect {
-                assert_redirects(&berth, &site, repo, &blob.data).await;
-            } else {
-                assert_streams(&berth, repo, &blob.data).await;
-            }
-            assert_pulls(&berth, repo, &blob.data).await;
-            assert_eq!(
-                s3.size_of(&site.blob_key(&blob.digest)).await,
-                Some(blob.data.len() as u64),
-                "the object of {repo}@{} in bucket {}",
-                blob.digest,
-                site.bucket.name
-            );
-        }
-        // Manifests are always served by Berth itself.
-        for (repo, reference, m) in [
-            ("s3/single", "v1", &single.manifest),
-            ("s3/multi", "v1", &multi.index),
-            (
-                "s3/multi",
-                multi.images[1].manifest.digest.as_str(),
-                &multi.images[1].manifest,
-            ),
-        ] {
-            let resp = plain()
-                .get(berth.url(&format!("/v2/{repo}/manifests/{reference}")))
-                .header(
-                    "accept",
-                    format!("{}, {}", image::OCI_MANIFEST, image::OCI_INDEX),
-                )
-                .send()
-                .await
-                .unwrap();
-            let resp = check_status(resp, 200).await;
-            assert_eq!(header(&resp, "content-type"), Some(m.media_type.clone()));
-            assert!(resp.bytes().await.unwrap() == m.data, "{repo}:{reference}");
-        }
+        assert_round_trip_served(&berth, &site, &s3, "s3", redirect, &single, &multi).await;
         // Nothing of the uploads is left in the bucket.
         assert_eq!(
-            s3.objects(&format!("{}/berth/uploads/", site.root)).await,
+            s3.objects(&site.uploads_prefix()).await,
             vec![],
             "upload data left in bucket {}",
             site.bucket.name
@@ -851,17 +1135,30 @@ async fn docker_cli_round_trip_on_s3() {
         "berth",
         &site.berth_config(&Options::new(tmp.path())),
     );
+    docker_round_trip(&env, &berth, &site, "s3", 4300).await;
+}
+
+/// docker import, push, rmi and pull of a generated root filesystem through Berth (pulls
+/// redirected to `store`), then a docker pull of an OCI image pushed by skopeo. The images are
+/// made from `seed` and `seed + 1`: tests running at the same time must use other seeds, lest
+/// one's `docker rmi` remove the other's image.
+async fn docker_round_trip(
+    env: &Env,
+    berth: &Registry,
+    store: &impl Store,
+    namespace: &str,
+    seed: u64,
+) {
     let host = berth.host();
     let unique = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    let repo = format!("s3/docker-{unique}");
+    let repo = format!("{namespace}/docker-{unique}");
     let name = format!("{host}/{repo}:v1");
     let mut images = DockerImages {
-        env: &env,
+        env,
         refs: vec![name.clone()],
     };
 
     // docker import of a generated root filesystem, then push.
-    let seed = 4300;
     let rootfs = env.path("rootfs.tar");
     std::fs::write(&rootfs, image::rootfs_tar(seed)).unwrap();
     let (id, pushed) = blocking(|| {
@@ -876,7 +1173,7 @@ async fn docker_cli_round_trip_on_s3() {
     assert!(id.starts_with("sha256:"), "docker import output: {id}");
     images.refs.push(id.clone());
 
-    // The manifest Berth holds is the one docker pushed; its layer is in the bucket, and a pull
+    // The manifest Berth holds is the one docker pushed; its layer is in the store, and a pull
     // of it is redirected there.
     let manifest = fetch(
         &plain(),
@@ -897,7 +1194,7 @@ async fn docker_cli_round_trip_on_s3() {
     .await;
     assert_eq!(layer.status, StatusCode::OK);
     assert_eq!(sha256(&layer.body), layer_digest);
-    assert_redirects(&berth, &site, &repo, &layer.body).await;
+    assert_redirects(berth, store, &repo, &layer.body).await;
     let files: BTreeMap<String, Vec<u8>> = image::untar_files(&image::gunzip(&layer.body))
         .into_iter()
         .map(|(p, c)| (p.trim_start_matches("./").to_string(), c))
@@ -910,7 +1207,7 @@ async fn docker_cli_round_trip_on_s3() {
         );
     }
 
-    // Removed locally, pulled back: the daemon follows the redirects to Garage.
+    // Removed locally, pulled back: the daemon follows the redirects to the store.
     let want_repo_digest = format!("{host}/{repo}@{pushed}");
     blocking(|| {
         run(env.cmd("docker").args(["rmi", &name]));
@@ -920,7 +1217,7 @@ async fn docker_cli_round_trip_on_s3() {
             out.contains(&format!("Digest: {pushed}")),
             "docker pull output:\n{out}"
         );
-        let inspect = docker_inspect(&env, &name);
+        let inspect = docker_inspect(env, &name);
         assert_eq!(inspect["Id"], id.as_str(), "image id after the pull");
         assert!(
             repo_digests(&inspect).contains(&want_repo_digest),
@@ -943,7 +1240,7 @@ async fn docker_cli_round_trip_on_s3() {
             out.contains(&format!("Digest: {}", img.manifest.digest)),
             "docker pull output:\n{out}"
         );
-        let inspect = docker_inspect(&env, &oci_name);
+        let inspect = docker_inspect(env, &oci_name);
         assert_eq!(inspect["Id"], img.config.digest.as_str());
         run(env.cmd("docker").args(["rmi", &oci_name]));
     });
@@ -953,49 +1250,62 @@ async fn docker_cli_round_trip_on_s3() {
 // Raw uploads
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn chunked_and_monolithic_uploads_on_s3() {
-    let garage = Cluster::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let site = Site::new(Bucket::main(&garage), "/registry");
-    let berth = Berth::start(
-        tmp.path(),
-        "berth",
-        &site.berth_config(&Options::new(tmp.path())),
-    );
-    let s3 = S3::new(&site.bucket);
-    let repo = "s3/uploads";
+/// What [`upload_shapes`] left.
+struct Uploaded {
+    /// The ids of the upload sessions it finished.
+    finished: Vec<String>,
+    /// The session whose finish was refused (a wrong digest); still open.
+    refused: String,
+    /// The content of every blob it published (the empty blob included).
+    blobs: Vec<Vec<u8>>,
+}
+
+/// Uploads of every shape to `<namespace>/uploads`, through Berth on `store`: monolithic PUT,
+/// single POST ?digest=, three uneven PATCHes (one of more than a part), PATCH then PUT with
+/// the last chunk, the empty blob, a cross-repository mount to `<namespace>/mounted`, and a
+/// wrong digest refused (400 DIGEST_INVALID, nothing served). Every blob pulls back whole,
+/// redirected to the store, and is at its key there; no finished upload left data behind.
+async fn upload_shapes(
+    berth: &Registry,
+    store: &impl Store,
+    objects: &impl Listing,
+    namespace: &str,
+) -> Uploaded {
+    let repo = format!("{namespace}/uploads");
+    let repo = repo.as_str();
+    let mounted = format!("{namespace}/mounted");
     let mut finished = Vec::new();
 
     // 1. Monolithic: POST, then PUT ?digest= with the whole body (a multipart upload of two
-    //    parts on S3, published by a multipart copy).
+    //    parts on S3, published by a multipart copy; a large object of two segments on Swift,
+    //    published by a server-side copy).
     let mono = image::random_bytes(4401, 7 * MIB + 123);
     let digest = sha256(&mono);
-    let url = start_upload(&berth, repo).await;
+    let url = start_upload(berth, repo).await;
     finished.push(upload_id(&url));
     let resp = check_status(finish_upload(&url, &digest, Some(&mono), None).await, 201).await;
     assert_eq!(must_header(&resp, "docker-content-digest"), digest);
     assert_eq!(
-        common::oci::path_only(&berth, &must_header(&resp, "location")),
+        common::oci::path_only(berth, &must_header(&resp, "location")),
         format!("/v2/{repo}/blobs/{digest}")
     );
 
     // 2. A single POST ?digest= (just over one part).
     let single = image::random_bytes(4402, CHUNK_SIZE + 3);
     let digest = sha256(&single);
-    let resp = check_status(post_blob(&berth, repo, &digest, single.clone()).await, 201).await;
+    let resp = check_status(post_blob(berth, repo, &digest, single.clone()).await, 201).await;
     assert_eq!(must_header(&resp, "docker-content-digest"), digest);
 
     // 3. Chunked: three PATCHes of uneven sizes with Content-Range, then a PUT without body.
     let sizes = [6 * MIB, MIB, 700 * 1024];
     let chunked = image::random_bytes(4403, sizes.iter().sum());
     let digest = sha256(&chunked);
-    let mut url = start_upload(&berth, repo).await;
+    let mut url = start_upload(berth, repo).await;
     finished.push(upload_id(&url));
     let mut offset = 0;
     for size in sizes {
         url = patch_ok(
-            &berth,
+            berth,
             &url,
             &chunked[offset..offset + size],
             Some(offset as u64),
@@ -1014,9 +1324,9 @@ async fn chunked_and_monolithic_uploads_on_s3() {
     // 4. Chunked with the last chunk on the PUT.
     let tailed = image::random_bytes(4404, 5 * MIB + 4321);
     let digest = sha256(&tailed);
-    let url = start_upload(&berth, repo).await;
+    let url = start_upload(berth, repo).await;
     finished.push(upload_id(&url));
-    let url = patch_ok(&berth, &url, &tailed[..3 * MIB], Some(0)).await;
+    let url = patch_ok(berth, &url, &tailed[..3 * MIB], Some(0)).await;
     let resp = finish_upload(
         &url,
         &digest,
@@ -1028,9 +1338,9 @@ async fn chunked_and_monolithic_uploads_on_s3() {
 
     // 5. An empty blob (a single POST ?digest= without a body), and a cross-repository mount.
     let empty = sha256(b"");
-    check_status(post_blob(&berth, repo, &empty, Vec::new()).await, 201).await;
+    check_status(post_blob(berth, repo, &empty, Vec::new()).await, 201).await;
     let mount = format!(
-        "/v2/s3/mounted/blobs/uploads/?mount={}&from={repo}",
+        "/v2/{mounted}/blobs/uploads/?mount={}&from={repo}",
         sha256(&chunked)
     );
     let resp = plain()
@@ -1044,25 +1354,25 @@ async fn chunked_and_monolithic_uploads_on_s3() {
     // 6. A wrong digest on finish: 400 DIGEST_INVALID, and neither digest becomes a blob.
     let wrong_data = image::random_bytes(4405, 6 * MIB + 10);
     let claimed = sha256(b"not these bytes");
-    let url = start_upload(&berth, repo).await;
-    let url = patch_ok(&berth, &url, &wrong_data[..5 * MIB], Some(0)).await;
-    let url = patch_ok(&berth, &url, &wrong_data[5 * MIB..], Some(5 * MIB as u64)).await;
+    let url = start_upload(berth, repo).await;
+    let url = patch_ok(berth, &url, &wrong_data[..5 * MIB], Some(0)).await;
+    let refused = patch_ok(berth, &url, &wrong_data[5 * MIB..], Some(5 * MIB as u64)).await;
     expect_error(
-        finish_upload(&url, &claimed, None, None).await,
+        finish_upload(&refused, &claimed, None, None).await,
         400,
         "DIGEST_INVALID",
     )
     .await;
     // ... and as a single POST ?digest=.
     expect_error(
-        post_blob(&berth, repo, &claimed, wrong_data.clone()).await,
+        post_blob(berth, repo, &claimed, wrong_data.clone()).await,
         400,
         "DIGEST_INVALID",
     )
     .await;
     for d in [&claimed, &sha256(&wrong_data)] {
         assert_eq!(
-            head_status(&berth, repo, d).await,
+            head_status(berth, repo, d).await,
             StatusCode::NOT_FOUND,
             "HEAD {d}"
         );
@@ -1073,30 +1383,53 @@ async fn chunked_and_monolithic_uploads_on_s3() {
             StatusCode::NOT_FOUND,
             "GET {d}"
         );
-        assert_eq!(s3.size_of(&site.blob_key(d)).await, None, "object of {d}");
+        assert_eq!(
+            objects.size_of(&store.blob_key(d)).await,
+            None,
+            "object of {d}"
+        );
     }
 
-    // Every blob pulls back whole, is at its key in the bucket, and no upload it came from left
-    // data or an open multipart upload behind.
+    // Every blob pulls back whole, is at its key in the store, and no upload it came from left
+    // data behind.
     for data in [&mono, &single, &chunked, &tailed] {
-        assert_pulls(&berth, repo, data).await;
-        assert_redirects(&berth, &site, repo, data).await;
+        assert_pulls(berth, repo, data).await;
+        assert_redirects(berth, store, repo, data).await;
         assert_eq!(
-            s3.size_of(&site.blob_key(&sha256(data))).await,
+            objects.size_of(&store.blob_key(&sha256(data))).await,
             Some(data.len() as u64)
         );
     }
-    assert_pulls(&berth, repo, b"").await;
-    assert_eq!(s3.size_of(&site.blob_key(&empty)).await, Some(0));
-    assert_pulls(&berth, "s3/mounted", &chunked).await;
-    assert_redirects(&berth, &site, "s3/mounted", &chunked).await;
+    assert_pulls(berth, repo, b"").await;
+    assert_eq!(objects.size_of(&store.blob_key(&empty)).await, Some(0));
+    assert_pulls(berth, &mounted, &chunked).await;
+    assert_redirects(berth, store, &mounted, &chunked).await;
     for id in &finished {
         assert_eq!(
-            s3.objects(&site.upload_prefix(id)).await,
+            objects.objects(&store.upload_prefix(id)).await,
             vec![],
             "data of the finished upload {id}"
         );
     }
+    Uploaded {
+        finished,
+        refused,
+        blobs: vec![mono, single, chunked, tailed, Vec::new()],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunked_and_monolithic_uploads_on_s3() {
+    let garage = Cluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let site = Site::new(Bucket::main(&garage), "/registry");
+    let berth = Berth::start(
+        tmp.path(),
+        "berth",
+        &site.berth_config(&Options::new(tmp.path())),
+    );
+    let s3 = S3::new(&site.bucket);
+    upload_shapes(&berth, &site, &s3, "s3").await;
     assert_eq!(
         s3.open_uploads("").await,
         vec![],
@@ -1626,4 +1959,218 @@ async fn taking_over_a_bucket_written_by_distribution_s3() {
         before,
         "the blob objects Distribution wrote"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenStack Swift
+// ---------------------------------------------------------------------------------------------
+
+/// Nothing of an upload is left in the container: no object below the uploads prefix, and no
+/// segment of a large object but those of the published blobs among `blobs` (a blob published
+/// by a server-side copy of a large upload part is an ordinary object: the part's segments went
+/// with the part). A blob is a large object exactly when it has segments, and they add up to its
+/// size.
+async fn assert_nothing_left_on_swift(
+    listing: &SwiftListing,
+    container: &Container,
+    blobs: &[&[u8]],
+) {
+    assert_eq!(
+        listing.objects(&container.uploads_prefix()).await,
+        vec![],
+        "upload data left in container {}",
+        container.name
+    );
+    let segments = listing.objects(".segments/").await;
+    let of_uploads = format!(".segments/{}", container.uploads_prefix());
+    let of_uploads: Vec<&Object> = segments
+        .iter()
+        .filter(|o| o.key.starts_with(of_uploads.trim_end_matches('/')))
+        .collect();
+    assert_eq!(
+        of_uploads,
+        Vec::<&Object>::new(),
+        "segments of upload parts left in container {}",
+        container.name
+    );
+    let mut sizes: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for data in blobs {
+        let key = container.blob_key(&sha256(data));
+        if listing.is_large_object(&key).await {
+            sizes.insert(key, (0, data.len() as u64));
+        }
+    }
+    for o in &segments {
+        let owner = blobs.iter().find_map(|data| {
+            let key = container.blob_key(&sha256(data));
+            o.key
+                .starts_with(&format!(".segments/{key}"))
+                .then_some((key, data.len() as u64))
+        });
+        let Some((key, len)) = owner else {
+            panic!(
+                "segment {} belongs to no published blob; the container's segments are \
+                 {segments:#?}",
+                o.key
+            );
+        };
+        let Some((sum, _)) = sizes.get_mut(&key) else {
+            panic!(
+                "segment {} of {key}, which is an ordinary object ({len} bytes)",
+                o.key
+            );
+        };
+        *sum += o.size;
+    }
+    for (key, (sum, len)) in sizes {
+        assert_eq!(sum, len, "the segments of the large object {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn skopeo_round_trips_on_swift_with_and_without_redirect() {
+    let swift = SwiftCluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    for redirect in [true, false] {
+        let name = if redirect { "redirect" } else { "streamed" };
+        let container = Container::create(&swift, &format!("berth-{name}"), "/registry");
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let options = Options {
+            redirect,
+            ..Options::new(&dir)
+        };
+        // The temporary URL key either way: with `redirect: disable: true`, Berth streams
+        // although it could sign.
+        let mut berth = Berth::start(&dir, "berth", &container.berth_config(true, &options));
+        let env = Env::new();
+        let host = berth.host();
+        let seed = if redirect { 4150 } else { 4250 };
+        let (single, multi) = blocking(|| skopeo_round_trip(&env, &host, "swift", seed));
+        let listing = SwiftListing::new(&swift, &container);
+        assert_round_trip_served(
+            &berth, &container, &listing, "swift", redirect, &single, &multi,
+        )
+        .await;
+        let mut stored: Vec<&[u8]> = vec![&single.manifest.data, &multi.index.data];
+        stored.extend(single.blobs().iter().map(|b| &b.data[..]));
+        stored.extend(multi.blobs().iter().map(|b| &b.data[..]));
+        assert_nothing_left_on_swift(&listing, &container, &stored).await;
+
+        if !redirect {
+            // Redirects enabled but no `secretkey`: nothing to sign temporary URLs with, so
+            // Berth streams as well.
+            let unsigned = Options {
+                redirect: true,
+                ..options.clone()
+            };
+            berth.restart_with(&container.berth_config(false, &unsigned));
+            for (repo, blob) in pulled_blobs("swift", &single, &multi) {
+                assert_streams(&berth, &repo, &blob.data).await;
+                assert_pulls(&berth, &repo, &blob.data).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_cli_round_trip_on_swift() {
+    let env = Env::new();
+    if !can_run(
+        "docker_cli_round_trip_on_swift",
+        env.docker_available(),
+        "BERTH_SKIP_DOCKER",
+    ) {
+        return;
+    }
+    let swift = SwiftCluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let container = Container::create(&swift, "berth", "/registry");
+    let berth = Berth::start(
+        tmp.path(),
+        "berth",
+        &container.berth_config(true, &Options::new(tmp.path())),
+    );
+    docker_round_trip(&env, &berth, &container, "swift", 4350).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunked_and_monolithic_uploads_on_swift() {
+    let swift = SwiftCluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let container = Container::create(&swift, "berth", "/registry");
+    let berth = Berth::start(
+        tmp.path(),
+        "berth",
+        &container.berth_config(true, &Options::new(tmp.path())),
+    );
+    let listing = SwiftListing::new(&swift, &container);
+    let mut uploaded = upload_shapes(&berth, &container, &listing, "swift").await;
+
+    // A part of more than one segment is a large object while its session is open. Its blob is
+    // published by a server-side copy, as an ordinary object, and the part goes with its
+    // segments.
+    let repo = "swift/uploads";
+    let data = image::random_bytes(4406, 6 * MIB + 1);
+    let digest = sha256(&data);
+    let url = start_upload(&berth, repo).await;
+    let id = upload_id(&url);
+    let url = patch_ok(&berth, &url, &data, Some(0)).await;
+    let parts = listing.objects(&container.upload_prefix(&id)).await;
+    assert_eq!(parts.len(), 1, "the parts of upload {id}: {parts:?}");
+    assert!(
+        listing.is_large_object(&parts[0].key).await,
+        "the part {} of {} bytes is not a large object",
+        parts[0].key,
+        data.len()
+    );
+    let of_part = format!(".segments/{}", parts[0].key);
+    let segments = listing.objects(&of_part).await;
+    assert_eq!(
+        segments.iter().map(|o| o.size).collect::<Vec<_>>(),
+        vec![CHUNK_SIZE as u64, (data.len() - CHUNK_SIZE) as u64],
+        "the segments of the part {}",
+        parts[0].key
+    );
+    let resp = check_status(finish_upload(&url, &digest, None, None).await, 201).await;
+    assert_eq!(must_header(&resp, "docker-content-digest"), digest);
+    assert_pulls(&berth, repo, &data).await;
+    assert_redirects(&berth, &container, repo, &data).await;
+    assert!(
+        !listing.is_large_object(&container.blob_key(&digest)).await,
+        "the blob published by a copy of a large part is a large object"
+    );
+    assert_eq!(listing.objects(&container.upload_prefix(&id)).await, vec![]);
+    assert_eq!(
+        listing.objects(&of_part).await,
+        vec![],
+        "the segments of the deleted part {}",
+        parts[0].key
+    );
+    uploaded.finished.push(id);
+    uploaded.blobs.push(data);
+
+    // The session whose finish was refused still holds its parts; cancelled, it holds nothing.
+    let refused = upload_id(&uploaded.refused);
+    assert_ne!(
+        listing.objects(&container.upload_prefix(&refused)).await,
+        vec![],
+        "the parts of the refused upload {refused}"
+    );
+    let resp = plain()
+        .delete(&uploaded.refused)
+        .send()
+        .await
+        .expect("DELETE upload");
+    check_status(resp, 204).await;
+    let blobs: Vec<&[u8]> = uploaded.blobs.iter().map(|b| &b[..]).collect();
+    assert_nothing_left_on_swift(&listing, &container, &blobs).await;
+    for id in uploaded.finished.iter().chain([&refused]) {
+        expect_error(
+            upload_status(&berth.url(&format!("/v2/swift/uploads/blobs/uploads/{id}"))).await,
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        )
+        .await;
+    }
 }
