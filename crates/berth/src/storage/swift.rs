@@ -10,7 +10,8 @@
 //! deleted through `?multipart-manifest=delete`, which removes its segments with it, so nothing
 //! is left behind. A copy is a server-side copy of the
 //! content up to Swift's 5 GiB object limit; a larger object is copied through this process as
-//! a new large object, a part at a time.
+//! a new large object, a part at a time. Segments of a write cut short by a crash (no manifest
+//! names them) are removed by upload purging.
 
 use std::future::Future;
 use std::ops::Range;
@@ -252,6 +253,13 @@ fn endpoint_url(base: &str, path: &str) -> String {
     }
 }
 
+/// A time in a Swift listing (`2026-12-02T05:00:00.123456`, UTC).
+fn swift_time(t: &str) -> Option<SystemTime> {
+    let civil: jiff::civil::DateTime = t.parse().ok()?;
+    let at = civil.to_zoned(jiff::tz::TimeZone::UTC).ok()?;
+    Some(SystemTime::from(at.timestamp()))
+}
+
 /// How long from now until an ISO 8601 time from the identity service.
 fn until(t: &str) -> Option<Duration> {
     let at: jiff::Timestamp = t.parse().ok()?;
@@ -466,6 +474,12 @@ impl SwiftDriver {
 
     /// The URL of the object at `path` (below the root), its segments percent-encoded.
     fn object_url(&self, storage_url: &str, path: &str) -> Result<url::Url> {
+        let name = format!("{}{path}", self.root.trim_start_matches('/'));
+        self.container_url(storage_url, &name)
+    }
+
+    /// The URL of the object `name` of the container (outside the root too: `.segments/`).
+    fn container_url(&self, storage_url: &str, name: &str) -> Result<url::Url> {
         let mut url = url::Url::parse(storage_url)
             .map_err(|e| DriverError::caused(ErrorKind::Other, "the storage URL of Swift", e))?;
         {
@@ -473,13 +487,127 @@ impl SwiftDriver {
                 .path_segments_mut()
                 .map_err(|_| DriverError::new(ErrorKind::Other, "the storage URL of Swift"))?;
             segments.pop_if_empty().push(&self.container);
-            for s in self.root.split('/').chain(path.split('/')) {
+            for s in name.split('/') {
                 if !s.is_empty() {
                     segments.push(s);
                 }
             }
         }
         Ok(url)
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        token: &Token,
+        url: &str,
+    ) -> Result<reqwest::Response> {
+        req.header("X-Auth-Token", &token.token)
+            .send()
+            .await
+            .map_err(unreachable(url))
+    }
+
+    /// Removes the segments of large objects whose writes were cut short (no manifest names
+    /// them) and whose newest segment is older than `cutoff`; returns how many writes' segments
+    /// were removed.
+    async fn purge_segments(&self, token: &Token, cutoff: SystemTime) -> Result<usize> {
+        let prefix = format!(".segments/{}", self.root.trim_start_matches('/'));
+        // Segments by the write they belong to: `.segments/<object><write id>/<number>`.
+        let mut writes: std::collections::HashMap<String, (SystemTime, Vec<String>)> =
+            std::collections::HashMap::new();
+        let mut marker = String::new();
+        loop {
+            let mut url = self.container_url(&token.storage_url, "")?;
+            url.query_pairs_mut()
+                .append_pair("format", "json")
+                .append_pair("prefix", &prefix)
+                .append_pair("marker", &marker);
+            let resp = self
+                .send(self.http.get(url.clone()), token, url.as_str())
+                .await?;
+            if resp.status().as_u16() == 404 {
+                return Ok(0);
+            }
+            let page: Vec<Value> = accepted(resp, url.as_str())
+                .await?
+                .json()
+                .await
+                .map_err(unreachable(url.as_str()))?;
+            let Some(last) = page.last().and_then(|o| o["name"].as_str()) else {
+                break;
+            };
+            marker = last.to_string();
+            for object in &page {
+                let Some(name) = object["name"].as_str() else {
+                    continue;
+                };
+                let Some((write, _number)) = name.rsplit_once('/') else {
+                    continue;
+                };
+                let modified = object["last_modified"]
+                    .as_str()
+                    .and_then(swift_time)
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                let entry = writes
+                    .entry(write.to_string())
+                    .or_insert((SystemTime::UNIX_EPOCH, Vec::new()));
+                entry.0 = entry.0.max(modified);
+                entry.1.push(name.to_string());
+            }
+        }
+        let mut purged = 0;
+        for (write, (newest, segments)) in writes {
+            if newest >= cutoff || self.manifest_names(token, &write).await? {
+                continue;
+            }
+            for name in segments {
+                let url = self.container_url(&token.storage_url, &name)?;
+                let resp = self
+                    .send(self.http.delete(url.clone()), token, url.as_str())
+                    .await?;
+                if resp.status().as_u16() != 404 {
+                    accepted(resp, url.as_str()).await?;
+                }
+            }
+            purged += 1;
+        }
+        Ok(purged)
+    }
+
+    /// Whether the object the segments `write` (`.segments/<object><write id>`) were written
+    /// for is a large object made of them.
+    async fn manifest_names(&self, token: &Token, write: &str) -> Result<bool> {
+        // The write id is a UUID in its hyphenated form.
+        let Some(object) = write
+            .strip_prefix(".segments/")
+            .and_then(|w| w.get(..w.len().checked_sub(36)?))
+        else {
+            return Ok(false);
+        };
+        let mut url = self.container_url(&token.storage_url, object)?;
+        url.set_query(Some("multipart-manifest=get"));
+        let resp = self
+            .send(self.http.get(url.clone()), token, url.as_str())
+            .await?;
+        if resp.status().as_u16() == 404 {
+            return Ok(false);
+        }
+        let resp = accepted(resp, url.as_str()).await?;
+        let large = resp
+            .headers()
+            .get("X-Static-Large-Object")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        if !large {
+            return Ok(false);
+        }
+        let manifest: Vec<Value> = resp.json().await.map_err(unreachable(url.as_str()))?;
+        let wanted = format!("/{}/{write}/", self.container);
+        Ok(manifest
+            .iter()
+            .filter_map(|seg| seg["name"].as_str())
+            .any(|name| name.starts_with(&wanted)))
     }
 
     /// Deletes one object, and the segments of a large object with it: Swift's
@@ -621,10 +749,11 @@ impl Driver for SwiftDriver {
             .await
     }
 
-    async fn purge_temporaries(&self, _cutoff: SystemTime) -> Result<usize> {
-        // A large object's segments are written before its manifest: a write cut short leaves
-        // segments without one. They are below `.segments/`, outside the registry's layout.
-        Ok(0)
+    async fn purge_temporaries(&self, cutoff: SystemTime) -> Result<usize> {
+        // A large object's segments are written before its manifest: a write cut short by a
+        // crash leaves segments that no manifest names.
+        self.call(|_, token| async move { self.purge_segments(&token, cutoff).await })
+            .await
     }
 }
 

@@ -1113,3 +1113,49 @@ async fn s3_listing_tells_a_missing_bucket_and_refused_keys_apart() {
     let fine = s3(&g, g.bucket()).await;
     assert!(fine.list("berth/probe/").await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn swift_segments_of_a_write_cut_short_are_purged() {
+    let s = swift_server::Swift::start();
+    let driver = swift(&s, "cut").await;
+    // A large object written whole, whose segments must stay.
+    let kept = pattern(6 << 20, 8);
+    put(&*driver, "kept/obj", &kept).await;
+    let whole = crate::config::Storage {
+        swift: Some(crate::config::Swift {
+            authurl: Some(s.auth_url()),
+            username: Some(s.username().to_string()),
+            password: Some(s.password().to_string()),
+            container: Some("cut".to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let container = open(&whole).await.unwrap().driver;
+    // What a write that died with its process leaves: segments named as OpenDAL names them
+    // (`.segments/<object><write id>/<number>`), and no manifest.
+    let write = ".segments/registry/berth/uploads/x/0-dead9f1c2a4e-5b6d-4c3a-9e8f-0123456789ab";
+    for n in ["00000001", "00000002"] {
+        put(&*container, &format!("{write}/{n}"), &pattern(1 << 20, 2)).await;
+    }
+    let segments = || async { container.list(".segments/").await.unwrap() };
+    let before = segments().await.len();
+    assert_eq!(before, 4);
+    let past = SystemTime::now() - Duration::from_secs(3600);
+    assert_eq!(driver.purge_temporaries(past).await.unwrap(), 0);
+    let future = SystemTime::now() + Duration::from_secs(3600);
+    let mut purged = 0;
+    // Segments may still be on their way when the writer is dropped.
+    for _ in 0..50 {
+        purged += driver.purge_temporaries(future).await.unwrap();
+        if purged > 0 && segments().await.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(purged >= 1, "nothing purged of {before} segments");
+    let left = segments().await;
+    assert_eq!(left.len(), 2, "the kept object's two segments: {left:?}");
+    assert!(left.iter().all(|e| e.path.contains("kept/obj")), "{left:?}");
+    assert_eq!(read(&*driver, "kept/obj", 0..kept.len() as u64).await, kept);
+}
