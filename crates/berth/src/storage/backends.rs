@@ -212,6 +212,7 @@ fn s3_driver(c: &S3, warnings: &mut Vec<String>) -> Result<OpenDalDriver> {
                 path_style,
                 region,
                 root: &root,
+                object_headers: object_headers(c),
             };
             multipart = Some(MultipartUploads::new(
                 &at,
@@ -262,17 +263,42 @@ fn s3_driver(c: &S3, warnings: &mut Vec<String>) -> Result<OpenDalDriver> {
     };
     let driver = OpenDalDriver::with_tuning(op, tuning);
     Ok(match multipart {
-        Some(m) => driver.with_multipart_cleanup(m),
+        Some(m) => driver.with_multipart(m),
         None => {
             warnings.push(
-                "storage.s3 has no static keys: multipart uploads left open by a crash are not \
-                 aborted by upload purging; give the bucket a lifecycle rule \
-                 (AbortIncompleteMultipartUpload) instead"
+                "storage.s3 has no static keys: chunked uploads are published by streaming their \
+                 parts through Berth, and multipart uploads left open by a crash are not aborted \
+                 by upload purging; give the bucket a lifecycle rule \
+                 (AbortIncompleteMultipartUpload)"
                     .to_string(),
             );
             driver
         }
     })
+}
+
+/// The headers OpenDAL sends with every new object for `c`, for the objects composed outside
+/// it: storage class and encryption.
+fn object_headers(c: &S3) -> Vec<(String, String)> {
+    let mut headers = Vec::new();
+    if let Some(class) = c.storageclass.as_deref() {
+        if !class.is_empty() && !class.eq_ignore_ascii_case("NONE") {
+            headers.push(("x-amz-storage-class".to_string(), class.to_string()));
+        }
+    }
+    if c.encrypt == Some(true) {
+        match c.keyid.as_deref().filter(|k| !k.is_empty()) {
+            Some(key) => {
+                headers.push(("x-amz-server-side-encryption".into(), "aws:kms".into()));
+                headers.push((
+                    "x-amz-server-side-encryption-aws-kms-key-id".into(),
+                    key.to_string(),
+                ));
+            }
+            None => headers.push(("x-amz-server-side-encryption".into(), "AES256".into())),
+        }
+    }
+    headers
 }
 
 async fn swift_driver(c: &Swift) -> Result<SwiftDriver> {

@@ -50,6 +50,9 @@ pub struct Capabilities {
     /// [`Driver::concat`] writes the concatenation of objects inside the backend (the local disk:
     /// the kernel's `copy_file_range`).
     pub concat: bool,
+    /// The smallest source of a [`Driver::concat`] but the last (S3's smallest part, 5 MiB); 0
+    /// when there is none. The store concatenates only sources that meet it.
+    pub concat_min_part: u64,
     /// A writer streams what it is given to the backend as it goes (appends, multipart uploads),
     /// holding at most a chunk in memory; without it a writer holds the whole object until its
     /// commit (the memory backend, whose objects live in memory anyway).

@@ -88,6 +88,7 @@ impl Driver for FsDriver {
             rename: true,
             copy: true,
             concat: true,
+            concat_min_part: 0,
             streamed_writes: true,
             presign_read: false,
         }

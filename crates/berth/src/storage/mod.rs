@@ -317,7 +317,9 @@ impl BlobStore {
                 self.publish(one, &target).await?;
             }
             // Verified parts concatenated inside the backend, without passing through here.
-            (_, false, true) if caps.concat => self.driver.concat(&sources, &target).await?,
+            (_, false, true) if caps.concat && concatenable(&lengths, caps.concat_min_part) => {
+                self.driver.concat(&sources, &target).await?
+            }
             // Through a writer of the blob, committed only if the digest matches.
             (_, false, _) => {
                 let verify = (!verified).then_some(expected);
@@ -480,6 +482,16 @@ impl BlobStore {
     /// Removes everything stored for an upload.
     pub async fn delete_upload(&self, upload: &str) -> Result<()> {
         Ok(self.driver.delete_all(&upload_dir(upload)).await?)
+    }
+}
+
+/// Whether parts of `lengths` can be concatenated by a backend whose sources but the last must
+/// hold `min` bytes (empty parts add nothing and are left out).
+fn concatenable(lengths: &[u64], min: u64) -> bool {
+    let nonempty: Vec<u64> = lengths.iter().copied().filter(|l| *l > 0).collect();
+    match nonempty.split_last() {
+        Some((_, init)) => init.iter().all(|l| *l >= min),
+        None => false,
     }
 }
 

@@ -24,6 +24,10 @@ pub struct MultipartUploads {
     bucket_url: String,
     /// The key prefix of the registry's objects (`rootdirectory`), without a leading `/`.
     prefix: String,
+    /// The bucket's name, for `x-amz-copy-source`.
+    bucket: String,
+    /// Headers every new object gets (storage class, encryption), as OpenDAL's writes send them.
+    object_headers: Vec<(String, String)>,
     signer: Signer<reqsign_aws_v4::Credential>,
     http: reqwest::Client,
 }
@@ -72,6 +76,8 @@ pub struct Bucket<'a> {
     pub region: &'a str,
     /// The registry's root in it (`rootdirectory`).
     pub root: &'a str,
+    /// Headers every new object gets (`x-amz-storage-class`, `x-amz-server-side-encryption`).
+    pub object_headers: Vec<(String, String)>,
 }
 
 impl MultipartUploads {
@@ -104,6 +110,8 @@ impl MultipartUploads {
             .map_err(|e| DriverError::caused(ErrorKind::Other, "building the HTTP client", e))?;
         Ok(MultipartUploads {
             bucket_url,
+            bucket: name.to_string(),
+            object_headers: bucket.object_headers.clone(),
             prefix: root.trim_start_matches('/').to_string(),
             signer,
             http,
@@ -112,10 +120,30 @@ impl MultipartUploads {
 
     /// Sends a signed request without a body; returns the body of a successful response.
     async fn send(&self, method: http::Method, url: &str) -> Result<bytes::Bytes> {
-        let req = http::Request::builder()
+        self.send_with(method, url, &[], bytes::Bytes::new()).await
+    }
+
+    /// Sends a signed request with `headers` and `body`; returns the body of a successful
+    /// response.
+    async fn send_with(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(String, String)],
+        body: bytes::Bytes,
+    ) -> Result<bytes::Bytes> {
+        use sha2::Digest as _;
+        let mut req = http::Request::builder()
             .method(method.clone())
             .uri(url)
-            .header("x-amz-content-sha256", EMPTY_SHA256)
+            .header(
+                "x-amz-content-sha256",
+                hex::encode(sha2::Sha256::digest(&body)),
+            );
+        for (name, value) in headers {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        let req = req
             .body(())
             .map_err(|e| DriverError::caused(ErrorKind::Other, format_args!("{url}"), e))?;
         let (mut parts, ()) = req.into_parts();
@@ -123,7 +151,7 @@ impl MultipartUploads {
             .sign(&mut parts, None)
             .await
             .map_err(|e| DriverError::caused(ErrorKind::Auth, "signing a request to S3", e))?;
-        let mut out = self.http.request(method, parts.uri.to_string());
+        let mut out = self.http.request(method, parts.uri.to_string()).body(body);
         for (name, value) in &parts.headers {
             out = out.header(name, value);
         }
@@ -155,6 +183,53 @@ impl MultipartUploads {
                 String::from_utf8_lossy(&body).trim()
             ),
         ))
+    }
+
+    /// Uploads `body` as a part (`UploadPart`) and returns its ETag.
+    async fn send_for_etag(&self, url: &str, body: bytes::Bytes) -> Result<String> {
+        use sha2::Digest as _;
+        let req = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(url)
+            .header(
+                "x-amz-content-sha256",
+                hex::encode(sha2::Sha256::digest(&body)),
+            )
+            .header("content-length", body.len().to_string())
+            .body(())
+            .map_err(|e| DriverError::caused(ErrorKind::Other, format_args!("{url}"), e))?;
+        let (mut parts, ()) = req.into_parts();
+        self.signer
+            .sign(&mut parts, None)
+            .await
+            .map_err(|e| DriverError::caused(ErrorKind::Auth, "signing a request to S3", e))?;
+        let mut out = self
+            .http
+            .request(http::Method::PUT, parts.uri.to_string())
+            .body(body);
+        for (name, value) in &parts.headers {
+            out = out.header(name, value);
+        }
+        let resp = out.send().await.map_err(|e| {
+            DriverError::caused(ErrorKind::Unavailable, format_args!("reaching {url}"), e)
+        })?;
+        let status = resp.status();
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        match etag {
+            Some(etag) if status.is_success() => Ok(etag),
+            _ => Err(DriverError::new(
+                if status.as_u16() >= 500 {
+                    ErrorKind::Unavailable
+                } else {
+                    ErrorKind::Other
+                },
+                format!("{url} answered {status} to a part upload"),
+            )),
+        }
     }
 
     /// Every open multipart upload below `dir` (relative to the root).
@@ -201,8 +276,8 @@ impl MultipartUploads {
         }
     }
 
-    /// Aborts one multipart upload; one that is gone already is not an error.
-    pub async fn abort(&self, upload: &OpenUpload) -> Result<()> {
+    /// The URL of the object at `path` (relative to the root).
+    fn object_url(&self, path: &str) -> Result<url::Url> {
         let mut url = url::Url::parse(&self.bucket_url)
             .map_err(|e| DriverError::caused(ErrorKind::Other, "the bucket URL", e))?;
         {
@@ -210,10 +285,144 @@ impl MultipartUploads {
                 .path_segments_mut()
                 .map_err(|_| DriverError::new(ErrorKind::Other, "the bucket URL"))?;
             segments.pop_if_empty();
-            for s in format!("{}{}", self.prefix, upload.path).split('/') {
+            for s in format!("{}{path}", self.prefix).split('/') {
                 segments.push(s);
             }
         }
+        Ok(url)
+    }
+
+    /// Writes the concatenation of `sources` (with their sizes), then `tail`, as the object at
+    /// `to`, inside the bucket: one multipart upload whose parts are server-side copies of the
+    /// sources (`UploadPartCopy`), a source past S3's 5 GiB part limit in several equal ranges,
+    /// and `tail` uploaded as the last part. Every source must hold at least 5 MiB (see
+    /// [`MIN_PART`]; some gateways refuse smaller copies even as the last part, so a small last
+    /// piece comes as `tail`). The object appears when the upload completes; a failure aborts it
+    /// and leaves nothing.
+    pub async fn compose(
+        &self,
+        sources: &[(String, u64)],
+        tail: Option<bytes::Bytes>,
+        to: &str,
+    ) -> Result<()> {
+        let url = self.object_url(to)?;
+        let mut create = url.clone();
+        create.set_query(Some("uploads"));
+        let body = self
+            .send_with(
+                http::Method::POST,
+                create.as_str(),
+                &self.object_headers,
+                bytes::Bytes::new(),
+            )
+            .await?;
+        let created: InitiateResult = xml(&body, "the new multipart upload")?;
+        let upload = OpenUpload {
+            path: to.to_string(),
+            upload_id: created.upload_id,
+            initiated: None,
+        };
+        match self
+            .copy_parts(&url, &upload.upload_id, sources, tail)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // The copy has failed already: an abort that fails too changes nothing about
+                // what the caller is told (purging aborts it later).
+                let _ = self.abort(&upload).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn copy_parts(
+        &self,
+        url: &url::Url,
+        upload_id: &str,
+        sources: &[(String, u64)],
+        tail: Option<bytes::Bytes>,
+    ) -> Result<()> {
+        let mut parts = Vec::new();
+        for (source, size) in sources.iter().filter(|(_, size)| *size > 0) {
+            let copy_source = format!(
+                "/{}/{}",
+                self.bucket,
+                percent_encoding::utf8_percent_encode(
+                    &format!("{}{source}", self.prefix),
+                    COPY_SOURCE
+                )
+            );
+            for range in part_ranges(*size) {
+                let number = parts.len() + 1;
+                let mut part = url.clone();
+                part.query_pairs_mut()
+                    .append_pair("partNumber", &number.to_string())
+                    .append_pair("uploadId", upload_id);
+                let headers = [
+                    ("x-amz-copy-source".to_string(), copy_source.clone()),
+                    (
+                        "x-amz-copy-source-range".to_string(),
+                        format!("bytes={}-{}", range.start, range.end - 1),
+                    ),
+                ];
+                let body = self
+                    .send_with(
+                        http::Method::PUT,
+                        part.as_str(),
+                        &headers,
+                        bytes::Bytes::new(),
+                    )
+                    .await
+                    .map_err(|e| not_found_as_missing(e, source))?;
+                let copied: CopyPartResult = xml(&body, "a copied part")?;
+                parts.push(copied.e_tag);
+            }
+        }
+        if let Some(tail) = tail.filter(|t| !t.is_empty()) {
+            let mut part = url.clone();
+            part.query_pairs_mut()
+                .append_pair("partNumber", &(parts.len() + 1).to_string())
+                .append_pair("uploadId", upload_id);
+            let etag = self.send_for_etag(part.as_str(), tail).await?;
+            parts.push(etag);
+        }
+        let mut complete = String::from("<CompleteMultipartUpload>");
+        for (i, etag) in parts.iter().enumerate() {
+            complete.push_str(&format!(
+                "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag></Part>",
+                i + 1,
+                quick_xml::escape::escape(etag.as_str())
+            ));
+        }
+        complete.push_str("</CompleteMultipartUpload>");
+        let mut done = url.clone();
+        done.query_pairs_mut().append_pair("uploadId", upload_id);
+        let body = self
+            .send_with(
+                http::Method::POST,
+                done.as_str(),
+                &[("content-type".to_string(), "application/xml".to_string())],
+                bytes::Bytes::from(complete),
+            )
+            .await?;
+        // A completion can fail after its 200 has been sent: the body then holds an error.
+        if String::from_utf8_lossy(&body).contains("<Error>") {
+            return Err(DriverError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "completing the multipart upload of {to}: {}",
+                    String::from_utf8_lossy(&body).trim(),
+                    to = url
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Aborts one multipart upload; one that is gone already is not an error.
+    pub async fn abort(&self, upload: &OpenUpload) -> Result<()> {
+        let mut url = self.object_url(&upload.path)?;
         url.query_pairs_mut()
             .append_pair("uploadId", &upload.upload_id);
         match self.send(http::Method::DELETE, url.as_str()).await {
@@ -236,5 +445,72 @@ impl MultipartUploads {
     }
 }
 
-/// The SHA-256 of an empty body, which S3 wants stated.
-const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+/// The smallest part of a multipart upload but the last: every source of [`MultipartUploads::compose`]
+/// but the last must hold at least this much.
+pub const MIN_PART: u64 = 5 << 20;
+/// The largest part of a multipart upload (and of one `UploadPartCopy`).
+const MAX_PART: u64 = 5 << 30;
+
+/// The ranges a source of `size` bytes is copied in: as few as S3's part limit allows, of equal
+/// size (so none falls below the minimum part when the source does not).
+fn part_ranges(size: u64) -> Vec<std::ops::Range<u64>> {
+    let count = size.div_ceil(MAX_PART).max(1);
+    let step = size.div_ceil(count);
+    (0..count)
+        .map(|i| i * step..((i + 1) * step).min(size))
+        .filter(|r| r.start < r.end)
+        .collect()
+}
+
+/// Characters escaped in `x-amz-copy-source` (everything but unreserved characters and `/`).
+const COPY_SOURCE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InitiateResult {
+    upload_id: String,
+}
+
+#[derive(Deserialize)]
+struct CopyPartResult {
+    #[serde(rename = "ETag")]
+    e_tag: String,
+}
+
+fn xml<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T> {
+    quick_xml::de::from_reader(body).map_err(|e| {
+        DriverError::caused(ErrorKind::Other, format_args!("reading {what} from S3"), e)
+    })
+}
+
+/// A source that is gone is the store's `NotFound` (an upload finished or cancelled meanwhile).
+fn not_found_as_missing(e: DriverError, source: &str) -> DriverError {
+    if e.kind() == ErrorKind::NotFound {
+        DriverError::new(ErrorKind::NotFound, format!("copying {source}: {e}"))
+    } else {
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_past_the_part_limit_are_copied_in_equal_ranges() {
+        assert_eq!(part_ranges(10), vec![0..10]);
+        assert_eq!(part_ranges(MAX_PART), vec![0..MAX_PART]);
+        let r = part_ranges(MAX_PART + 6);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].end, r[1].start);
+        assert_eq!(r[1].end, MAX_PART + 6);
+        assert!(r
+            .iter()
+            .all(|r| r.end - r.start >= MIN_PART && r.end - r.start <= MAX_PART));
+    }
+}

@@ -336,12 +336,16 @@ async fn contract(driver: &dyn Driver) {
         assert_eq!(driver.stat("k/x").await.unwrap(), None);
     }
     if caps.concat {
-        put(driver, "n/1", b"ab").await;
+        // The first source as small as the backend allows for a source that is not the last.
+        let first = pattern(caps.concat_min_part.max(2) as usize, 6);
+        put(driver, "n/1", &first).await;
         put(driver, "n/2", b"").await;
         put(driver, "n/3", b"cd").await;
         let sources: Vec<String> = ["n/1", "n/2", "n/3"].map(String::from).into();
         driver.concat(&sources, "n/all/x").await.unwrap();
-        assert_eq!(driver.read_all("n/all/x").await.unwrap(), &b"abcd"[..]);
+        let all = driver.read_all("n/all/x").await.unwrap();
+        assert_eq!(all.len(), first.len() + 2);
+        assert!(all[..first.len()] == first[..] && &all[first.len()..] == b"cd");
         let missing = ["n/1".to_string(), "n/missing".to_string()];
         let e = driver.concat(&missing, "n/y").await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
@@ -794,7 +798,8 @@ async fn driver_contract_s3() {
         caps.copy && caps.streamed_writes && caps.presign_read,
         "{caps:?}"
     );
-    assert!(!caps.rename && !caps.concat, "{caps:?}");
+    assert!(caps.concat && caps.concat_min_part == 5 << 20, "{caps:?}");
+    assert!(!caps.rename, "{caps:?}");
     contract(&*driver).await;
 }
 
@@ -829,7 +834,7 @@ async fn store_suite_s3() {
 }
 
 #[tokio::test]
-async fn s3_large_objects_go_in_parts_and_copy_in_parts() {
+async fn s3_large_objects_go_in_parts_copy_in_parts_and_compose() {
     let g = garage::Garage::start();
     let bucket = g.create_bucket("large");
     let mut config = s3_config(&g, &bucket);
@@ -892,8 +897,30 @@ async fn s3_large_objects_go_in_parts_and_copy_in_parts() {
         .await
         .unwrap();
     assert_eq!(store.verify_blob(&d2).await.unwrap(), Some(len));
+    // Parts of 6, 5 and 1 MiB whose digest streamed in: composed inside the bucket.
+    let third = pattern(12 << 20, 11);
+    let d3 = Digest::of(Algorithm::Sha256, &third);
+    let (a, rest) = third.split_at(6 << 20);
+    let (b, c) = rest.split_at(5 << 20);
+    let mut h = Algorithm::Sha256.hasher();
+    for (name, part) in [("p0", a), ("p1", b), ("p2", c)] {
+        store
+            .write_part("u3", name, body(&[part]), Some(&mut h))
+            .await
+            .unwrap();
+    }
+    store
+        .commit_upload("u3", &parts, len, &d3, Some(h.finish()))
+        .await
+        .unwrap();
+    assert_eq!(store.verify_blob(&d3).await.unwrap(), Some(len));
+    assert_eq!(
+        read(&*driver, &blob_path(&d3), (6 << 20) - 2..(6 << 20) + 2).await,
+        third[(6 << 20) - 2..(6 << 20) + 2]
+    );
     store.delete_upload("u1").await.unwrap();
     store.delete_upload("u2").await.unwrap();
+    store.delete_upload("u3").await.unwrap();
     assert_eq!(
         store.list_files(UPLOADS).await.unwrap(),
         Vec::<String>::new()
