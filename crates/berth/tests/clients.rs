@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use common::cli::{
-    can_run, parse_push_digest, read_digestfile, run, run_bytes, run_fails, Ctr, Env, Podman,
-    CONTAINERD_SOCK,
+    can_run, docker_inspect, parse_push_digest, read_digestfile, run, run_bytes, run_fails, Ctr,
+    DockerImages, Env, Podman, CONTAINERD_SOCK,
 };
 use common::image::{self, Blob};
 use common::Registry;
@@ -760,28 +760,6 @@ fn podman_push_pull_round_trip() {
 // ---------------------------------------------------------------------------------------------
 // docker CLI (the machine's Docker Engine; 127.0.0.0/8 registries are insecure by default)
 // ---------------------------------------------------------------------------------------------
-
-/// Removes every image reference it was given when dropped.
-struct DockerImages<'a> {
-    env: &'a Env,
-    refs: Vec<String>,
-}
-
-impl Drop for DockerImages<'_> {
-    fn drop(&mut self) {
-        for r in self.refs.iter().rev() {
-            let _ = self.env.cmd("docker").args(["rmi", "--force", r]).output();
-        }
-    }
-}
-
-fn docker_inspect(env: &Env, reference: &str) -> Value {
-    let v: Value = serde_json::from_str(&run(env
-        .cmd("docker")
-        .args(["image", "inspect", reference])))
-    .unwrap();
-    v[0].clone()
-}
 
 #[test]
 fn docker_cli_push_pull_round_trip() {

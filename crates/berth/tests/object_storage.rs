@@ -28,7 +28,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::cli::{can_run, parse_push_digest, run, run_fails, Env};
+use common::cli::{
+    can_run, docker_inspect, parse_push_digest, repo_digests, run, run_fails, DockerImages, Env,
+};
 use common::garage::Garage;
 use common::image::{self, Blob};
 use common::oci::{
@@ -1083,39 +1085,6 @@ async fn skopeo_round_trips_on_s3_with_and_without_redirect() {
 // ---------------------------------------------------------------------------------------------
 // docker CLI
 // ---------------------------------------------------------------------------------------------
-
-/// Removes every image reference it was given when dropped.
-struct DockerImages<'a> {
-    env: &'a Env,
-    refs: Vec<String>,
-}
-
-impl Drop for DockerImages<'_> {
-    fn drop(&mut self) {
-        for r in self.refs.iter().rev() {
-            let _ = self.env.cmd("docker").args(["rmi", "--force", r]).output();
-        }
-    }
-}
-
-fn docker_inspect(env: &Env, reference: &str) -> Value {
-    let v: Value = serde_json::from_str(&run(env
-        .cmd("docker")
-        .args(["image", "inspect", reference])))
-    .unwrap();
-    v[0].clone()
-}
-
-fn repo_digests(inspect: &Value) -> Vec<String> {
-    inspect["RepoDigests"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn docker_cli_round_trip_on_s3() {

@@ -234,6 +234,20 @@ impl DriverError {
     }
 }
 
+/// The kind of error an object store's HTTP status says (for the calls made without OpenDAL).
+pub(super) fn http_status_kind(status: u16) -> ErrorKind {
+    match status {
+        401 | 403 => ErrorKind::Auth,
+        404 => ErrorKind::NotFound,
+        409 | 412 => ErrorKind::Precondition,
+        413 | 507 => ErrorKind::Full,
+        // 498 is Swift's rate limiting.
+        429 | 498 | 503 => ErrorKind::Throttled,
+        s if s >= 500 => ErrorKind::Unavailable,
+        _ => ErrorKind::Other,
+    }
+}
+
 /// Removes every object below `dir` with one delete per object, `concurrency` at a time: the
 /// `delete_all` of object stores (batch deletes are not offered by every S3 gateway). The root
 /// itself is refused.

@@ -15,7 +15,7 @@ use reqsign_aws_v4::{RequestSigner, StaticCredentialProvider};
 use reqsign_core::{Context, Signer};
 use serde::Deserialize;
 
-use super::driver::{DriverError, ErrorKind, Result};
+use super::driver::{http_status_kind, DriverError, ErrorKind, Result};
 
 /// The multipart uploads of one bucket below one root.
 #[derive(Clone)]
@@ -132,6 +132,35 @@ impl MultipartUploads {
         headers: &[(String, String)],
         body: bytes::Bytes,
     ) -> Result<bytes::Bytes> {
+        let resp = self.signed(method, url, headers, body).await?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| {
+            DriverError::caused(
+                ErrorKind::Unavailable,
+                format_args!("reading from {url}"),
+                e,
+            )
+        })?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        Err(DriverError::new(
+            http_status_kind(status.as_u16()),
+            format!(
+                "{url} answered {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ),
+        ))
+    }
+
+    /// Sends a request signed with AWS signature version 4.
+    async fn signed(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: &[(String, String)],
+        body: bytes::Bytes,
+    ) -> Result<reqwest::Response> {
         use sha2::Digest as _;
         let mut req = http::Request::builder()
             .method(method.clone())
@@ -155,64 +184,14 @@ impl MultipartUploads {
         for (name, value) in &parts.headers {
             out = out.header(name, value);
         }
-        let resp = out.send().await.map_err(|e| {
+        out.send().await.map_err(|e| {
             DriverError::caused(ErrorKind::Unavailable, format_args!("reaching {url}"), e)
-        })?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| {
-            DriverError::caused(
-                ErrorKind::Unavailable,
-                format_args!("reading from {url}"),
-                e,
-            )
-        })?;
-        if status.is_success() {
-            return Ok(body);
-        }
-        let kind = match status.as_u16() {
-            401 | 403 => ErrorKind::Auth,
-            404 => ErrorKind::NotFound,
-            429 | 503 => ErrorKind::Throttled,
-            s if s >= 500 => ErrorKind::Unavailable,
-            _ => ErrorKind::Other,
-        };
-        Err(DriverError::new(
-            kind,
-            format!(
-                "{url} answered {status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            ),
-        ))
+        })
     }
 
     /// Uploads `body` as a part (`UploadPart`) and returns its ETag.
     async fn send_for_etag(&self, url: &str, body: bytes::Bytes) -> Result<String> {
-        use sha2::Digest as _;
-        let req = http::Request::builder()
-            .method(http::Method::PUT)
-            .uri(url)
-            .header(
-                "x-amz-content-sha256",
-                hex::encode(sha2::Sha256::digest(&body)),
-            )
-            .header("content-length", body.len().to_string())
-            .body(())
-            .map_err(|e| DriverError::caused(ErrorKind::Other, format_args!("{url}"), e))?;
-        let (mut parts, ()) = req.into_parts();
-        self.signer
-            .sign(&mut parts, None)
-            .await
-            .map_err(|e| DriverError::caused(ErrorKind::Auth, "signing a request to S3", e))?;
-        let mut out = self
-            .http
-            .request(http::Method::PUT, parts.uri.to_string())
-            .body(body);
-        for (name, value) in &parts.headers {
-            out = out.header(name, value);
-        }
-        let resp = out.send().await.map_err(|e| {
-            DriverError::caused(ErrorKind::Unavailable, format_args!("reaching {url}"), e)
-        })?;
+        let resp = self.signed(http::Method::PUT, url, &[], body).await?;
         let status = resp.status();
         let etag = resp
             .headers()
@@ -222,11 +201,7 @@ impl MultipartUploads {
         match etag {
             Some(etag) if status.is_success() => Ok(etag),
             _ => Err(DriverError::new(
-                if status.as_u16() >= 500 {
-                    ErrorKind::Unavailable
-                } else {
-                    ErrorKind::Other
-                },
+                http_status_kind(status.as_u16()),
                 format!("{url} answered {status} to a part upload"),
             )),
         }

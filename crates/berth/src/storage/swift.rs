@@ -24,8 +24,8 @@ use opendal::{services, Operator};
 use serde_json::{json, Value};
 
 use super::driver::{
-    delete_each, ByteStream, Capabilities, Driver, DriverError, DriverWriter, Durability, Entry,
-    ErrorKind, Result,
+    delete_each, http_status_kind, ByteStream, Capabilities, Driver, DriverError, DriverWriter,
+    Durability, Entry, ErrorKind, Result,
 };
 use super::opendal::{OpenDalDriver, Tuning};
 
@@ -315,24 +315,12 @@ async fn accepted(resp: reqwest::Response, url: &str) -> Result<reqwest::Respons
     if status.is_success() {
         return Ok(resp);
     }
-    let kind = status_kind(status);
+    let kind = http_status_kind(status.as_u16());
     let text = resp.text().await.unwrap_or_default();
     Err(DriverError::new(
         kind,
         format!("{url} answered {status}: {}", text.trim()),
     ))
-}
-
-fn status_kind(status: reqwest::StatusCode) -> ErrorKind {
-    match status.as_u16() {
-        401 | 403 => ErrorKind::Auth,
-        404 => ErrorKind::NotFound,
-        409 | 412 => ErrorKind::Precondition,
-        413 | 507 => ErrorKind::Full,
-        429 | 498 => ErrorKind::Throttled,
-        s if s >= 500 => ErrorKind::Unavailable,
-        _ => ErrorKind::Other,
-    }
 }
 
 /// The driver in use, the token it was made with, and when to renew it.

@@ -294,3 +294,40 @@ impl Drop for Ctr<'_> {
         }
     }
 }
+
+// ---- the docker CLI
+
+/// Removes every image reference it was given when dropped.
+pub struct DockerImages<'a> {
+    pub env: &'a Env,
+    pub refs: Vec<String>,
+}
+
+impl Drop for DockerImages<'_> {
+    fn drop(&mut self) {
+        for r in self.refs.iter().rev() {
+            let _ = self.env.cmd("docker").args(["rmi", "--force", r]).output();
+        }
+    }
+}
+
+/// `docker image inspect` of one reference.
+pub fn docker_inspect(env: &Env, reference: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&run(env
+        .cmd("docker")
+        .args(["image", "inspect", reference])))
+    .unwrap();
+    v[0].clone()
+}
+
+/// The `RepoDigests` of an inspected image.
+pub fn repo_digests(inspect: &serde_json::Value) -> Vec<String> {
+    inspect["RepoDigests"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
