@@ -1052,23 +1052,12 @@ fn registry_on_s3(garage: &common::garage::Garage, dir: &Path) -> Registry {
         format!(
             "version: 0.1
 storage:
-  s3:
-    accesskey: \"{}\"
-    secretkey: \"{}\"
-    region: \"{}\"
-    regionendpoint: \"{}\"
-    bucket: \"{}\"
-    rootdirectory: /registry
-sqlite:
+{}sqlite:
   path: {}
 http:
   addr: 127.0.0.1:0
 ",
-            garage.access_key(),
-            garage.secret_key(),
-            garage.region(),
-            garage.endpoint(),
-            garage.bucket(),
+            garage.s3_section(garage.bucket()),
             dir.join("meta.db").display()
         ),
     )

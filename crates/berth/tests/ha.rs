@@ -410,22 +410,7 @@ async fn skopeo_pushes_and_pulls_through_nginx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_s3_serve_pulls_with_a_storage_node_stopped() {
     let mut garage = Garage::start();
-    let storage = format!(
-        "  s3:
-    accesskey: \"{}\"
-    secretkey: \"{}\"
-    region: \"{}\"
-    regionendpoint: \"{}\"
-    bucket: \"{}\"
-    rootdirectory: /registry
-    chunksize: 5242880
-",
-        garage.access_key(),
-        garage.secret_key(),
-        garage.region(),
-        garage.endpoint(),
-        garage.bucket()
-    );
+    let storage = garage.s3_section(garage.bucket());
     let cluster = Cluster::start_on(Some(storage), "");
     let env = Env::new();
     let host = cluster.nginx.host();

@@ -137,6 +137,21 @@ impl Garage {
         self.nodes.len()
     }
 
+    /// Berth's `s3:` section (indented for a `storage:` mapping) for `bucket`, everything below
+    /// `/registry`, 5 MiB parts. Every string is quoted: a secret that looks like a number would
+    /// otherwise reach the driver as another string than the one requests are signed with.
+    pub fn s3_section(&self, bucket: &str) -> String {
+        format!(
+            "  s3:\n    accesskey: \"{}\"\n    secretkey: \"{}\"\n    region: \"{}\"\n    \
+             regionendpoint: \"{}\"\n    bucket: \"{bucket}\"\n    rootdirectory: /registry\n    \
+             chunksize: 5242880\n",
+            self.access_key(),
+            self.secret_key(),
+            self.region(),
+            self.endpoint()
+        )
+    }
+
     /// Creates another bucket, allowed read/write/owner to [`Garage::access_key`]; returns its
     /// name.
     pub fn create_bucket(&self, name: &str) -> String {
