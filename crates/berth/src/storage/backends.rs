@@ -9,14 +9,12 @@
 //! here with a message that says what to write instead.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use opendal::layers::RetryLayer;
 use opendal::{services, Operator};
 
 use super::driver::{Driver, DriverError, ErrorKind, Result};
 use super::fs::FsDriver;
-use super::opendal::{OpenDalDriver, Tuning};
+use super::opendal::{with_retries, without_certificate_checks, OpenDalDriver, Tuning};
 use super::s3::{Bucket, MultipartUploads};
 use super::swift::{SwiftAuth, SwiftDriver};
 use crate::config::{Parameters, Storage, Swift, S3};
@@ -98,31 +96,6 @@ fn invalid(message: impl Into<String>) -> DriverError {
 
 fn opened(what: &'static str) -> impl Fn(opendal::Error) -> DriverError {
     move |e| DriverError::caused(ErrorKind::Other, format_args!("opening {what}"), e)
-}
-
-/// The retry policy of every object store: up to 6 retries, 100 ms doubling to 10 s, jittered.
-pub(super) fn with_retries(op: Operator) -> Operator {
-    op.layer(
-        RetryLayer::new()
-            .with_jitter()
-            .with_max_times(6)
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(10)),
-    )
-}
-
-/// An operator whose HTTP client skips certificate verification (`skipverify`,
-/// `insecureskipverify`).
-pub(super) fn without_certificate_checks(op: Operator) -> Result<Operator> {
-    let client = reqwest_opendal::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .map_err(|e| DriverError::caused(ErrorKind::Other, "building the HTTP client", e))?;
-    let transport = opendal::HttpTransporter::new(
-        opendal_http_transport_reqwest::ReqwestTransport::new(client),
-    );
-    let ctx = op.context().with_http_transport(transport);
-    Ok(op.with_context(ctx))
 }
 
 /// A part size from a configured `chunksize`: at least S3's minimum part.

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
+use opendal::layers::RetryLayer;
 use opendal::{services, Operator};
 
 use super::driver::{
@@ -109,6 +110,31 @@ impl OpenDalDriver {
         let op = Operator::new(services::Memory::default()).map_err(failed("opening memory"))?;
         Ok(OpenDalDriver::new(op))
     }
+}
+
+/// The retry policy of every object store: up to 6 retries, 100 ms doubling to 10 s, jittered.
+pub(super) fn with_retries(op: Operator) -> Operator {
+    op.layer(
+        RetryLayer::new()
+            .with_jitter()
+            .with_max_times(6)
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(10)),
+    )
+}
+
+/// An operator whose HTTP client skips certificate verification (`skipverify`,
+/// `insecureskipverify`).
+pub(super) fn without_certificate_checks(op: Operator) -> Result<Operator> {
+    let client = reqwest_opendal::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .map_err(|e| DriverError::caused(ErrorKind::Other, "building the HTTP client", e))?;
+    let transport = opendal::HttpTransporter::new(
+        opendal_http_transport_reqwest::ReqwestTransport::new(client),
+    );
+    let ctx = op.context().with_http_transport(transport);
+    Ok(op.with_context(ctx))
 }
 
 /// Classifies an OpenDAL error met while `doing` something.

@@ -393,9 +393,9 @@ impl SwiftDriver {
         }
         let op = Operator::new(b)
             .map_err(|e| DriverError::caused(ErrorKind::Other, "opening the Swift container", e))?;
-        let mut op = super::backends::with_retries(op);
+        let mut op = super::opendal::with_retries(op);
         if self.auth.insecure {
-            op = super::backends::without_certificate_checks(op)?;
+            op = super::opendal::without_certificate_checks(op)?;
         }
         let life = token.expires.unwrap_or(DEFAULT_TOKEN_LIFE);
         Ok(Session {
