@@ -1027,6 +1027,22 @@ async fn swift(s: &swift_server::Swift, container: &str) -> Arc<dyn Driver> {
     backend.driver
 }
 
+/// A driver on the whole container `name` of `s`, no root: it sees the segments of large objects
+/// beside the registry's objects.
+async fn swift_container(s: &swift_server::Swift, name: &str) -> Arc<dyn Driver> {
+    let storage = crate::config::Storage {
+        swift: Some(crate::config::Swift {
+            authurl: Some(s.auth_url()),
+            username: Some(s.username().to_string()),
+            password: Some(s.password().to_string()),
+            container: Some(name.to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    open(&storage).await.unwrap().driver
+}
+
 #[tokio::test]
 async fn driver_contract_and_store_suite_swift() {
     let s = swift_server::Swift::start();
@@ -1058,17 +1074,7 @@ async fn swift_large_objects_are_written_in_segments_and_deleted_with_them() {
 
     // The segments live in the container beside the registry's root; a driver on the whole
     // container sees them.
-    let whole = crate::config::Storage {
-        swift: Some(crate::config::Swift {
-            authurl: Some(s.auth_url()),
-            username: Some(s.username().to_string()),
-            password: Some(s.password().to_string()),
-            container: Some("large".to_string()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let container = open(&whole).await.unwrap().driver;
+    let container = swift_container(&s, "large").await;
     let segments = || async { container.list(".segments/").await.unwrap().len() };
     assert!(segments().await >= 3, "an 11 MiB object in 5 MiB segments");
     driver.delete("big/a").await.unwrap();
@@ -1142,17 +1148,7 @@ async fn swift_segments_of_a_write_cut_short_are_purged() {
     // A large object written whole, whose segments must stay.
     let kept = pattern(6 << 20, 8);
     put(&*driver, "kept/obj", &kept).await;
-    let whole = crate::config::Storage {
-        swift: Some(crate::config::Swift {
-            authurl: Some(s.auth_url()),
-            username: Some(s.username().to_string()),
-            password: Some(s.password().to_string()),
-            container: Some("cut".to_string()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let container = open(&whole).await.unwrap().driver;
+    let container = swift_container(&s, "cut").await;
     // What a write that died with its process leaves: segments named as OpenDAL names them
     // (`.segments/<object><write id>/<number>`), and no manifest.
     let write = ".segments/registry/berth/uploads/x/0-dead9f1c2a4e-5b6d-4c3a-9e8f-0123456789ab";
