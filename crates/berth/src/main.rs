@@ -42,6 +42,166 @@ enum Command {
     /// Index storage written by another registry into Berth's metadata, without copying blobs.
     #[command(subcommand)]
     Import(ImportSource),
+    /// Users of the built-in token service (`auth.builtin`).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Projects (the first path component of repository names) and their members.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Robot accounts (`robot$<project>+<name>`), for CI and other automation.
+    #[command(subcommand)]
+    Robot(RobotCommand),
+    /// The built-in token service's signing keys.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// Where the users, projects and robots are: the metadata database of this configuration.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// The configuration file `berth serve` runs with.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The data directory `berth serve --data` runs with.
+    #[arg(long, env = "BERTH_DATA")]
+    data: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a local user; the password is read from BERTH_PASSWORD or the first line of stdin.
+    Add {
+        name: String,
+        /// A system administrator (every project, every action).
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, default_value = "")]
+        email: String,
+        #[arg(long, default_value = "")]
+        realname: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove a user and their memberships.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Set a user's password (from BERTH_PASSWORD or the first line of stdin).
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectCommand {
+    /// Add a project.
+    Add {
+        name: String,
+        /// Anyone may pull, without logging in.
+        #[arg(long)]
+        public: bool,
+        /// A user to make its project admin.
+        #[arg(long)]
+        owner: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List projects.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove a project, its members and its robots (its repositories stay).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Members of a project.
+    #[command(subcommand)]
+    Member(MemberCommand),
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Give a user a role in a project: projectAdmin (1), developer (2), guest (3),
+    /// maintainer (4), limitedGuest (5).
+    Add {
+        project: String,
+        user: String,
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List a project's members.
+    List {
+        project: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove a user from a project.
+    Rm {
+        project: String,
+        user: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RobotCommand {
+    /// Add a robot to a project; prints its name and secret (shown only now).
+    Add {
+        project: String,
+        name: String,
+        /// Repository actions: any of pull, push, delete, comma-separated.
+        #[arg(long, default_value = "pull")]
+        access: String,
+        /// Days until it expires; -1 never.
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        days: i64,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List robots, of one project or all.
+    List {
+        project: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove a robot (its full name, `robot$<project>+<name>`).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print the certificates of the keys that sign tokens (PEM): the `auth.token.rootcertbundle`
+    /// of another registry that uses this token service.
+    Certificate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Replace the signing key now; tokens signed by the old one verify until they expire.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +253,253 @@ fn init_logging(cfg: &config::Config) -> tracing_appender::non_blocking::WorkerG
         .collect();
     let level = format!("{},tower_http=warn", cfg.log.level.as_str());
     logging::init(&level, format, fields)
+}
+
+mod accounts {
+    //! `berth user`, `berth project`, `berth robot`, `berth token`: the account operations of
+    //! the REST API, on the database of a configuration.
+
+    use std::io::BufRead;
+    use std::sync::Arc;
+
+    use anyhow::Context;
+    use berth::auth::accounts::{Accounts, RobotSpec, UserSpec};
+    use berth::auth::rbac::{Action, RobotAccess, RobotPermission, Role};
+    use berth::meta::access::{AccessStore, PageRequest};
+
+    use super::{load, MemberCommand, ProjectCommand, RobotCommand, StoreArgs, TokenCommand};
+    use super::UserCommand;
+
+    const ALL: PageRequest = PageRequest {
+        page: 1,
+        page_size: 100_000,
+    };
+
+    async fn open(args: &StoreArgs) -> anyhow::Result<Arc<dyn AccessStore>> {
+        let mut cfg = load(args.config.as_ref())?.config;
+        if let Some(data) = &args.data {
+            cfg.storage.inmemory = None;
+            cfg.storage.filesystem = Some(berth::config::Filesystem {
+                rootdirectory: data.to_string_lossy().into_owned(),
+                ..Default::default()
+            });
+        }
+        let settings = berth::server::Settings::from_config(&cfg)?;
+        Ok(berth::server::open_databases(&settings.meta).await?.1)
+    }
+
+    fn password() -> anyhow::Result<String> {
+        if let Ok(p) = std::env::var("BERTH_PASSWORD") {
+            return Ok(p);
+        }
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+
+    pub async fn user(c: UserCommand) -> anyhow::Result<()> {
+        match c {
+            UserCommand::Add {
+                name,
+                admin,
+                email,
+                realname,
+                store,
+            } => {
+                let accounts = Accounts::new(open(&store).await?);
+                let spec = UserSpec {
+                    username: name.clone(),
+                    password: password()?,
+                    email,
+                    realname,
+                    sysadmin: admin,
+                    ..UserSpec::default()
+                };
+                let user = accounts.add_user(spec).await?;
+                println!("added user {} (id {})", user.username, user.id);
+            }
+            UserCommand::List { store } => {
+                let accounts = Accounts::new(open(&store).await?);
+                for u in accounts.users(None, ALL).await?.items {
+                    let admin = if u.sysadmin { " admin" } else { "" };
+                    println!("{}\t{}\t{:?}{admin}", u.id, u.username, u.source);
+                }
+            }
+            UserCommand::Rm { name, store } => {
+                let accounts = Accounts::new(open(&store).await?);
+                let user = accounts.user(&name).await?;
+                accounts.remove_user(user.id).await?;
+                println!("removed user {name}");
+            }
+            UserCommand::Passwd { name, store } => {
+                let accounts = Accounts::new(open(&store).await?);
+                let user = accounts.user(&name).await?;
+                accounts.set_password(user.id, &password()?).await?;
+                println!("password of {name} changed");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn project(c: ProjectCommand) -> anyhow::Result<()> {
+        match c {
+            ProjectCommand::Add {
+                name,
+                public,
+                owner,
+                store,
+            } => {
+                let accounts = Accounts::new(open(&store).await?);
+                let owner = match owner {
+                    Some(o) => Some(accounts.user(&o).await?.id),
+                    None => None,
+                };
+                let p = accounts.add_project(&name, public, owner).await?;
+                println!("added project {} (id {})", p.name, p.id);
+            }
+            ProjectCommand::List { store } => {
+                let store = open(&store).await?;
+                for p in store.projects(None, None, None, ALL).await?.items {
+                    let public = if p.public { "public" } else { "private" };
+                    println!("{}\t{}\t{public}", p.id, p.name);
+                }
+            }
+            ProjectCommand::Rm { name, store } => {
+                let accounts = Accounts::new(open(&store).await?);
+                let p = accounts.project(&name).await?;
+                accounts.remove_project(p.id).await?;
+                println!("removed project {name}");
+            }
+            ProjectCommand::Member(m) => member(m).await?,
+        }
+        Ok(())
+    }
+
+    async fn member(c: MemberCommand) -> anyhow::Result<()> {
+        match c {
+            MemberCommand::Add {
+                project,
+                user,
+                role,
+                store,
+            } => {
+                let accounts = Accounts::new(open(&store).await?);
+                let role = Role::from_name(&role).with_context(|| {
+                    format!("unknown role {role}: projectAdmin, developer, guest, maintainer, limitedGuest")
+                })?;
+                let p = accounts.project(&project).await?;
+                accounts.add_user_member(p.id, &user, role.id()).await?;
+                println!("{user} is now {} of {project}", role.name());
+            }
+            MemberCommand::List { project, store } => {
+                let accounts = Accounts::new(open(&store).await?);
+                let p = accounts.project(&project).await?;
+                for m in accounts.members(p.id).await? {
+                    let role = Role::from_id(m.role).map_or("?", Role::name);
+                    println!("{}\t{}\t{role}", m.id, m.entity_name);
+                }
+            }
+            MemberCommand::Rm {
+                project,
+                user,
+                store,
+            } => {
+                let accounts = Accounts::new(open(&store).await?);
+                let p = accounts.project(&project).await?;
+                let members = accounts.members(p.id).await?;
+                let m = members
+                    .iter()
+                    .find(|m| m.entity_name == user)
+                    .with_context(|| format!("{user} is not a member of {project}"))?;
+                accounts.remove_member(p.id, m.id).await?;
+                println!("removed {user} from {project}");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn robot(c: RobotCommand) -> anyhow::Result<()> {
+        match c {
+            RobotCommand::Add {
+                project,
+                name,
+                access,
+                days,
+                description,
+                store,
+            } => {
+                let accounts = Accounts::new(open(&store).await?);
+                let mut list = Vec::new();
+                for word in access.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+                    let action = match word {
+                        "pull" => Action::Pull,
+                        "push" => Action::Push,
+                        "delete" => Action::Delete,
+                        other => anyhow::bail!("unknown action {other}: pull, push or delete"),
+                    };
+                    list.push(RobotAccess {
+                        resource: "repository".into(),
+                        action: action.as_str().into(),
+                        effect: None,
+                    });
+                }
+                let spec = RobotSpec {
+                    project: Some(project.clone()),
+                    name,
+                    description,
+                    duration_days: days,
+                    permissions: vec![RobotPermission {
+                        kind: "project".into(),
+                        namespace: project,
+                        access: list,
+                    }],
+                    disabled: false,
+                    creator: "berth robot add".into(),
+                };
+                let (robot, secret) = accounts.add_robot(spec).await?;
+                println!("name: {}", robot.name);
+                println!("secret: {secret}");
+            }
+            RobotCommand::List { project, store } => {
+                let accounts = Accounts::new(open(&store).await?);
+                let project_id = match project {
+                    Some(p) => Some(accounts.project(&p).await?.id),
+                    None => None,
+                };
+                for r in accounts.store().robots(project_id, ALL).await?.items {
+                    let state = if r.disabled { "disabled" } else { "enabled" };
+                    println!("{}\t{}\t{state}\t{}", r.id, r.name, r.permissions);
+                }
+            }
+            RobotCommand::Rm { name, store } => {
+                let accounts = Accounts::new(open(&store).await?);
+                let r = accounts.robot(&name).await?;
+                accounts.remove_robot(r.id).await?;
+                println!("removed {name}");
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn token(c: TokenCommand) -> anyhow::Result<()> {
+        let (TokenCommand::Certificate { store } | TokenCommand::Rotate { store }) = &c;
+        let mut cfg = load(store.config.as_ref())?.config;
+        let builtin = cfg.auth.builtin.take().unwrap_or_default();
+        let ring = berth::auth::keyring::KeyRing::open(
+            open(store).await?,
+            berth::auth::builtin::key_overlap(&builtin),
+            std::time::Duration::ZERO,
+        )
+        .await?;
+        match c {
+            TokenCommand::Certificate { .. } => print!("{}", ring.certificates().await?),
+            TokenCommand::Rotate { .. } => println!("signing with key {}", ring.rotate().await?),
+        }
+        Ok(())
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -157,6 +564,10 @@ fn run() -> anyhow::Result<()> {
             println!("configuration is valid");
             Ok(())
         }
+        Command::User(c) => runtime.block_on(accounts::user(c)),
+        Command::Project(c) => runtime.block_on(accounts::project(c)),
+        Command::Robot(c) => runtime.block_on(accounts::robot(c)),
+        Command::Token(c) => runtime.block_on(accounts::token(c)),
         Command::Import(ImportSource::Distribution { dir, config }) => {
             let _log = logging::init("warn", Format::Text, Default::default());
             let settings = match &config {

@@ -21,6 +21,8 @@ use crate::import;
 use crate::meta::lease::{self, run_leased, run_once_leased};
 use crate::meta::postgres::{PgMetaStore, PoolSettings};
 use crate::meta::sqlite::SqliteMetaStore;
+use crate::meta::access::AccessStore;
+use crate::auth::{Authenticator, Builtin, Method};
 use crate::meta::{MetaError, MetaStore};
 use crate::oci::manifest::Platform;
 use crate::registry::{IndexChildren, Registry};
@@ -267,16 +269,29 @@ fn pool_settings(db: &crate::config::Database) -> PoolSettings {
 /// Opens the metadata store. PostgreSQL is waited for while it cannot be reached (an instance
 /// may start before its database); a refusal (bad password, no such database) ends start-up.
 pub async fn open_meta(kind: &MetaKind) -> anyhow::Result<Arc<dyn MetaStore>> {
+    Ok(open_databases(kind).await?.0)
+}
+
+/// [`open_meta`], with the access records (users, projects, robots, keys, audit log) of the
+/// same database.
+pub async fn open_databases(
+    kind: &MetaKind,
+) -> anyhow::Result<(Arc<dyn MetaStore>, Arc<dyn AccessStore>)> {
     match kind {
         MetaKind::Sqlite(path) => {
-            let meta = SqliteMetaStore::open(path)
-                .await
-                .with_context(|| format!("opening the metadata database {}", path.display()))?;
-            Ok(Arc::new(meta))
+            let meta = Arc::new(
+                SqliteMetaStore::open(path)
+                    .await
+                    .with_context(|| format!("opening the metadata database {}", path.display()))?,
+            );
+            Ok((meta.clone(), meta))
         }
         MetaKind::Postgres(options, pool) => loop {
             match PgMetaStore::connect((**options).clone(), pool).await {
-                Ok(meta) => return Ok(Arc::new(meta)),
+                Ok(meta) => {
+                    let meta = Arc::new(meta);
+                    return Ok((meta.clone(), meta));
+                }
                 Err(MetaError::Unavailable(e)) => {
                     tracing::warn!(error = %e, "the metadata database cannot be reached yet; retrying");
                     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -289,6 +304,27 @@ pub async fn open_meta(kind: &MetaKind) -> anyhow::Result<Arc<dyn MetaStore>> {
             }
         },
     }
+}
+
+/// The name of the variable holding the first administrator's password.
+pub const ADMIN_PASSWORD_VAR: &str = "BERTH_ADMIN_PASSWORD";
+
+/// The configured authentication, and the built-in token service when that is it.
+async fn authentication(
+    auth: &crate::config::Auth,
+    access: Arc<dyn AccessStore>,
+) -> anyhow::Result<(Option<Authenticator>, Option<Arc<Builtin>>)> {
+    let method = Method::from_config(auth).context("auth")?;
+    if let Some(b) = &auth.builtin {
+        let password = std::env::var(ADMIN_PASSWORD_VAR).ok();
+        let builtin = Arc::new(
+            Builtin::start(b, access, password.as_deref())
+                .await
+                .context("auth.builtin")?,
+        );
+        return Ok((Some(builtin.clone() as Authenticator), Some(builtin)));
+    }
+    Ok((method.map(|m| Arc::new(m) as Authenticator), None))
 }
 
 /// Which children of a pushed index must be present (`validation.manifests.indexes`). With
@@ -394,7 +430,7 @@ pub async fn serve(
     let redirect = matches!(settings.storage, StorageKind::Object(_))
         && !settings.config.storage.redirect.disable
         && store.can_redirect();
-    let meta = open_meta(&settings.meta).await?;
+    let (meta, access) = open_databases(&settings.meta).await?;
     import_if_needed(&store, meta.clone()).await?;
     let meta: Arc<dyn MetaStore> = Arc::new(crate::meta::cache::CachedMetaStore::new(meta));
     let notifications = &settings.config.notifications;
@@ -448,10 +484,14 @@ pub async fn serve(
             crate::http::debug::start(&d.addr, d.metrics_path.as_deref(), probes, debug_stop_rx)
                 .await?;
     }
-    let authenticator =
-        crate::auth::Authenticator::from_config(&settings.config.auth).context("auth")?;
-    let app =
-        crate::http::router_with_health(registry.clone(), edge, authenticator, health.clone());
+    let (authenticator, builtin) = authentication(&settings.config.auth, access).await?;
+    let app = crate::http::router_with_health(
+        registry.clone(),
+        edge,
+        authenticator,
+        builtin,
+        health.clone(),
+    );
     let (listener, local) = crate::listener::bind(&settings.addr, "berth").await?;
     tracing::info!(%local, tls = settings.tls.is_some(), "serving");
     let graceful = async move {

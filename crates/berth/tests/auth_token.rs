@@ -4,7 +4,7 @@
 
 mod common;
 
-use berth::auth::{AuthError, Authenticator, Scope, TokenVerifier};
+use berth::auth::{AuthError, Method, Scope, TokenVerifier};
 use berth::config::{Auth, TokenAuth};
 use common::token::{self, KeyHint, Signer, TokenService};
 use serde_json::json;
@@ -331,13 +331,12 @@ fn authenticator_flow() {
     let ec = Signer::ec("ec");
     let dir = tempfile::tempdir().unwrap();
     let path = token::write_bundle(dir.path(), &[&ec]);
-    let auth = Authenticator::from_config(&Auth {
+    let auth = Method::from_config(&Auth {
         token: Some(token_config(Some(&path), None)),
         ..Auth::default()
     })
     .unwrap()
     .unwrap();
-    assert!(!auth.is_cpu_heavy());
     let pull = [Scope::repository("foo", &["pull"])];
     let push = [Scope::repository("foo", &["pull", "push"])];
     let base = r#"Bearer realm="https://auth.example.com/token",service="berth-test""#;
@@ -415,7 +414,7 @@ fn autoredirect_realm() {
     let mut cfg = token_config(Some(&path), None);
     cfg.realm = None;
     cfg.autoredirect = true;
-    let auth = Authenticator::from_config(&Auth {
+    let auth = Method::from_config(&Auth {
         token: Some(cfg),
         ..Auth::default()
     })

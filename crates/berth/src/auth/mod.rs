@@ -15,17 +15,29 @@
 //!   Distribution;
 //! - credentials (tokens, passwords) are never logged nor put in messages.
 //!
-//! The edge calls [`Authenticator::authenticate_request`] once per request, from its
-//! authentication layer (`http::auth`), with the scopes the route needs.
+//! The edge calls [`Authenticate::authenticate`] once per request, from its authentication
+//! layer (`http::auth`), with the scopes the route needs. `builtin` also issues tokens
+//! ([`Builtin`]), from users, projects and robots kept in the metadata store.
 
+pub mod accounts;
+pub mod builtin;
 pub mod htpasswd;
+pub mod keyring;
 mod keys;
+pub mod rbac;
 pub mod scope;
+pub mod secret;
 pub mod token;
 
+pub use builtin::{Builtin, Principal};
 pub use htpasswd::Htpasswd;
 pub use scope::{Identity, Scope, ScopeParseError};
 pub use token::TokenVerifier;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -70,10 +82,17 @@ pub enum AuthError {
     /// Wrong user name or password (htpasswd).
     #[error("invalid username or password")]
     InvalidCredentials,
+    /// The token names a project that has been deleted (and perhaps re-created) since it was
+    /// issued. `invalid_token`.
+    #[error("the token was issued for a project that no longer exists")]
+    ProjectChanged,
     /// The configuration or a file it names is unusable (at start-up, or an htpasswd file that
     /// became unreadable). Answer 500.
     #[error("authentication configuration: {0}")]
     Config(String),
+    /// The store of users and keys cannot be reached. Answer 503.
+    #[error("the user store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
@@ -88,11 +107,13 @@ impl AuthError {
             | AuthError::WrongIssuer
             | AuthError::WrongAudience
             | AuthError::Expired
-            | AuthError::NotYetValid => Some("invalid_token"),
+            | AuthError::NotYetValid
+            | AuthError::ProjectChanged => Some("invalid_token"),
             AuthError::InsufficientScope => Some("insufficient_scope"),
             AuthError::MissingCredentials
             | AuthError::InvalidCredentials
-            | AuthError::Config(_) => None,
+            | AuthError::Config(_)
+            | AuthError::Unavailable(_) => None,
         }
     }
 }
@@ -101,9 +122,9 @@ impl AuthError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Challenge {
     /// HTTP status: 401 (Distribution answers 401 for missing, invalid and insufficient
-    /// credentials alike), or 500 for [`AuthError::Config`].
+    /// credentials alike), 500 for [`AuthError::Config`], 503 for [`AuthError::Unavailable`].
     pub status: u16,
-    /// The `WWW-Authenticate` header value; `None` only with status 500.
+    /// The `WWW-Authenticate` header value; `None` only with status 500 or 503.
     pub www_authenticate: Option<String>,
     /// Why. Not to be shown verbatim to clients beyond [`message`](Self::message).
     pub error: AuthError,
@@ -131,16 +152,68 @@ impl Challenge {
     }
 }
 
-/// The configured authentication method. Build once at start-up with
-/// [`Authenticator::from_config`], share (`Arc`), call [`Authenticator::authenticate`] per
-/// request.
+/// What a request brings to authentication.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthRequest<'a> {
+    /// The raw `Authorization` header value, `None` when absent (or not valid UTF-8).
+    pub authorization: Option<&'a str>,
+    /// The access the request needs (see [`Method::authenticate`]).
+    pub needed: &'a [Scope],
+    /// The host the client asked for (token auth with `autoredirect`).
+    pub host: Option<&'a str>,
+    /// The scheme a trusted proxy forwarded (token auth with `autoredirect`).
+    pub forwarded_proto: Option<&'a str>,
+    /// `scheme://authority` of this server as the client reached it (the built-in realm).
+    pub origin: &'a str,
+    /// The client's address.
+    pub client: Option<IpAddr>,
+}
+
+/// A way of turning a request into an identity with the access it needs, or a challenge.
+#[async_trait]
+pub trait Authenticate: Send + Sync + std::fmt::Debug {
+    /// `Ok(identity)`: go on. `Err(challenge)`: answer `challenge.status` with
+    /// `WWW-Authenticate: challenge.www_authenticate` and an OCI error body.
+    async fn authenticate(&self, req: &AuthRequest<'_>) -> Result<Identity, Challenge>;
+}
+
+/// The configured authentication, shared by every request.
+pub type Authenticator = Arc<dyn Authenticate>;
+
+#[async_trait]
+impl Authenticate for Method {
+    async fn authenticate(&self, req: &AuthRequest<'_>) -> Result<Identity, Challenge> {
+        if let Method::Htpasswd(h) = self {
+            // A bcrypt check takes tens of milliseconds: off the async threads.
+            let h = h.clone();
+            let authorization = req.authorization.map(str::to_string);
+            let needed = req.needed.to_vec();
+            return tokio::task::spawn_blocking(move || {
+                Method::Htpasswd(h).authenticate_request(authorization.as_deref(), &needed, None, None)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(challenge(
+                    500,
+                    None,
+                    AuthError::Config(format!("the authentication task failed: {e}")),
+                    req.needed,
+                ))
+            });
+        }
+        self.authenticate_request(req.authorization, req.needed, req.host, req.forwarded_proto)
+    }
+}
+
+/// A method Distribution's `auth` section configures. Build once at start-up with
+/// [`Method::from_config`] and share as an [`Authenticator`].
 #[derive(Debug)]
-pub enum Authenticator {
+pub enum Method {
     /// `auth.token`: bearer JWTs from an external token service.
     Token(TokenVerifier),
     /// `auth.htpasswd`: HTTP Basic against bcrypt entries; everything is allowed once
     /// authenticated.
-    Htpasswd(Htpasswd),
+    Htpasswd(Arc<Htpasswd>),
     /// `auth.silly`: any `Authorization` header is accepted (tests only).
     Silly {
         /// Realm announced in the challenge.
@@ -150,11 +223,12 @@ pub enum Authenticator {
     },
 }
 
-impl Authenticator {
-    /// The authenticator of an `auth` section: `Ok(None)` when no method is configured (every
-    /// request allowed), an error when several are or when the one configured is unusable
-    /// (missing `realm`/`service`/`issuer`, unreadable bundle or htpasswd file, no signing key).
-    pub fn from_config(auth: &Auth) -> Result<Option<Authenticator>, AuthError> {
+impl Method {
+    /// The method of an `auth` section: `Ok(None)` when no method is configured (every
+    /// request allowed) or only `builtin` (which needs the metadata store: [`Builtin::start`]),
+    /// an error when several are or when the one configured is unusable (missing
+    /// `realm`/`service`/`issuer`, unreadable bundle or htpasswd file, no signing key).
+    pub fn from_config(auth: &Auth) -> Result<Option<Method>, AuthError> {
         let methods = auth.configured_methods();
         if methods.len() > 1 {
             return Err(AuthError::Config(format!(
@@ -163,10 +237,10 @@ impl Authenticator {
             )));
         }
         if let Some(t) = &auth.token {
-            return Ok(Some(Authenticator::Token(TokenVerifier::from_config(t)?)));
+            return Ok(Some(Method::Token(TokenVerifier::from_config(t)?)));
         }
         if let Some(h) = &auth.htpasswd {
-            return Ok(Some(Authenticator::Htpasswd(Htpasswd::from_config(h)?)));
+            return Ok(Some(Method::Htpasswd(Arc::new(Htpasswd::from_config(h)?))));
         }
         if let Some(s) = &auth.silly {
             let (Some(realm), Some(service)) = (&s.realm, &s.service) else {
@@ -174,20 +248,12 @@ impl Authenticator {
                     "auth.silly: realm and service must be set".into(),
                 ));
             };
-            return Ok(Some(Authenticator::Silly {
+            return Ok(Some(Method::Silly {
                 realm: realm.clone(),
                 service: service.clone(),
             }));
         }
         Ok(None)
-    }
-
-    /// Whether [`authenticate`](Self::authenticate) may spend CPU time (a bcrypt check, tens of
-    /// milliseconds): true for htpasswd. The edge should then call it inside
-    /// `tokio::task::spawn_blocking`. Token verification is a signature check (well under a
-    /// millisecond for ES256, about 0.1 ms for RS256) and can run inline.
-    pub fn is_cpu_heavy(&self) -> bool {
-        matches!(self, Authenticator::Htpasswd(_))
     }
 
     /// Authenticate a request and check that it may do everything in `needed`.
@@ -223,7 +289,7 @@ impl Authenticator {
     ) -> Result<Identity, Challenge> {
         let authorization = authorization.map(str::trim).filter(|a| !a.is_empty());
         match self {
-            Authenticator::Token(v) => {
+            Method::Token(v) => {
                 let fail = |error: AuthError| {
                     let www =
                         v.challenge_for(needed, error.challenge_error(), host, forwarded_proto);
@@ -238,7 +304,7 @@ impl Authenticator {
                 }
                 Ok(identity)
             }
-            Authenticator::Htpasswd(h) => {
+            Method::Htpasswd(h) => {
                 let fail = |error: AuthError| {
                     if let AuthError::Config(_) = error {
                         return challenge(500, None, error, needed);
@@ -250,7 +316,7 @@ impl Authenticator {
                 };
                 h.verify(&user, &password).map_err(fail)
             }
-            Authenticator::Silly { realm, service } => {
+            Method::Silly { realm, service } => {
                 if authorization.is_some() {
                     return Ok(Identity::unrestricted("silly"));
                 }
@@ -286,10 +352,21 @@ impl Authenticator {
     }
 }
 
-fn challenge(status: u16, www: Option<String>, error: AuthError, needed: &[Scope]) -> Challenge {
+pub(crate) fn challenge(
+    status: u16,
+    www: Option<String>,
+    error: AuthError,
+    needed: &[Scope],
+) -> Challenge {
     let message = match &error {
         AuthError::InsufficientScope => "insufficient scope",
         AuthError::Config(_) => "authentication is unavailable",
+        AuthError::Unavailable(_) => {
+            "the user store is unavailable; retry once the metadata database is back"
+        }
+        AuthError::ProjectChanged => {
+            "invalid token: its project was deleted since it was issued; log in again"
+        }
         AuthError::InvalidCredentials => "invalid username or password",
         e if e.challenge_error() == Some("invalid_token") => "invalid token",
         _ => "authentication required",
@@ -305,7 +382,7 @@ fn challenge(status: u16, www: Option<String>, error: AuthError, needed: &[Scope
 
 /// The credentials of an `Authorization` header of the given scheme (case-insensitive), if
 /// non-empty.
-fn credentials<'a>(header: &'a str, scheme: &str) -> Option<&'a str> {
+pub(crate) fn credentials<'a>(header: &'a str, scheme: &str) -> Option<&'a str> {
     let (s, rest) = header.split_once(' ')?;
     if !s.eq_ignore_ascii_case(scheme) {
         return None;
@@ -315,7 +392,7 @@ fn credentials<'a>(header: &'a str, scheme: &str) -> Option<&'a str> {
 }
 
 /// User and password of a `Basic` header (`base64(user:password)`, split at the first `:`).
-fn basic_credentials(header: &str) -> Option<(String, String)> {
+pub(crate) fn basic_credentials(header: &str) -> Option<(String, String)> {
     let encoded = credentials(header, "basic")?;
     let decoded = STANDARD.decode(encoded).ok()?;
     let text = String::from_utf8(decoded).ok()?;
@@ -391,7 +468,7 @@ mod tests {
             }),
             ..Auth::default()
         };
-        let a = Authenticator::from_config(&cfg).unwrap().unwrap();
+        let a = Method::from_config(&cfg).unwrap().unwrap();
         let needed = [Scope::repository("foo", &["pull", "push"])];
         let ch = a.authenticate(None, &needed).unwrap_err();
         assert_eq!(ch.status, 401);
@@ -414,7 +491,7 @@ mod tests {
 
     #[test]
     fn config_errors() {
-        assert!(Authenticator::from_config(&Auth::default())
+        assert!(Method::from_config(&Auth::default())
             .unwrap()
             .is_none());
         let two = Auth {
@@ -423,7 +500,7 @@ mod tests {
             ..Auth::default()
         };
         assert!(matches!(
-            Authenticator::from_config(&two),
+            Method::from_config(&two),
             Err(AuthError::Config(_))
         ));
         let no_keys = Auth {
@@ -436,7 +513,7 @@ mod tests {
             ..Auth::default()
         };
         assert!(matches!(
-            Authenticator::from_config(&no_keys),
+            Method::from_config(&no_keys),
             Err(AuthError::Config(_))
         ));
         let missing_file = Auth {
@@ -447,7 +524,7 @@ mod tests {
             ..Auth::default()
         };
         assert!(matches!(
-            Authenticator::from_config(&missing_file),
+            Method::from_config(&missing_file),
             Err(AuthError::Config(_))
         ));
     }
@@ -465,8 +542,7 @@ mod tests {
             }),
             ..Auth::default()
         };
-        let a = Authenticator::from_config(&cfg).unwrap().unwrap();
-        assert!(a.is_cpu_heavy());
+        let a = Method::from_config(&cfg).unwrap().unwrap();
         let needed = [Scope::repository("foo", &["push"])];
         let ch = a.authenticate(None, &needed).unwrap_err();
         assert_eq!(ch.status, 401);

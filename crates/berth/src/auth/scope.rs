@@ -136,7 +136,7 @@ pub(crate) fn merge(scopes: &[Scope]) -> Vec<Scope> {
 }
 
 /// Who a verified credential belongs to and what it may do.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     /// The subject: the token's `sub` claim, the htpasswd user name, or `silly`.
     pub subject: String,
@@ -145,6 +145,13 @@ pub struct Identity {
     /// Everything is allowed (htpasswd and silly authentication grant all access to any
     /// authenticated user, as Distribution does).
     pub unrestricted: bool,
+    /// When the token was issued (its `iat`), if it says.
+    pub issued_at: Option<i64>,
+    /// The id each project had when access in it was granted (Berth's own tokens; 0: the
+    /// project did not exist).
+    pub projects: std::collections::BTreeMap<String, i64>,
+    /// The groups of the account at login (Berth's refresh tokens).
+    pub groups: Vec<i64>,
 }
 
 impl Identity {
@@ -154,6 +161,9 @@ impl Identity {
             subject: subject.to_string(),
             access: Vec::new(),
             unrestricted: true,
+            issued_at: None,
+            projects: Default::default(),
+            groups: Vec::new(),
         }
     }
 
@@ -236,6 +246,7 @@ mod tests {
                 Scope::catalog(),
             ],
             unrestricted: false,
+            ..Identity::default()
         };
         assert!(id.allows(&Scope::repository("foo", &["pull", "push"])));
         assert!(!id.allows(&Scope::repository("foo", &["delete"])));
@@ -248,6 +259,7 @@ mod tests {
             subject: "u".into(),
             access: vec![Scope::repository("*", &["*"])],
             unrestricted: false,
+            ..Identity::default()
         };
         assert!(!star_name.allows(&Scope::repository("foo", &["pull"])));
     }

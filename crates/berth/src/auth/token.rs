@@ -68,7 +68,15 @@ struct Claims {
     #[serde(default)]
     nbf: Option<f64>,
     #[serde(default)]
+    iat: Option<f64>,
+    #[serde(default)]
     access: Option<Vec<ResourceActions>>,
+    /// The ids of the projects the access was granted in (Berth's own tokens).
+    #[serde(default)]
+    projects: Option<std::collections::BTreeMap<String, i64>>,
+    /// The groups of the account at login (Berth's refresh tokens).
+    #[serde(default)]
+    groups: Option<Vec<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +154,18 @@ impl TokenVerifier {
     }
 
     /// The configured realm (token service URL).
+    /// A verifier of tokens signed by `keys`, for `service` from `issuer`, announcing `realm`.
+    pub(crate) fn with_keys(realm: &str, service: &str, issuer: &str, keys: KeySet) -> Self {
+        TokenVerifier {
+            realm: realm.to_string(),
+            service: service.to_string(),
+            issuer: issuer.to_string(),
+            keys,
+            algorithms: vec![Algorithm::ES256],
+            auto_redirect_path: None,
+        }
+    }
+
     pub fn realm(&self) -> &str {
         &self.realm
     }
@@ -288,6 +308,9 @@ impl TokenVerifier {
             subject: claims.sub.unwrap_or_default(),
             access,
             unrestricted: false,
+            issued_at: claims.iat.map(|t| t as i64),
+            projects: claims.projects.unwrap_or_default(),
+            groups: claims.groups.unwrap_or_default(),
         })
     }
 

@@ -510,6 +510,8 @@ pub struct Auth {
     pub token: Option<TokenAuth>,
     /// HTTP basic authentication against an Apache htpasswd file.
     pub htpasswd: Option<HtpasswdAuth>,
+    /// Berth's own token service (`/service/token`), users, projects, robots and roles.
+    pub builtin: Option<BuiltinAuth>,
 }
 
 impl Auth {
@@ -519,6 +521,7 @@ impl Auth {
             ("silly", self.silly.is_some()),
             ("token", self.token.is_some()),
             ("htpasswd", self.htpasswd.is_some()),
+            ("builtin", self.builtin.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -566,6 +569,65 @@ pub struct HtpasswdAuth {
     pub realm: Option<String>,
     /// Path of the htpasswd file (bcrypt entries).
     pub path: Option<String>,
+}
+
+/// Settings of the `builtin` method: Berth issues and verifies its own tokens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BuiltinAuth {
+    /// Token service URL announced in challenges; this server's `/service/token` when unset.
+    pub realm: Option<String>,
+    /// Service name tokens are issued for (their audience).
+    pub service: String,
+    /// Issuer written in and required of tokens.
+    pub issuer: String,
+    /// How long an issued token is valid.
+    pub expiration: GoDuration,
+    /// How often the signing key is replaced (`0s`: only by `berth token rotate`).
+    pub keyrotation: GoDuration,
+    /// An htpasswd file whose users may log in too (Distribution's format, bcrypt entries).
+    pub htpasswd: Option<String>,
+    /// Failed logins allowed per account and per client address within `loginwindow`.
+    pub loginattempts: u32,
+    /// The window failed logins are counted in; further attempts wait for its end (429).
+    pub loginwindow: GoDuration,
+    /// The audit log.
+    pub audit: AuditSettings,
+}
+
+impl Default for BuiltinAuth {
+    fn default() -> Self {
+        BuiltinAuth {
+            realm: None,
+            service: "berth".to_owned(),
+            issuer: "berth".to_owned(),
+            expiration: GoDuration::from_secs(300),
+            keyrotation: GoDuration::from_secs(0),
+            htpasswd: None,
+            loginattempts: 10,
+            loginwindow: GoDuration::from_secs(300),
+            audit: AuditSettings::default(),
+        }
+    }
+}
+
+/// What the audit log records and for how long.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuditSettings {
+    /// Entries older than this are deleted.
+    pub retention: GoDuration,
+    /// Record pulls too (one entry per manifest pulled).
+    pub pulls: bool,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            retention: GoDuration::from_secs(90 * 24 * 3600),
+            pulls: false,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

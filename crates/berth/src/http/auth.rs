@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::routes::{self, Endpoint};
 use super::Actor;
-use crate::auth::{Authenticator, Scope};
+use crate::auth::{AuthRequest, Authenticator, Scope};
 
 /// The state of the layer: the authenticator, the API's path prefix, and the edge settings the
 /// origin of a request is resolved with.
@@ -80,35 +80,27 @@ pub async fn authenticate(
         .map(str::to_string);
     // What an auto-redirected token realm is built on: the host the client asked for and, only
     // when a trusted proxy forwarded it, the scheme (Distribution's default is https).
-    let (host, proto) = {
+    let (host, proto, origin, client) = {
         let (parts, body) = req.into_parts();
         let origin = super::origin::resolve_request(&state.settings, &parts);
         let host = origin.request_authority().map(str::to_string);
         let proto = origin.forwarded_scheme().map(str::to_string);
+        let base = origin.base_url();
+        let client = super::client_ip(&parts);
         req = Request::from_parts(parts, body);
-        (host, proto)
+        (host, proto, base, client)
     };
-    let check = {
-        let state = state.clone();
-        move || {
-            state.authenticator.authenticate_request(
-                authorization.as_deref(),
-                &needed,
-                host.as_deref(),
-                proto.as_deref(),
-            )
-        }
-    };
-    let result = if state.authenticator.is_cpu_heavy() {
-        match tokio::task::spawn_blocking(check).await {
-            Ok(r) => r,
-            Err(_) => {
-                return super::ApiError::internal("the authentication task failed").into_response()
-            }
-        }
-    } else {
-        check()
-    };
+    let result = state
+        .authenticator
+        .authenticate(&AuthRequest {
+            authorization: authorization.as_deref(),
+            needed: &needed,
+            host: host.as_deref(),
+            forwarded_proto: proto.as_deref(),
+            origin: &origin,
+            client,
+        })
+        .await;
     match result {
         Ok(identity) => {
             req.extensions_mut().insert(Actor(identity.subject.clone()));

@@ -327,6 +327,11 @@ impl From<Challenge> for ApiError {
     /// is misconfigured.
     fn from(ch: Challenge) -> ApiError {
         let Some(www_authenticate) = ch.www_authenticate.as_deref() else {
+            if ch.status == 503 {
+                tracing::warn!(error = %ch.error, "authentication cannot reach its store");
+                return ApiError::new(ErrorCode::Unavailable, ch.message.clone())
+                    .with_header(header::RETRY_AFTER, "1");
+            }
             return ApiError::internal(&ch.error);
         };
         let mut e = ApiError::new(ErrorCode::Unauthorized, ch.message.clone())

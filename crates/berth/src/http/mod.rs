@@ -8,6 +8,7 @@
 //! their origin from `http.host`, a trusted proxy's forwarded headers or the request (`origin.rs`).
 
 pub mod auth;
+mod token;
 mod blobs;
 pub mod debug;
 mod error;
@@ -117,7 +118,7 @@ pub fn router(
     settings: EdgeSettings,
     authenticator: Option<crate::auth::Authenticator>,
 ) -> Router {
-    router_with_health(registry, settings, authenticator, Health::new())
+    router_with_health(registry, settings, authenticator, None, Health::new())
 }
 
 /// [`router`] with the shared `health` state: the server marks it draining on shutdown and the
@@ -126,6 +127,7 @@ pub fn router_with_health(
     registry: Arc<Registry>,
     settings: EdgeSettings,
     authenticator: Option<crate::auth::Authenticator>,
+    builtin: Option<Arc<crate::auth::Builtin>>,
     health: Health,
 ) -> Router {
     let prefix = settings.prefix.clone();
@@ -182,10 +184,15 @@ pub fn router_with_health(
         health::unavailable_while_unhealthy,
     ));
     // Added after the gate and authentication, so neither applies to them.
-    let app = app
+    let mut app = app
         .route("/readyz", get(health::readyz).with_state(probes.clone()))
         .route("/livez", get(health::livez));
-    let mut app = app;
+    if let Some(builtin) = builtin {
+        app = app.route(
+            "/service/token",
+            get(token::token).post(token::token).with_state(builtin),
+        );
+    }
     if metrics {
         app = app.layer(axum::middleware::from_fn(layers::request_metrics));
     }
@@ -301,6 +308,14 @@ fn request_context(edge: &Edge, req: &Parts) -> RequestContext {
 }
 
 pub use crate::listener::PeerAddr;
+
+/// The address of the client that sent a request (its peer; a proxy's forwarded client address
+/// is not trusted for this).
+fn client_ip(req: &Parts) -> Option<std::net::IpAddr> {
+    req.extensions
+        .get::<axum::extract::ConnectInfo<PeerAddr>>()
+        .map(|c| c.0 .0.ip())
+}
 
 /// The authenticated name of the client, put in the request extensions by the auth layer.
 #[derive(Clone, Debug)]

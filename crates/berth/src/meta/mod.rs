@@ -11,6 +11,7 @@
 //! (`RepoName`, `Digest`, `Tag`); checks that must be atomic with a write (a manifest's references
 //! exist, an upload is at the expected offset) happen inside the write's transaction.
 
+pub mod access;
 pub mod cache;
 mod group;
 pub mod lease;

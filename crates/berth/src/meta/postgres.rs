@@ -89,6 +89,14 @@ impl Drop for PgMetaStore {
 }
 
 impl PgMetaStore {
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Connects, brings the schema up to date and starts the writer and the change listener.
     pub async fn connect(options: PgConnectOptions, pool: &PoolSettings) -> Result<PgMetaStore> {
         let pool = PgPoolOptions::new()
@@ -1051,3 +1059,9 @@ mod tests {
         crate::meta::testsuite::shared(&a, &b).await;
     }
 }
+
+super::access::access_store!(
+    PgMetaStore,
+    String::from,
+    "LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE"
+);

@@ -18,6 +18,7 @@ use sqlx::{Acquire, Connection, Row, Sqlite, Transaction};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::access::sqlite_sql;
 use super::group::{GroupWriter, WriteRequest, Writes};
 use super::rows::{self, now, parse_repo, MANIFEST_COLUMNS};
 use super::{
@@ -175,6 +176,14 @@ fn upload_row(row: &SqliteRow) -> Result<UploadRecord> {
 }
 
 impl SqliteMetaStore {
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
     /// Opens (creating if needed) the database file at `path` and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<SqliteMetaStore> {
         if let Some(dir) = path.parent() {
@@ -878,3 +887,10 @@ mod tests {
         crate::meta::testsuite::shared(&a, &b).await;
     }
 }
+
+// A write statement takes SQLite's write lock at once, even when it changes no row.
+super::access::access_store!(
+    SqliteMetaStore,
+    sqlite_sql,
+    "UPDATE signing_keys SET retire_at = retire_at WHERE kid = ''"
+);

@@ -1,0 +1,371 @@
+//! Managing users, projects, members and robots: the one implementation behind the command line
+//! (`berth user|project|robot`) and the REST API.
+//!
+//! Owns: the rules records must follow before they are stored (names, Harbor's password rule,
+//! role ids, robot naming and permissions) and the hashing of what is secret.
+//! Invariants: a clear-text password or robot secret never reaches the store; a robot's secret
+//! is returned once, when it is made (or refreshed).
+
+use std::sync::Arc;
+
+use super::builtin::ROBOT_PREFIX;
+use super::rbac::{check_robot_permissions, RobotPermission, Role};
+use super::secret;
+use crate::meta::access::{
+    now_ms, AccessStore, Listing, Member, MemberEntity, NewUser, PageRequest, Project, Robot,
+    User, UserSource, UserUpdate,
+};
+use crate::meta::MetaError;
+
+/// Why an account operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// The input breaks a rule; the message says which.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the metadata database is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<MetaError> for AccountError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::NotFound(what) => AccountError::NotFound(what),
+            MetaError::Conflict(what) => AccountError::Conflict(what),
+            other => AccountError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, AccountError>;
+
+/// A user to create.
+#[derive(Clone, Debug, Default)]
+pub struct UserSpec {
+    pub username: String,
+    pub password: String,
+    pub email: String,
+    pub realname: String,
+    pub comment: String,
+    pub sysadmin: bool,
+}
+
+/// A robot to create.
+#[derive(Clone, Debug)]
+pub struct RobotSpec {
+    /// The project of a project-level robot; `None` for a system-level one.
+    pub project: Option<String>,
+    /// The name after `robot$<project>+` (or `robot$`).
+    pub name: String,
+    pub description: String,
+    /// Days until it expires; -1 never.
+    pub duration_days: i64,
+    pub permissions: Vec<RobotPermission>,
+    pub disabled: bool,
+    pub creator: String,
+}
+
+/// The account operations over a store.
+#[derive(Clone)]
+pub struct Accounts {
+    store: Arc<dyn AccessStore>,
+}
+
+impl Accounts {
+    pub fn new(store: Arc<dyn AccessStore>) -> Accounts {
+        Accounts { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn AccessStore> {
+        &self.store
+    }
+
+    pub async fn add_user(&self, spec: UserSpec) -> Result<User> {
+        check_username(&spec.username)?;
+        secret::check_password_rule(&spec.password).map_err(AccountError::Invalid)?;
+        let hash = hash(spec.password).await?;
+        let user = NewUser {
+            username: spec.username,
+            email: spec.email,
+            realname: spec.realname,
+            comment: spec.comment,
+            password: Some(hash),
+            ldap_dn: None,
+            sysadmin: spec.sysadmin,
+        };
+        Ok(self.store.create_user(user, UserSource::Local).await?)
+    }
+
+    pub async fn user(&self, name: &str) -> Result<User> {
+        self.store
+            .user_by_name(name)
+            .await?
+            .ok_or_else(|| AccountError::NotFound(format!("user {name}")))
+    }
+
+    pub async fn users(&self, name: Option<&str>, page: PageRequest) -> Result<Listing<User>> {
+        Ok(self.store.users(name, page).await?)
+    }
+
+    pub async fn set_password(&self, user_id: i64, password: &str) -> Result<()> {
+        secret::check_password_rule(password).map_err(AccountError::Invalid)?;
+        let hash = hash(password.to_string()).await?;
+        let update = UserUpdate {
+            password: Some(hash),
+            ..UserUpdate::default()
+        };
+        Ok(self.store.update_user(user_id, update).await?)
+    }
+
+    pub async fn update_user(&self, user_id: i64, update: UserUpdate) -> Result<()> {
+        if update.password.is_some() {
+            return Err(AccountError::Invalid(
+                "set passwords with set_password".into(),
+            ));
+        }
+        Ok(self.store.update_user(user_id, update).await?)
+    }
+
+    pub async fn remove_user(&self, user_id: i64) -> Result<()> {
+        Ok(self.store.delete_user(user_id).await?)
+    }
+
+    pub async fn add_project(
+        &self,
+        name: &str,
+        public: bool,
+        owner: Option<i64>,
+    ) -> Result<Project> {
+        check_project_name(name)?;
+        Ok(self.store.create_project(name, public, owner).await?)
+    }
+
+    pub async fn project(&self, name_or_id: &str) -> Result<Project> {
+        let found = match name_or_id.parse::<i64>() {
+            Ok(id) => self.store.project(id).await?,
+            Err(_) => self.store.project_by_name(name_or_id).await?,
+        };
+        found.ok_or_else(|| AccountError::NotFound(format!("project {name_or_id}")))
+    }
+
+    pub async fn remove_project(&self, project_id: i64) -> Result<()> {
+        Ok(self.store.delete_project(project_id).await?)
+    }
+
+    /// Makes `user` (a user name) a member of `project_id` with `role` (Harbor's role id).
+    pub async fn add_user_member(&self, project_id: i64, user: &str, role: i64) -> Result<i64> {
+        let role = check_role(role)?;
+        let user = self.user(user).await?;
+        Ok(self
+            .store
+            .add_member(project_id, MemberEntity::User(user.id), role.id())
+            .await?)
+    }
+
+    /// Makes the LDAP group `ldap_dn` a member of `project_id` with `role`.
+    pub async fn add_group_member(
+        &self,
+        project_id: i64,
+        name: &str,
+        ldap_dn: &str,
+        role: i64,
+    ) -> Result<i64> {
+        let role = check_role(role)?;
+        if ldap_dn.trim().is_empty() {
+            return Err(AccountError::Invalid("a group member needs its ldap_group_dn".into()));
+        }
+        let group = self
+            .store
+            .ensure_group(name, &normalize_dn(ldap_dn))
+            .await?;
+        Ok(self
+            .store
+            .add_member(project_id, MemberEntity::Group(group.id), role.id())
+            .await?)
+    }
+
+    pub async fn members(&self, project_id: i64) -> Result<Vec<Member>> {
+        Ok(self.store.members(project_id).await?)
+    }
+
+    pub async fn set_member_role(&self, project_id: i64, member_id: i64, role: i64) -> Result<()> {
+        let role = check_role(role)?;
+        Ok(self
+            .store
+            .set_member_role(project_id, member_id, role.id())
+            .await?)
+    }
+
+    pub async fn remove_member(&self, project_id: i64, member_id: i64) -> Result<()> {
+        Ok(self.store.delete_member(project_id, member_id).await?)
+    }
+
+    /// Creates a robot and returns it with its secret (shown this once).
+    pub async fn add_robot(&self, spec: RobotSpec) -> Result<(Robot, String)> {
+        check_robot_name(&spec.name)?;
+        let project = match &spec.project {
+            Some(p) => Some(self.project(p).await?),
+            None => None,
+        };
+        check_robot_permissions(&spec.permissions, spec.project.as_deref())
+            .map_err(AccountError::Invalid)?;
+        if spec.duration_days == 0 || spec.duration_days < -1 {
+            return Err(AccountError::Invalid(
+                "duration is a number of days, or -1 for never expiring".into(),
+            ));
+        }
+        let full = match &spec.project {
+            Some(p) => format!("{ROBOT_PREFIX}{p}+{}", spec.name),
+            None => format!("{ROBOT_PREFIX}{}", spec.name),
+        };
+        let clear = secret::generate_secret();
+        let expires_at = if spec.duration_days < 0 {
+            -1
+        } else {
+            now_ms() / 1000 + spec.duration_days * 24 * 3600
+        };
+        let robot = Robot {
+            id: 0,
+            name: full,
+            description: spec.description,
+            secret: secret::hash_secret(&clear),
+            level: if project.is_some() { "project" } else { "system" }.into(),
+            project_id: project.map(|p| p.id),
+            duration: spec.duration_days,
+            expires_at,
+            disabled: spec.disabled,
+            permissions: serde_json::to_value(&spec.permissions)
+                .map_err(|e| AccountError::Invalid(e.to_string()))?,
+            creator: spec.creator,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let robot = self.store.create_robot(robot).await?;
+        Ok((robot, clear))
+    }
+
+    /// Gives a robot a new secret (returned this once); the old one stops working.
+    pub async fn refresh_robot_secret(&self, robot: &Robot) -> Result<String> {
+        let clear = secret::generate_secret();
+        let mut updated = robot.clone();
+        updated.secret = secret::hash_secret(&clear);
+        self.store.update_robot(&updated).await?;
+        Ok(clear)
+    }
+
+    pub async fn robot(&self, name_or_id: &str) -> Result<Robot> {
+        let found = match name_or_id.parse::<i64>() {
+            Ok(id) => self.store.robot(id).await?,
+            Err(_) => self.store.robot_by_name(name_or_id).await?,
+        };
+        found.ok_or_else(|| AccountError::NotFound(format!("robot {name_or_id}")))
+    }
+
+    pub async fn remove_robot(&self, robot_id: i64) -> Result<()> {
+        Ok(self.store.delete_robot(robot_id).await?)
+    }
+}
+
+async fn hash(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || secret::hash_password(&password))
+        .await
+        .map_err(|e| AccountError::Unavailable(format!("hashing a password: {e}")))
+}
+
+fn check_role(role: i64) -> Result<Role> {
+    Role::from_id(role).ok_or_else(|| {
+        AccountError::Invalid(format!(
+            "unknown role_id {role}: 1 project admin, 2 developer, 3 guest, 4 maintainer, \
+             5 limited guest"
+        ))
+    })
+}
+
+/// User names: 1 to 255 characters, none of them a control character or one of `,~#$%` (a
+/// robot's `$` in particular), as Harbor requires.
+fn check_username(name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name.chars().count() > 255
+        || name
+            .chars()
+            .any(|c| c.is_control() || ",~#$%:".contains(c) || c.is_whitespace());
+    if bad {
+        return Err(AccountError::Invalid(format!(
+            "invalid user name {name:?}: 1 to 255 characters, without spaces or any of ,~#$%:"
+        )));
+    }
+    Ok(())
+}
+
+/// Project names: a valid first path component of a repository name, 1 to 255 characters of
+/// lower-case letters, digits and `._-`, starting and ending with a letter or digit.
+pub fn check_project_name(name: &str) -> Result<()> {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+        && name.chars().all(|c| alnum(c) || "._-".contains(c));
+    if !ok {
+        return Err(AccountError::Invalid(format!(
+            "invalid project name {name:?}: 1 to 255 lower-case letters, digits, '.', '_' or \
+             '-', starting and ending with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+fn check_robot_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    if !ok {
+        return Err(AccountError::Invalid(format!(
+            "invalid robot name {name:?}: lower-case letters, digits, '.', '_' or '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// A distinguished name compared as LDAP does for ours: lower case, no spaces around `,`/`=`.
+pub fn normalize_dn(dn: &str) -> String {
+    dn.split(',')
+        .map(|rdn| {
+            rdn.split('=')
+                .map(|p| p.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join("=")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_project_name("team").is_ok());
+        assert!(check_project_name("a.b-c_d9").is_ok());
+        assert!(check_project_name("Team").is_err());
+        assert!(check_project_name("-team").is_err());
+        assert!(check_project_name("a/b").is_err());
+        assert!(check_project_name("").is_err());
+        assert!(check_username("alice").is_ok());
+        assert!(check_username("robot$x").is_err());
+        assert!(check_username("a b").is_err());
+        assert!(check_robot_name("ci").is_ok());
+        assert!(check_robot_name("ci+x").is_err());
+        assert_eq!(
+            normalize_dn("CN=Dev , OU=Groups,dc=Berth"),
+            "cn=dev,ou=groups,dc=berth"
+        );
+    }
+}

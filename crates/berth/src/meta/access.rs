@@ -1,0 +1,1174 @@
+//! The access records: users, LDAP groups, projects and their members, robot accounts, token
+//! signing keys, the audit log and failed-login counters.
+//!
+//! [`AccessStore`] is implemented once, by [`access_store!`], for both SQL engines: the statements
+//! are written with PostgreSQL's `$N` placeholders, which SQLite reads as `?N` after
+//! [`sqlite_sql`]. Every value is stored as text or a 64-bit integer so rows decode the same way
+//! on both.
+//!
+//! Invariants: ids are never reused (a project deleted and re-created gets a new id, which is how
+//! a token minted for the old one is recognised); names are unique; deleting a project removes
+//! its members and robots in the same transaction; deleting a user removes their memberships.
+
+use async_trait::async_trait;
+
+use super::rows::Columns;
+use super::{MetaError, Result};
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Where a user's password is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserSource {
+    /// A password hash in this store.
+    Local,
+    /// An LDAP directory (the user record is made at first login).
+    Ldap,
+    /// The configured htpasswd file (the user record is made at first login).
+    Htpasswd,
+}
+
+impl UserSource {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            UserSource::Local => "local",
+            UserSource::Ldap => "ldap",
+            UserSource::Htpasswd => "htpasswd",
+        }
+    }
+    fn parse(s: &str) -> Result<UserSource> {
+        match s {
+            "local" => Ok(UserSource::Local),
+            "ldap" => Ok(UserSource::Ldap),
+            "htpasswd" => Ok(UserSource::Htpasswd),
+            other => Err(MetaError::Corrupt(format!("user source {other:?}"))),
+        }
+    }
+}
+
+/// A user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub email: String,
+    pub realname: String,
+    pub comment: String,
+    /// The argon2id PHC string; `None` for users whose password lives elsewhere.
+    pub password: Option<String>,
+    pub source: UserSource,
+    pub ldap_dn: Option<String>,
+    pub sysadmin: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A user to create.
+#[derive(Clone, Debug, Default)]
+pub struct NewUser {
+    pub username: String,
+    pub email: String,
+    pub realname: String,
+    pub comment: String,
+    pub password: Option<String>,
+    pub ldap_dn: Option<String>,
+    pub sysadmin: bool,
+}
+
+/// Changes to a user; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct UserUpdate {
+    pub email: Option<String>,
+    pub realname: Option<String>,
+    pub comment: Option<String>,
+    pub password: Option<String>,
+    pub sysadmin: Option<bool>,
+}
+
+/// A group of users known from a directory (Harbor's group type 1, LDAP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    pub id: i64,
+    pub name: String,
+    pub group_type: i64,
+    pub ldap_dn: String,
+}
+
+/// A project.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Project {
+    pub id: i64,
+    pub name: String,
+    pub public: bool,
+    pub owner_id: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Who a membership is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberEntity {
+    User(i64),
+    Group(i64),
+}
+
+impl MemberEntity {
+    pub(crate) fn parts(self) -> (&'static str, i64) {
+        match self {
+            MemberEntity::User(id) => ("u", id),
+            MemberEntity::Group(id) => ("g", id),
+        }
+    }
+}
+
+/// A project membership, with the name of its user or group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: i64,
+    pub project_id: i64,
+    pub entity: MemberEntity,
+    pub entity_name: String,
+    /// Harbor's role id: 1 project admin, 2 developer, 3 guest, 4 maintainer, 5 limited guest.
+    pub role: i64,
+}
+
+/// A robot account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Robot {
+    pub id: i64,
+    /// The full name, `robot$<project>+<name>` or `robot$<name>`.
+    pub name: String,
+    pub description: String,
+    /// SHA-256 (hex) of the secret.
+    pub secret: String,
+    /// `system` or `project`.
+    pub level: String,
+    pub project_id: Option<i64>,
+    /// Days it was created for; -1 never expires.
+    pub duration: i64,
+    /// Unix seconds; -1 never.
+    pub expires_at: i64,
+    pub disabled: bool,
+    /// Harbor's v2 permission list.
+    pub permissions: serde_json::Value,
+    pub creator: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A token signing key pair and its self-signed certificate, both PEM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SigningKey {
+    pub kid: String,
+    pub private_key: String,
+    pub certificate: String,
+    pub created_at: i64,
+    /// When it stops verifying tokens; `None` while no newer key superseded it.
+    pub retire_at: Option<i64>,
+}
+
+/// One entry of the audit log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: i64,
+    /// Unix milliseconds.
+    pub at: i64,
+    pub username: String,
+    /// `login`, `token`, `create`, `delete`, `pull`, `push`, `update`, ...
+    pub operation: String,
+    /// `user`, `project`, `member`, `robot`, `artifact`, `tag`, `repository`, `token`, ...
+    pub resource_type: String,
+    pub resource: String,
+    /// Where the request came from (the client address).
+    pub client: String,
+    pub success: bool,
+    pub detail: String,
+}
+
+/// A filter on the audit log: every `Some` field must match (`resource` by prefix).
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    pub username: Option<String>,
+    pub operation: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
+/// A page of a listing: 1-based page number and its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRequest {
+    pub page: u32,
+    pub page_size: u32,
+}
+
+impl PageRequest {
+    pub(crate) fn offset(&self) -> i64 {
+        i64::from(self.page.saturating_sub(1)) * i64::from(self.page_size)
+    }
+}
+
+/// Records of one page, and how many there are in all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+}
+
+/// The access records.
+#[async_trait]
+pub trait AccessStore: Send + Sync + 'static {
+    /// Creates a user; `Conflict` if the name is taken.
+    async fn create_user(&self, user: NewUser, source: UserSource) -> Result<User>;
+    async fn user(&self, id: i64) -> Result<Option<User>>;
+    async fn user_by_name(&self, username: &str) -> Result<Option<User>>;
+    /// Users in id order, optionally only those whose name contains `name`.
+    async fn users(&self, name: Option<&str>, page: PageRequest) -> Result<Listing<User>>;
+    /// `NotFound` if absent.
+    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<()>;
+    /// Deletes a user and their memberships; `NotFound` if absent.
+    async fn delete_user(&self, id: i64) -> Result<()>;
+
+    /// The group of `ldap_dn` (normalised by the caller), created with `name` if new.
+    async fn ensure_group(&self, name: &str, ldap_dn: &str) -> Result<Group>;
+    async fn group(&self, id: i64) -> Result<Option<Group>>;
+
+    /// Creates a project with `owner` as its project admin; `Conflict` if the name is taken.
+    async fn create_project(&self, name: &str, public: bool, owner: Option<i64>)
+        -> Result<Project>;
+    async fn project(&self, id: i64) -> Result<Option<Project>>;
+    async fn project_by_name(&self, name: &str) -> Result<Option<Project>>;
+    /// Projects in name order. `visible_to`: only public ones and those the user (with these
+    /// groups) is a member of; `None` lists all. `name`: those whose name contains it.
+    async fn projects(
+        &self,
+        name: Option<&str>,
+        public: Option<bool>,
+        visible_to: Option<(i64, &[i64])>,
+        page: PageRequest,
+    ) -> Result<Listing<Project>>;
+    async fn set_project_public(&self, id: i64, public: bool) -> Result<()>;
+    /// Deletes a project, its members and its robots; `NotFound` if absent.
+    async fn delete_project(&self, id: i64) -> Result<()>;
+
+    /// Adds a member; `Conflict` if already one.
+    async fn add_member(&self, project_id: i64, entity: MemberEntity, role: i64) -> Result<i64>;
+    async fn members(&self, project_id: i64) -> Result<Vec<Member>>;
+    async fn member(&self, project_id: i64, member_id: i64) -> Result<Option<Member>>;
+    async fn set_member_role(&self, project_id: i64, member_id: i64, role: i64) -> Result<()>;
+    async fn delete_member(&self, project_id: i64, member_id: i64) -> Result<()>;
+    /// The roles a user holds in a project, directly or through any of `groups`.
+    async fn roles(&self, project_id: i64, user_id: i64, groups: &[i64]) -> Result<Vec<i64>>;
+
+    /// Creates a robot; `Conflict` if the name is taken.
+    async fn create_robot(&self, robot: Robot) -> Result<Robot>;
+    async fn robot(&self, id: i64) -> Result<Option<Robot>>;
+    async fn robot_by_name(&self, name: &str) -> Result<Option<Robot>>;
+    /// Robots in id order, optionally only those of a project.
+    async fn robots(&self, project_id: Option<i64>, page: PageRequest) -> Result<Listing<Robot>>;
+    /// Replaces description, secret, disabled, expiry and permissions.
+    async fn update_robot(&self, robot: &Robot) -> Result<()>;
+    async fn delete_robot(&self, id: i64) -> Result<()>;
+
+    /// Every signing key not retired before `now_ms`, newest first.
+    async fn signing_keys(&self, now_ms: i64) -> Result<Vec<SigningKey>>;
+    /// Adds a key unless one exists created after `unless_newer_than` (so instances starting
+    /// or rotating at once add one key, not several); marks every current key to retire at
+    /// `retire_others_at`. Returns whether it was added.
+    async fn add_signing_key(
+        &self,
+        key: SigningKey,
+        unless_newer_than: i64,
+        retire_others_at: i64,
+    ) -> Result<bool>;
+
+    async fn audit(&self, entries: Vec<AuditEntry>) -> Result<()>;
+    /// Audit entries, newest first.
+    async fn audit_log(&self, query: &AuditQuery, page: PageRequest)
+        -> Result<Listing<AuditEntry>>;
+    /// Deletes entries older than `before_ms`; how many.
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64>;
+
+    /// Counts a failed login under `key` and returns the failures within the window that
+    /// started at most `window_ms` ago (a new window starts when the last one is over).
+    async fn count_failure(&self, key: &str, window_ms: i64) -> Result<i64>;
+    /// The failures under `key` in its current window, and when that window started.
+    async fn failures(&self, key: &str, window_ms: i64) -> Result<(i64, i64)>;
+    async fn clear_failures(&self, key: &str) -> Result<()>;
+}
+
+/// A statement written with `$N` placeholders, for SQLite (`?N`: the same numbered binding).
+pub(crate) fn sqlite_sql(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+/// The unique-constraint violation of a failed insert, as `Conflict`.
+pub(crate) fn conflict_or(e: sqlx::Error, what: &str) -> MetaError {
+    if let sqlx::Error::Database(d) = &e {
+        if d.is_unique_violation() {
+            return MetaError::Conflict(format!("{what} already exists"));
+        }
+    }
+    MetaError::from(e)
+}
+
+pub(crate) const USER_COLUMNS: &str = "id, username, email, realname, comment, password, source, \
+     ldap_dn, sysadmin, created_at, updated_at";
+pub(crate) const PROJECT_COLUMNS: &str = "id, name, public, owner_id, created_at, updated_at";
+pub(crate) const ROBOT_COLUMNS: &str = "id, name, description, secret, level, project_id, \
+     duration, expires_at, disabled, permissions, creator, created_at, updated_at";
+pub(crate) const AUDIT_COLUMNS: &str =
+    "id, at, username, operation, resource_type, resource, client, success, detail";
+
+pub(crate) fn user_row<'r>(r: &'r impl Columns<'r>) -> Result<User> {
+    Ok(User {
+        id: r.int("id")?,
+        username: r.text("username")?.to_string(),
+        email: r.text("email")?.to_string(),
+        realname: r.text("realname")?.to_string(),
+        comment: r.text("comment")?.to_string(),
+        password: r.maybe_text("password")?.map(String::from),
+        source: UserSource::parse(r.text("source")?)?,
+        ldap_dn: r.maybe_text("ldap_dn")?.map(String::from),
+        sysadmin: r.int("sysadmin")? != 0,
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+    })
+}
+
+pub(crate) fn group_row<'r>(r: &'r impl Columns<'r>) -> Result<Group> {
+    Ok(Group {
+        id: r.int("id")?,
+        name: r.text("name")?.to_string(),
+        group_type: r.int("group_type")?,
+        ldap_dn: r.text("ldap_dn")?.to_string(),
+    })
+}
+
+pub(crate) fn project_row<'r>(r: &'r impl Columns<'r>) -> Result<Project> {
+    let owner = r.int("owner_id").ok();
+    Ok(Project {
+        id: r.int("id")?,
+        name: r.text("name")?.to_string(),
+        public: r.int("public")? != 0,
+        owner_id: owner,
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+    })
+}
+
+pub(crate) fn member_row<'r>(r: &'r impl Columns<'r>) -> Result<Member> {
+    let id = r.int("entity_id")?;
+    let entity = match r.text("entity_type")? {
+        "u" => MemberEntity::User(id),
+        "g" => MemberEntity::Group(id),
+        other => return Err(MetaError::Corrupt(format!("member entity type {other:?}"))),
+    };
+    Ok(Member {
+        id: r.int("id")?,
+        project_id: r.int("project_id")?,
+        entity,
+        entity_name: r.maybe_text("entity_name")?.unwrap_or_default().to_string(),
+        role: r.int("role")?,
+    })
+}
+
+pub(crate) fn robot_row<'r>(r: &'r impl Columns<'r>) -> Result<Robot> {
+    let permissions = r.text("permissions")?;
+    Ok(Robot {
+        id: r.int("id")?,
+        name: r.text("name")?.to_string(),
+        description: r.text("description")?.to_string(),
+        secret: r.text("secret")?.to_string(),
+        level: r.text("level")?.to_string(),
+        project_id: r.int("project_id").ok(),
+        duration: r.int("duration")?,
+        expires_at: r.int("expires_at")?,
+        disabled: r.int("disabled")? != 0,
+        permissions: serde_json::from_str(permissions)
+            .map_err(|e| MetaError::Corrupt(format!("robot permissions: {e}")))?,
+        creator: r.text("creator")?.to_string(),
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+    })
+}
+
+pub(crate) fn key_row<'r>(r: &'r impl Columns<'r>) -> Result<SigningKey> {
+    Ok(SigningKey {
+        kid: r.text("kid")?.to_string(),
+        private_key: r.text("private_key")?.to_string(),
+        certificate: r.text("certificate")?.to_string(),
+        created_at: r.int("created_at")?,
+        retire_at: r.int("retire_at").ok(),
+    })
+}
+
+pub(crate) fn audit_row<'r>(r: &'r impl Columns<'r>) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.int("id")?,
+        at: r.int("at")?,
+        username: r.text("username")?.to_string(),
+        operation: r.text("operation")?.to_string(),
+        resource_type: r.text("resource_type")?.to_string(),
+        resource: r.text("resource")?.to_string(),
+        client: r.text("client")?.to_string(),
+        success: r.int("success")? != 0,
+        detail: r.text("detail")?.to_string(),
+    })
+}
+
+/// The `WHERE` clause of an audit query (placeholders numbered from 1: the text values first,
+/// then the times) and the values to bind, in that order.
+pub(crate) fn audit_filter(q: &AuditQuery) -> (String, Vec<String>, Vec<i64>) {
+    let mut clauses = Vec::new();
+    let mut texts = Vec::new();
+    let mut n = 0;
+    let mut text = |clauses: &mut Vec<String>, col: &str, v: &Option<String>, prefix: bool| {
+        if let Some(v) = v {
+            n += 1;
+            if prefix {
+                clauses.push(format!("substr({col}, 1, length(${n})) = ${n}"));
+            } else {
+                clauses.push(format!("{col} = ${n}"));
+            }
+            texts.push(v.clone());
+        }
+    };
+    text(&mut clauses, "username", &q.username, false);
+    text(&mut clauses, "operation", &q.operation, false);
+    text(&mut clauses, "resource_type", &q.resource_type, false);
+    text(&mut clauses, "resource", &q.resource, true);
+    let mut ints = Vec::new();
+    let mut n = texts.len();
+    for (col, op, v) in [("at", ">=", q.from_ms), ("at", "<=", q.to_ms)] {
+        if let Some(v) = v {
+            n += 1;
+            clauses.push(format!("{col} {op} ${n}"));
+            ints.push(v);
+        }
+    }
+    let clause = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    (clause, texts, ints)
+}
+
+/// `AccessStore` for a store type with a `reader()` and a `writer()` pool of one engine, given
+/// the function turning `$N` statements into the engine's and the statement that, inside a
+/// transaction, makes concurrent key rotations wait for each other.
+macro_rules! access_store {
+    ($store:ty, $sql:path, $lock_keys:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::meta::access::AccessStore for $store {
+            async fn create_user(
+                &self,
+                u: $crate::meta::access::NewUser,
+                source: $crate::meta::access::UserSource,
+            ) -> $crate::meta::Result<$crate::meta::access::User> {
+                use $crate::meta::access::*;
+                let now = now_ms();
+                let sql = $sql(&format!(
+                    "INSERT INTO users (username, email, realname, comment, password, source, \
+                     ldap_dn, sysadmin, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING {USER_COLUMNS}"
+                ));
+                let row = sqlx::query(&sql)
+                    .bind(&u.username)
+                    .bind(&u.email)
+                    .bind(&u.realname)
+                    .bind(&u.comment)
+                    .bind(&u.password)
+                    .bind(source.as_str())
+                    .bind(&u.ldap_dn)
+                    .bind(i64::from(u.sysadmin))
+                    .bind(now)
+                    .fetch_one(self.writer())
+                    .await
+                    .map_err(|e| conflict_or(e, &format!("user {}", u.username)))?;
+                user_row(&row)
+            }
+
+            async fn user(&self, id: i64) -> $crate::meta::Result<Option<$crate::meta::access::User>> {
+                use $crate::meta::access::*;
+                let sql = $sql(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"));
+                let row = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await?;
+                row.as_ref().map(|r| user_row(r)).transpose()
+            }
+
+            async fn user_by_name(
+                &self,
+                username: &str,
+            ) -> $crate::meta::Result<Option<$crate::meta::access::User>> {
+                use $crate::meta::access::*;
+                let sql = $sql(&format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1"));
+                let row = sqlx::query(&sql)
+                    .bind(username)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(|r| user_row(r)).transpose()
+            }
+
+            async fn users(
+                &self,
+                name: Option<&str>,
+                page: $crate::meta::access::PageRequest,
+            ) -> $crate::meta::Result<$crate::meta::access::Listing<$crate::meta::access::User>> {
+                use $crate::meta::access::*;
+                let pattern = name.map(like_pattern).unwrap_or_else(|| "%".to_string());
+                let sql = $sql(&format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE username LIKE $1 ESCAPE '\\' \
+                     ORDER BY id LIMIT $2 OFFSET $3"
+                ));
+                let rows = sqlx::query(&sql)
+                    .bind(&pattern)
+                    .bind(i64::from(page.page_size))
+                    .bind(page.offset())
+                    .fetch_all(self.reader())
+                    .await?;
+                let sql = $sql("SELECT count(*) AS n FROM users WHERE username LIKE $1 ESCAPE '\\'");
+                let total: i64 = sqlx::query_scalar(&sql)
+                    .bind(&pattern)
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok(Listing {
+                    items: rows.iter().map(|r| user_row(r)).collect::<$crate::meta::Result<_>>()?,
+                    total,
+                })
+            }
+
+            async fn update_user(
+                &self,
+                id: i64,
+                u: $crate::meta::access::UserUpdate,
+            ) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let sql = $sql(
+                    "UPDATE users SET email = COALESCE($1, email), \
+                     realname = COALESCE($2, realname), comment = COALESCE($3, comment), \
+                     password = COALESCE($4, password), sysadmin = COALESCE($5, sysadmin), \
+                     updated_at = $6 WHERE id = $7",
+                );
+                let done = sqlx::query(&sql)
+                    .bind(&u.email)
+                    .bind(&u.realname)
+                    .bind(&u.comment)
+                    .bind(&u.password)
+                    .bind(u.sysadmin.map(i64::from))
+                    .bind(now_ms())
+                    .bind(id)
+                    .execute(self.writer())
+                    .await?;
+                found(done.rows_affected(), "user")
+            }
+
+            async fn delete_user(&self, id: i64) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let mut tx = self.writer().begin().await?;
+                sqlx::query(&$sql(
+                    "DELETE FROM project_members WHERE entity_type = 'u' AND entity_id = $1",
+                ))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                let done = sqlx::query(&$sql("DELETE FROM users WHERE id = $1"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                found(done.rows_affected(), "user")?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn ensure_group(
+                &self,
+                name: &str,
+                ldap_dn: &str,
+            ) -> $crate::meta::Result<$crate::meta::access::Group> {
+                use $crate::meta::access::*;
+                let sql = $sql(
+                    "INSERT INTO user_groups (name, group_type, ldap_dn, created_at) \
+                     VALUES ($1, 1, $2, $3) ON CONFLICT (ldap_dn) DO NOTHING",
+                );
+                sqlx::query(&sql)
+                    .bind(name)
+                    .bind(ldap_dn)
+                    .bind(now_ms())
+                    .execute(self.writer())
+                    .await?;
+                let sql = $sql(
+                    "SELECT id, name, group_type, ldap_dn FROM user_groups WHERE ldap_dn = $1",
+                );
+                let row = sqlx::query(&sql).bind(ldap_dn).fetch_one(self.writer()).await?;
+                group_row(&row)
+            }
+
+            async fn group(&self, id: i64) -> $crate::meta::Result<Option<$crate::meta::access::Group>> {
+                use $crate::meta::access::*;
+                let sql =
+                    $sql("SELECT id, name, group_type, ldap_dn FROM user_groups WHERE id = $1");
+                let row = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await?;
+                row.as_ref().map(|r| group_row(r)).transpose()
+            }
+
+            async fn create_project(
+                &self,
+                name: &str,
+                public: bool,
+                owner: Option<i64>,
+            ) -> $crate::meta::Result<$crate::meta::access::Project> {
+                use $crate::meta::access::*;
+                let now = now_ms();
+                let mut tx = self.writer().begin().await?;
+                let sql = $sql(&format!(
+                    "INSERT INTO projects (name, public, owner_id, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $4) RETURNING {PROJECT_COLUMNS}"
+                ));
+                let row = sqlx::query(&sql)
+                    .bind(name)
+                    .bind(i64::from(public))
+                    .bind(owner)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| conflict_or(e, &format!("project {name}")))?;
+                let project = project_row(&row)?;
+                if let Some(owner) = owner {
+                    let sql = $sql(
+                        "INSERT INTO project_members (project_id, entity_type, entity_id, role, \
+                         created_at, updated_at) VALUES ($1, 'u', $2, 1, $3, $3)",
+                    );
+                    sqlx::query(&sql)
+                        .bind(project.id)
+                        .bind(owner)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(project)
+            }
+
+            async fn project(&self, id: i64) -> $crate::meta::Result<Option<$crate::meta::access::Project>> {
+                use $crate::meta::access::*;
+                let sql = $sql(&format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1"));
+                let row = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await?;
+                row.as_ref().map(|r| project_row(r)).transpose()
+            }
+
+            async fn project_by_name(
+                &self,
+                name: &str,
+            ) -> $crate::meta::Result<Option<$crate::meta::access::Project>> {
+                use $crate::meta::access::*;
+                let sql = $sql(&format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE name = $1"));
+                let row = sqlx::query(&sql).bind(name).fetch_optional(self.reader()).await?;
+                row.as_ref().map(|r| project_row(r)).transpose()
+            }
+
+            async fn projects(
+                &self,
+                name: Option<&str>,
+                public: Option<bool>,
+                visible_to: Option<(i64, &[i64])>,
+                page: $crate::meta::access::PageRequest,
+            ) -> $crate::meta::Result<$crate::meta::access::Listing<$crate::meta::access::Project>> {
+                use $crate::meta::access::*;
+                let pattern = name.map(like_pattern).unwrap_or_else(|| "%".to_string());
+                let public = public.map(i64::from).unwrap_or(-1);
+                let (user, groups) = visible_to.unwrap_or((-1, &[]));
+                let all = i64::from(visible_to.is_none());
+                let groups = groups
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let group_clause = if groups.is_empty() {
+                    String::new()
+                } else {
+                    format!(" OR (m.entity_type = 'g' AND m.entity_id IN ({groups}))")
+                };
+                let filter = format!(
+                    "FROM projects p WHERE p.name LIKE $1 ESCAPE '\\' \
+                     AND ($2 < 0 OR p.public = $2) \
+                     AND ($3 = 1 OR p.public = 1 OR EXISTS (SELECT 1 FROM project_members m \
+                     WHERE m.project_id = p.id AND ((m.entity_type = 'u' AND m.entity_id = $4)\
+                     {group_clause})))"
+                );
+                let sql = $sql(&format!(
+                    "SELECT p.id, p.name, p.public, p.owner_id, p.created_at, p.updated_at \
+                     {filter} ORDER BY p.name LIMIT $5 OFFSET $6"
+                ));
+                let rows = sqlx::query(&sql)
+                    .bind(&pattern)
+                    .bind(public)
+                    .bind(all)
+                    .bind(user)
+                    .bind(i64::from(page.page_size))
+                    .bind(page.offset())
+                    .fetch_all(self.reader())
+                    .await?;
+                let sql = $sql(&format!("SELECT count(*) AS n {filter}"));
+                let total: i64 = sqlx::query_scalar(&sql)
+                    .bind(&pattern)
+                    .bind(public)
+                    .bind(all)
+                    .bind(user)
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok(Listing {
+                    items: rows
+                        .iter()
+                        .map(|r| project_row(r))
+                        .collect::<$crate::meta::Result<_>>()?,
+                    total,
+                })
+            }
+
+            async fn set_project_public(&self, id: i64, public: bool) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let sql = $sql("UPDATE projects SET public = $1, updated_at = $2 WHERE id = $3");
+                let done = sqlx::query(&sql)
+                    .bind(i64::from(public))
+                    .bind(now_ms())
+                    .bind(id)
+                    .execute(self.writer())
+                    .await?;
+                found(done.rows_affected(), "project")
+            }
+
+            async fn delete_project(&self, id: i64) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let mut tx = self.writer().begin().await?;
+                for table in ["project_members", "robots"] {
+                    sqlx::query(&$sql(&format!("DELETE FROM {table} WHERE project_id = $1")))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let done = sqlx::query(&$sql("DELETE FROM projects WHERE id = $1"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                found(done.rows_affected(), "project")?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn add_member(
+                &self,
+                project_id: i64,
+                entity: $crate::meta::access::MemberEntity,
+                role: i64,
+            ) -> $crate::meta::Result<i64> {
+                use $crate::meta::access::*;
+                let (kind, entity_id) = entity.parts();
+                let sql = $sql(
+                    "INSERT INTO project_members (project_id, entity_type, entity_id, role, \
+                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
+                );
+                sqlx::query_scalar(&sql)
+                    .bind(project_id)
+                    .bind(kind)
+                    .bind(entity_id)
+                    .bind(role)
+                    .bind(now_ms())
+                    .fetch_one(self.writer())
+                    .await
+                    .map_err(|e| conflict_or(e, "the member"))
+            }
+
+            async fn members(
+                &self,
+                project_id: i64,
+            ) -> $crate::meta::Result<Vec<$crate::meta::access::Member>> {
+                use $crate::meta::access::*;
+                let sql = $sql(&format!("{MEMBER_SELECT} WHERE m.project_id = $1 ORDER BY m.id"));
+                let rows = sqlx::query(&sql).bind(project_id).fetch_all(self.reader()).await?;
+                rows.iter().map(|r| member_row(r)).collect()
+            }
+
+            async fn member(
+                &self,
+                project_id: i64,
+                member_id: i64,
+            ) -> $crate::meta::Result<Option<$crate::meta::access::Member>> {
+                use $crate::meta::access::*;
+                let sql =
+                    $sql(&format!("{MEMBER_SELECT} WHERE m.project_id = $1 AND m.id = $2"));
+                let row = sqlx::query(&sql)
+                    .bind(project_id)
+                    .bind(member_id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(|r| member_row(r)).transpose()
+            }
+
+            async fn set_member_role(
+                &self,
+                project_id: i64,
+                member_id: i64,
+                role: i64,
+            ) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let sql = $sql(
+                    "UPDATE project_members SET role = $1, updated_at = $2 \
+                     WHERE project_id = $3 AND id = $4",
+                );
+                let done = sqlx::query(&sql)
+                    .bind(role)
+                    .bind(now_ms())
+                    .bind(project_id)
+                    .bind(member_id)
+                    .execute(self.writer())
+                    .await?;
+                found(done.rows_affected(), "member")
+            }
+
+            async fn delete_member(&self, project_id: i64, member_id: i64) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let sql = $sql("DELETE FROM project_members WHERE project_id = $1 AND id = $2");
+                let done = sqlx::query(&sql)
+                    .bind(project_id)
+                    .bind(member_id)
+                    .execute(self.writer())
+                    .await?;
+                found(done.rows_affected(), "member")
+            }
+
+            async fn roles(
+                &self,
+                project_id: i64,
+                user_id: i64,
+                groups: &[i64],
+            ) -> $crate::meta::Result<Vec<i64>> {
+                let groups = groups
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let group_clause = if groups.is_empty() {
+                    String::new()
+                } else {
+                    format!(" OR (entity_type = 'g' AND entity_id IN ({groups}))")
+                };
+                let sql = $sql(&format!(
+                    "SELECT role FROM project_members WHERE project_id = $1 \
+                     AND ((entity_type = 'u' AND entity_id = $2){group_clause})"
+                ));
+                Ok(sqlx::query_scalar(&sql)
+                    .bind(project_id)
+                    .bind(user_id)
+                    .fetch_all(self.reader())
+                    .await?)
+            }
+
+            async fn create_robot(
+                &self,
+                r: $crate::meta::access::Robot,
+            ) -> $crate::meta::Result<$crate::meta::access::Robot> {
+                use $crate::meta::access::*;
+                let now = now_ms();
+                let sql = $sql(&format!(
+                    "INSERT INTO robots (name, description, secret, level, project_id, duration, \
+                     expires_at, disabled, permissions, creator, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+                     RETURNING {ROBOT_COLUMNS}"
+                ));
+                let row = sqlx::query(&sql)
+                    .bind(&r.name)
+                    .bind(&r.description)
+                    .bind(&r.secret)
+                    .bind(&r.level)
+                    .bind(r.project_id)
+                    .bind(r.duration)
+                    .bind(r.expires_at)
+                    .bind(i64::from(r.disabled))
+                    .bind(r.permissions.to_string())
+                    .bind(&r.creator)
+                    .bind(now)
+                    .fetch_one(self.writer())
+                    .await
+                    .map_err(|e| conflict_or(e, &format!("robot {}", r.name)))?;
+                robot_row(&row)
+            }
+
+            async fn robot(&self, id: i64) -> $crate::meta::Result<Option<$crate::meta::access::Robot>> {
+                use $crate::meta::access::*;
+                let sql = $sql(&format!("SELECT {ROBOT_COLUMNS} FROM robots WHERE id = $1"));
+                let row = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await?;
+                row.as_ref().map(|r| robot_row(r)).transpose()
+            }
+
+            async fn robot_by_name(
+                &self,
+                name: &str,
+            ) -> $crate::meta::Result<Option<$crate::meta::access::Robot>> {
+                use $crate::meta::access::*;
+                let sql = $sql(&format!("SELECT {ROBOT_COLUMNS} FROM robots WHERE name = $1"));
+                let row = sqlx::query(&sql).bind(name).fetch_optional(self.reader()).await?;
+                row.as_ref().map(|r| robot_row(r)).transpose()
+            }
+
+            async fn robots(
+                &self,
+                project_id: Option<i64>,
+                page: $crate::meta::access::PageRequest,
+            ) -> $crate::meta::Result<$crate::meta::access::Listing<$crate::meta::access::Robot>> {
+                use $crate::meta::access::*;
+                let project = project_id.unwrap_or(-1);
+                let filter = "FROM robots WHERE ($1 < 0 OR project_id = $1)";
+                let sql = $sql(&format!(
+                    "SELECT {ROBOT_COLUMNS} {filter} ORDER BY id LIMIT $2 OFFSET $3"
+                ));
+                let rows = sqlx::query(&sql)
+                    .bind(project)
+                    .bind(i64::from(page.page_size))
+                    .bind(page.offset())
+                    .fetch_all(self.reader())
+                    .await?;
+                let total: i64 = sqlx::query_scalar(&$sql(&format!("SELECT count(*) {filter}")))
+                    .bind(project)
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok(Listing {
+                    items: rows.iter().map(|r| robot_row(r)).collect::<$crate::meta::Result<_>>()?,
+                    total,
+                })
+            }
+
+            async fn update_robot(&self, r: &$crate::meta::access::Robot) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let sql = $sql(
+                    "UPDATE robots SET description = $1, secret = $2, disabled = $3, \
+                     duration = $4, expires_at = $5, permissions = $6, updated_at = $7 \
+                     WHERE id = $8",
+                );
+                let done = sqlx::query(&sql)
+                    .bind(&r.description)
+                    .bind(&r.secret)
+                    .bind(i64::from(r.disabled))
+                    .bind(r.duration)
+                    .bind(r.expires_at)
+                    .bind(r.permissions.to_string())
+                    .bind(now_ms())
+                    .bind(r.id)
+                    .execute(self.writer())
+                    .await?;
+                found(done.rows_affected(), "robot")
+            }
+
+            async fn delete_robot(&self, id: i64) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let done = sqlx::query(&$sql("DELETE FROM robots WHERE id = $1"))
+                    .bind(id)
+                    .execute(self.writer())
+                    .await?;
+                found(done.rows_affected(), "robot")
+            }
+
+            async fn signing_keys(
+                &self,
+                at: i64,
+            ) -> $crate::meta::Result<Vec<$crate::meta::access::SigningKey>> {
+                use $crate::meta::access::*;
+                let sql = $sql(
+                    "SELECT kid, private_key, certificate, created_at, retire_at FROM signing_keys \
+                     WHERE retire_at IS NULL OR retire_at > $1 ORDER BY created_at DESC, kid",
+                );
+                let rows = sqlx::query(&sql).bind(at).fetch_all(self.reader()).await?;
+                rows.iter().map(|r| key_row(r)).collect()
+            }
+
+            async fn add_signing_key(
+                &self,
+                key: $crate::meta::access::SigningKey,
+                unless_newer_than: i64,
+                retire_others_at: i64,
+            ) -> $crate::meta::Result<bool> {
+                let mut tx = self.writer().begin().await?;
+                // Taken first, so concurrent rotations serialise on it.
+                sqlx::query($lock_keys)
+                .execute(&mut *tx)
+                .await?;
+                let newer: i64 = sqlx::query_scalar(&$sql(
+                    "SELECT count(*) FROM signing_keys WHERE created_at > $1",
+                ))
+                .bind(unless_newer_than)
+                .fetch_one(&mut *tx)
+                .await?;
+                if newer > 0 {
+                    return Ok(false);
+                }
+                sqlx::query(&$sql(
+                    "UPDATE signing_keys SET retire_at = $1 WHERE retire_at IS NULL",
+                ))
+                .bind(retire_others_at)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(&$sql(
+                    "INSERT INTO signing_keys (kid, private_key, certificate, created_at) \
+                     VALUES ($1, $2, $3, $4)",
+                ))
+                .bind(&key.kid)
+                .bind(&key.private_key)
+                .bind(&key.certificate)
+                .bind(key.created_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn audit(
+                &self,
+                entries: Vec<$crate::meta::access::AuditEntry>,
+            ) -> $crate::meta::Result<()> {
+                let mut tx = self.writer().begin().await?;
+                let sql = $sql(
+                    "INSERT INTO audit_log (at, username, operation, resource_type, resource, \
+                     client, success, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                );
+                for e in &entries {
+                    sqlx::query(&sql)
+                        .bind(e.at)
+                        .bind(&e.username)
+                        .bind(&e.operation)
+                        .bind(&e.resource_type)
+                        .bind(&e.resource)
+                        .bind(&e.client)
+                        .bind(i64::from(e.success))
+                        .bind(&e.detail)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn audit_log(
+                &self,
+                query: &$crate::meta::access::AuditQuery,
+                page: $crate::meta::access::PageRequest,
+            ) -> $crate::meta::Result<$crate::meta::access::Listing<$crate::meta::access::AuditEntry>>
+            {
+                use $crate::meta::access::*;
+                let (clause, texts, ints) = audit_filter(query);
+                let n = texts.len() + ints.len();
+                let sql = $sql(&format!(
+                    "SELECT {AUDIT_COLUMNS} FROM audit_log {clause} ORDER BY id DESC \
+                     LIMIT ${} OFFSET ${}",
+                    n + 1,
+                    n + 2
+                ));
+                let mut q = sqlx::query(&sql);
+                for t in &texts {
+                    q = q.bind(t);
+                }
+                for i in &ints {
+                    q = q.bind(*i);
+                }
+                let rows = q
+                    .bind(i64::from(page.page_size))
+                    .bind(page.offset())
+                    .fetch_all(self.reader())
+                    .await?;
+                let sql = $sql(&format!("SELECT count(*) FROM audit_log {clause}"));
+                let mut q = sqlx::query_scalar(&sql);
+                for t in &texts {
+                    q = q.bind(t);
+                }
+                for i in &ints {
+                    q = q.bind(*i);
+                }
+                let total: i64 = q.fetch_one(self.reader()).await?;
+                Ok(Listing {
+                    items: rows.iter().map(|r| audit_row(r)).collect::<$crate::meta::Result<_>>()?,
+                    total,
+                })
+            }
+
+            async fn prune_audit(&self, before_ms: i64) -> $crate::meta::Result<u64> {
+                let done = sqlx::query(&$sql("DELETE FROM audit_log WHERE at < $1"))
+                    .bind(before_ms)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn count_failure(&self, key: &str, window_ms: i64) -> $crate::meta::Result<i64> {
+                use $crate::meta::access::*;
+                let now = now_ms();
+                let sql = $sql(
+                    "INSERT INTO login_failures (key, count, window_start) VALUES ($1, 1, $2) \
+                     ON CONFLICT (key) DO UPDATE SET \
+                     count = CASE WHEN login_failures.window_start > $2 - $3 \
+                         THEN login_failures.count + 1 ELSE 1 END, \
+                     window_start = CASE WHEN login_failures.window_start > $2 - $3 \
+                         THEN login_failures.window_start ELSE $2 END \
+                     RETURNING count",
+                );
+                Ok(sqlx::query_scalar(&sql)
+                    .bind(key)
+                    .bind(now)
+                    .bind(window_ms)
+                    .fetch_one(self.writer())
+                    .await?)
+            }
+
+            async fn failures(&self, key: &str, window_ms: i64) -> $crate::meta::Result<(i64, i64)> {
+                use $crate::meta::access::*;
+                let sql = $sql(
+                    "SELECT count, window_start FROM login_failures \
+                     WHERE key = $1 AND window_start > $2",
+                );
+                let row: Option<(i64, i64)> = sqlx::query_as(&sql)
+                    .bind(key)
+                    .bind(now_ms() - window_ms)
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(row.unwrap_or((0, 0)))
+            }
+
+            async fn clear_failures(&self, key: &str) -> $crate::meta::Result<()> {
+                sqlx::query(&$sql("DELETE FROM login_failures WHERE key = $1"))
+                    .bind(key)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use access_store;
+
+/// A membership row with the name of its user or group.
+pub(crate) const MEMBER_SELECT: &str = "SELECT m.id, m.project_id, m.entity_type, m.entity_id, \
+     m.role, COALESCE(u.username, g.name) AS entity_name FROM project_members m \
+     LEFT JOIN users u ON m.entity_type = 'u' AND u.id = m.entity_id \
+     LEFT JOIN user_groups g ON m.entity_type = 'g' AND g.id = m.entity_id";
+
+/// A `LIKE` pattern matching names that contain `s` literally.
+pub(crate) fn like_pattern(s: &str) -> String {
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+/// `NotFound` when an update or delete touched no row.
+pub(crate) fn found(rows: u64, what: &str) -> Result<()> {
+    if rows == 0 {
+        return Err(MetaError::NotFound(what.to_string()));
+    }
+    Ok(())
+}
