@@ -267,8 +267,8 @@ mod accounts {
     use berth::auth::rbac::{Action, RobotAccess, RobotPermission, Role};
     use berth::meta::access::{AccessStore, PageRequest};
 
-    use super::{load, MemberCommand, ProjectCommand, RobotCommand, StoreArgs, TokenCommand};
     use super::UserCommand;
+    use super::{load, MemberCommand, ProjectCommand, RobotCommand, StoreArgs, TokenCommand};
 
     const ALL: PageRequest = PageRequest {
         page: 1,

@@ -14,15 +14,15 @@ use axum::http::{HeaderName, HeaderValue};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Authenticator, Builtin, Method};
 use crate::config::{Config, Status};
 use crate::http::health::StorageProbe;
 use crate::http::{EdgeSettings, Health, TrustedProxies};
 use crate::import;
+use crate::meta::access::AccessStore;
 use crate::meta::lease::{self, run_leased, run_once_leased};
 use crate::meta::postgres::{PgMetaStore, PoolSettings};
 use crate::meta::sqlite::SqliteMetaStore;
-use crate::meta::access::AccessStore;
-use crate::auth::{Authenticator, Builtin, Method};
 use crate::meta::{MetaError, MetaStore};
 use crate::oci::manifest::Platform;
 use crate::registry::{IndexChildren, Registry};
@@ -279,11 +279,10 @@ pub async fn open_databases(
 ) -> anyhow::Result<(Arc<dyn MetaStore>, Arc<dyn AccessStore>)> {
     match kind {
         MetaKind::Sqlite(path) => {
-            let meta = Arc::new(
-                SqliteMetaStore::open(path)
-                    .await
-                    .with_context(|| format!("opening the metadata database {}", path.display()))?,
-            );
+            let meta =
+                Arc::new(SqliteMetaStore::open(path).await.with_context(|| {
+                    format!("opening the metadata database {}", path.display())
+                })?);
             Ok((meta.clone(), meta))
         }
         MetaKind::Postgres(options, pool) => loop {

@@ -12,8 +12,8 @@ use super::builtin::ROBOT_PREFIX;
 use super::rbac::{check_robot_permissions, RobotPermission, Role};
 use super::secret;
 use crate::meta::access::{
-    now_ms, AccessStore, Listing, Member, MemberEntity, NewUser, PageRequest, Project, Robot,
-    User, UserSource, UserUpdate,
+    now_ms, AccessStore, Listing, Member, MemberEntity, NewUser, PageRequest, Project, Robot, User,
+    UserSource, UserUpdate,
 };
 use crate::meta::MetaError;
 
@@ -176,7 +176,9 @@ impl Accounts {
     ) -> Result<i64> {
         let role = check_role(role)?;
         if ldap_dn.trim().is_empty() {
-            return Err(AccountError::Invalid("a group member needs its ldap_group_dn".into()));
+            return Err(AccountError::Invalid(
+                "a group member needs its ldap_group_dn".into(),
+            ));
         }
         let group = self
             .store
@@ -233,7 +235,12 @@ impl Accounts {
             name: full,
             description: spec.description,
             secret: secret::hash_secret(&clear),
-            level: if project.is_some() { "project" } else { "system" }.into(),
+            level: if project.is_some() {
+                "project"
+            } else {
+                "system"
+            }
+            .into(),
             project_id: project.map(|p| p.id),
             duration: spec.duration_days,
             expires_at,

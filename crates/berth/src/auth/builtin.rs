@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use super::keyring::KeyRing;
-use super::rbac::{robot_actions, Action, Role, RobotPermission};
+use super::rbac::{robot_actions, Action, RobotPermission, Role};
 use super::secret;
 use super::token::{bearer_challenge, TokenVerifier};
 use super::{challenge, credentials, AuthError, AuthRequest, Authenticate, Challenge, Htpasswd};
@@ -45,7 +45,10 @@ pub const ROBOT_PREFIX: &str = "robot$";
 pub enum Principal {
     Anonymous,
     /// A user, with the ids of the groups it belongs to (read at login).
-    User { user: User, groups: Vec<i64> },
+    User {
+        user: User,
+        groups: Vec<i64>,
+    },
     Robot(Robot),
 }
 
@@ -231,22 +234,26 @@ impl Builtin {
         }
     }
 
-    /// Checks `username` and `password` and returns who that is. Failed logins are counted per
-    /// account and per client address; past `loginattempts` in `loginwindow`, logins for that
-    /// account or from that address are refused with [`LoginError::Throttled`] until the window
-    /// ends, whatever the password.
+    /// Checks `username` and `password` and returns who that is.
+    ///
+    /// Failed logins are counted per account and client address together, and per account and
+    /// per address alone. Past `loginattempts` failures of one account from one address within
+    /// `loginwindow` (or ten times that for the account from anywhere, or from the address for
+    /// any account), further logins are refused with [`LoginError::Throttled`] until the window
+    /// ends, whatever the password; the same account from elsewhere and other accounts from
+    /// there are not affected until their own limits.
     pub async fn login(
         &self,
         username: &str,
         password: &str,
         client: Option<IpAddr>,
     ) -> Result<Principal, LoginError> {
-        let keys = throttle_keys(username, client);
-        let limit = i64::from(self.settings.loginattempts.max(1));
+        let attempts = i64::from(self.settings.loginattempts.max(1));
+        let limits = throttle_keys(username, client, attempts);
         let window = self.window.as_millis() as i64;
-        for key in &keys {
+        for (key, limit) in &limits {
             let (count, start) = self.store.failures(key, window).await?;
-            if count >= limit {
+            if count >= *limit {
                 let left = (start + window - now_ms()).max(1000);
                 return Err(LoginError::Throttled((left as u64).div_ceil(1000)));
             }
@@ -254,13 +261,13 @@ impl Builtin {
         let found = self.check_credentials(username, password).await?;
         match found {
             Some(principal) => {
-                self.store.clear_failures(&keys[0]).await?;
+                self.store.clear_failures(&limits[0].0).await?;
                 self.audit(&principal, "login", "user", username, client, true, "")
                     .await;
                 Ok(principal)
             }
             None => {
-                for key in &keys {
+                for (key, _) in &limits {
                     self.store.count_failure(key, window).await?;
                 }
                 self.audit_as(username, "login", "user", username, client, false, "")
@@ -289,11 +296,10 @@ impl Builtin {
         if let Some(user) = &user {
             if let Some(hash) = user.password.clone() {
                 let password = password.to_string();
-                let ok = tokio::task::spawn_blocking(move || {
-                    secret::verify_password(&hash, &password)
-                })
-                .await
-                .unwrap_or(false);
+                let ok =
+                    tokio::task::spawn_blocking(move || secret::verify_password(&hash, &password))
+                        .await
+                        .unwrap_or(false);
                 return Ok(ok.then(|| Principal::User {
                     user: user.clone(),
                     groups: Vec::new(),
@@ -301,7 +307,10 @@ impl Builtin {
             }
         }
         if let Some(h) = &self.htpasswd {
-            if user.as_ref().is_none_or(|u| u.source == UserSource::Htpasswd) {
+            if user
+                .as_ref()
+                .is_none_or(|u| u.source == UserSource::Htpasswd)
+            {
                 let (h, name, pw) = (h.clone(), username.to_string(), password.to_string());
                 let checked = tokio::task::spawn_blocking(move || h.verify(&name, &pw))
                     .await
@@ -324,8 +333,8 @@ impl Builtin {
         }
         if user.is_none() {
             let password = password.to_string();
-            let _ = tokio::task::spawn_blocking(move || secret::burn_password_check(&password))
-                .await;
+            let _ =
+                tokio::task::spawn_blocking(move || secret::burn_password_check(&password)).await;
         }
         Ok(None)
     }
@@ -670,12 +679,13 @@ pub fn project_of(repository: &str) -> &str {
     repository.split('/').next().unwrap_or(repository)
 }
 
-/// The failed-login counters a login attempt is checked against: the account's, then the
-/// client address's.
-fn throttle_keys(username: &str, client: Option<IpAddr>) -> Vec<String> {
-    let mut keys = vec![format!("user:{username}")];
-    if let Some(ip) = client {
-        keys.push(format!("addr:{ip}"));
-    }
-    keys
+/// The failed-login counters a login attempt is checked against, with their limits: the
+/// account from this address, the account from anywhere, the address for any account.
+fn throttle_keys(username: &str, client: Option<IpAddr>, attempts: i64) -> Vec<(String, i64)> {
+    let ip = client.map(|c| c.to_string()).unwrap_or_default();
+    vec![
+        (format!("login:{ip}:{username}"), attempts),
+        (format!("user:{username}"), attempts * 10),
+        (format!("addr:{ip}"), attempts * 10),
+    ]
 }

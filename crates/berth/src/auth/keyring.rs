@@ -79,7 +79,10 @@ impl KeyRing {
     }
 
     fn current(&self) -> Loaded {
-        self.loaded.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     async fn reload(&self) -> Result<(), AuthError> {
@@ -92,9 +95,11 @@ impl KeyRing {
         let mut kids = Vec::new();
         let mut certificates = Vec::new();
         for k in &keys {
-            verify.add_pem_bundle(k.certificate.as_bytes()).map_err(|e| {
-                AuthError::Config(format!("stored token signing key {}: {e}", k.kid))
-            })?;
+            verify
+                .add_pem_bundle(k.certificate.as_bytes())
+                .map_err(|e| {
+                    AuthError::Config(format!("stored token signing key {}: {e}", k.kid))
+                })?;
             kids.push(k.kid.clone());
             certificates.push(k.certificate.clone());
         }
@@ -159,11 +164,7 @@ impl KeyRing {
     /// Replaces the signing key now; the old ones verify for the overlap. Returns the new key id.
     pub async fn rotate(&self) -> Result<String, AuthError> {
         self.rotate_unless_newer(now_ms()).await?;
-        Ok(self
-            .current()
-            .signer
-            .map(|s| s.kid)
-            .unwrap_or_default())
+        Ok(self.current().signer.map(|s| s.kid).unwrap_or_default())
     }
 
     async fn rotate_unless_newer(&self, unless_newer_than: i64) -> Result<(), AuthError> {

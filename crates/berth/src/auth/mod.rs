@@ -189,7 +189,12 @@ impl Authenticate for Method {
             let authorization = req.authorization.map(str::to_string);
             let needed = req.needed.to_vec();
             return tokio::task::spawn_blocking(move || {
-                Method::Htpasswd(h).authenticate_request(authorization.as_deref(), &needed, None, None)
+                Method::Htpasswd(h).authenticate_request(
+                    authorization.as_deref(),
+                    &needed,
+                    None,
+                    None,
+                )
             })
             .await
             .unwrap_or_else(|e| {
@@ -491,9 +496,7 @@ mod tests {
 
     #[test]
     fn config_errors() {
-        assert!(Method::from_config(&Auth::default())
-            .unwrap()
-            .is_none());
+        assert!(Method::from_config(&Auth::default()).unwrap().is_none());
         let two = Auth {
             silly: Some(SillyAuth::default()),
             htpasswd: Some(HtpasswdAuth::default()),

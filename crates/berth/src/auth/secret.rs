@@ -48,9 +48,11 @@ pub fn check_password_rule(password: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err("the password must be 8 to 128 characters long with at least one upper-case \
+        Err(
+            "the password must be 8 to 128 characters long with at least one upper-case \
              letter, one lower-case letter and one digit"
-            .into())
+                .into(),
+        )
     }
 }
 

@@ -111,6 +111,7 @@ pub const OPTION_TABLE: &[(&str, Status)] = &[
     ("auth.silly", Status::Active),
     ("auth.token", Status::Active),
     ("auth.htpasswd", Status::Active),
+    ("auth.builtin", Status::Active),
     ("notifications.endpoints", Status::Active),
     ("notifications.events", Status::NotImplemented),
     ("middleware", Status::NotImplemented),

@@ -263,7 +263,7 @@ pub const STORAGE_DRIVERS: &[&str] = &[
 ];
 
 /// Authentication methods Distribution ships.
-pub const AUTH_METHODS: &[&str] = &["silly", "token", "htpasswd"];
+pub const AUTH_METHODS: &[&str] = &["silly", "token", "htpasswd", "builtin"];
 
 impl Storage {
     /// Names of the drivers that are configured; a valid configuration has exactly one.
@@ -587,7 +587,8 @@ pub struct BuiltinAuth {
     pub keyrotation: GoDuration,
     /// An htpasswd file whose users may log in too (Distribution's format, bcrypt entries).
     pub htpasswd: Option<String>,
-    /// Failed logins allowed per account and per client address within `loginwindow`.
+    /// Failed logins allowed for one account from one client address within `loginwindow`
+    /// (ten times as many for an account from anywhere, and from an address for any account).
     pub loginattempts: u32,
     /// The window failed logins are counted in; further attempts wait for its end (429).
     pub loginwindow: GoDuration,

@@ -57,7 +57,7 @@ pub(crate) fn check_tree(root: &Value) -> Result<(), ConfigError> {
     if let Some(unknown) = methods.iter().find(|m| !AUTH_METHODS.contains(&m.as_str())) {
         return Err(invalid(
             format!("auth.{unknown}"),
-            format!("unknown authentication method {unknown:?}; expected silly, token or htpasswd"),
+            format!("unknown authentication method {unknown:?}; expected silly, token, htpasswd or builtin"),
         ));
     }
     if methods.len() > 1 {

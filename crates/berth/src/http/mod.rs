@@ -8,7 +8,6 @@
 //! their origin from `http.host`, a trusted proxy's forwarded headers or the request (`origin.rs`).
 
 pub mod auth;
-mod token;
 mod blobs;
 pub mod debug;
 mod error;
@@ -18,6 +17,7 @@ mod listing;
 mod manifests;
 pub mod origin;
 mod routes;
+mod token;
 mod uploads;
 
 use std::sync::Arc;

@@ -32,11 +32,10 @@ pub async fn token(State(builtin): State<Arc<Builtin>>, req: Request) -> Respons
 async fn serve(builtin: &Builtin, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let client = super::client_ip(&parts);
-    let mut params: Vec<(String, String)> = url::form_urlencoded::parse(
-        parts.uri.query().unwrap_or("").as_bytes(),
-    )
-    .into_owned()
-    .collect();
+    let mut params: Vec<(String, String)> =
+        url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     let post = parts.method == Method::POST;
     if post {
         let body: Bytes = axum::body::to_bytes(body, MAX_FORM).await.map_err(|_| {
@@ -70,7 +69,9 @@ async fn serve(builtin: &Builtin, req: Request) -> Result<Response, ApiError> {
         match param("grant_type") {
             Some("password") => {
                 let (Some(user), Some(password)) = (param("username"), param("password")) else {
-                    return Err(bad_request("grant_type password needs username and password"));
+                    return Err(bad_request(
+                        "grant_type password needs username and password",
+                    ));
                 };
                 login(builtin, user, password, client).await?
             }
@@ -128,7 +129,15 @@ async fn serve(builtin: &Builtin, req: Request) -> Result<Response, ApiError> {
         Scope::format_list(&refused)
     );
     builtin
-        .audit(&principal, "token", "token", &Scope::format_list(&requested), client, refused.is_empty(), &detail)
+        .audit(
+            &principal,
+            "token",
+            "token",
+            &Scope::format_list(&requested),
+            client,
+            refused.is_empty(),
+            &detail,
+        )
         .await;
     Ok(answer(issued))
 }
@@ -188,8 +197,10 @@ fn answer(t: IssuedToken) -> Response {
         body["refresh_token"] = serde_json::Value::String(r);
     }
     let mut resp = (StatusCode::OK, Json(body)).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     resp
 }
 

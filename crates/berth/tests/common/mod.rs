@@ -2,6 +2,7 @@
 //! directory, and stops it (SIGKILL on drop, or on demand to simulate a crash).
 #![allow(dead_code)]
 
+pub mod builtin;
 pub mod cli;
 pub mod oci;
 
