@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use super::builtin::ROBOT_PREFIX;
+pub use super::ldap::normalize_dn;
 use super::rbac::{check_robot_permissions, RobotPermission, Role};
 use super::secret;
 use crate::meta::access::{
@@ -338,19 +339,6 @@ fn check_robot_name(name: &str) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// A distinguished name compared as LDAP does for ours: lower case, no spaces around `,`/`=`.
-pub fn normalize_dn(dn: &str) -> String {
-    dn.split(',')
-        .map(|rdn| {
-            rdn.split('=')
-                .map(|p| p.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-                .join("=")
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod builtin;
 pub mod htpasswd;
 pub mod keyring;
 mod keys;
+pub mod ldap;
 pub mod rbac;
 pub mod scope;
 pub mod secret;

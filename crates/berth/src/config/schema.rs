@@ -594,6 +594,9 @@ pub struct BuiltinAuth {
     pub loginwindow: GoDuration,
     /// The audit log.
     pub audit: AuditSettings,
+    /// An LDAP directory (or Active Directory) users log in against. While it is set, only
+    /// local system administrators (the first `admin`) and robots log in without it.
+    pub ldap: Option<LdapConfig>,
 }
 
 impl Default for BuiltinAuth {
@@ -608,6 +611,7 @@ impl Default for BuiltinAuth {
             loginattempts: 10,
             loginwindow: GoDuration::from_secs(300),
             audit: AuditSettings::default(),
+            ldap: None,
         }
     }
 }
@@ -628,6 +632,137 @@ impl Default for AuditSettings {
             retention: GoDuration::from_secs(90 * 24 * 3600),
             pulls: false,
         }
+    }
+}
+
+/// How far below a base DN an LDAP search looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "LdapScopeSetting", rename_all = "lowercase")]
+pub enum LdapScope {
+    /// The base entry only (`0`, `base`).
+    Base,
+    /// The entries right below the base (`1`, `onelevel`).
+    OneLevel,
+    /// The base and everything below it (`2`, `subtree`).
+    #[default]
+    Subtree,
+}
+
+/// An LDAP scope as written in a configuration file: a number or a name.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LdapScopeSetting {
+    Number(u64),
+    Name(String),
+}
+
+impl TryFrom<LdapScopeSetting> for LdapScope {
+    type Error = String;
+
+    fn try_from(value: LdapScopeSetting) -> Result<Self, Self::Error> {
+        let name = match value {
+            LdapScopeSetting::Number(n) => n.to_string(),
+            LdapScopeSetting::Name(name) => name.trim().to_ascii_lowercase(),
+        };
+        match name.as_str() {
+            "0" | "base" => Ok(Self::Base),
+            "1" | "one" | "onelevel" => Ok(Self::OneLevel),
+            "2" | "sub" | "subtree" => Ok(Self::Subtree),
+            other => Err(format!(
+                "unknown LDAP scope `{other}`: use 0 (base), 1 (onelevel) or 2 (subtree)"
+            )),
+        }
+    }
+}
+
+/// `auth.builtin.ldap`: the directory users log in against, with the key names of Harbor's LDAP
+/// settings (`ldap_url` is `url`, `ldap_search_dn` is `searchdn`, ...). `searchpassword` is a
+/// secret: `Debug` hides it and the effective configuration masks it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LdapConfig {
+    /// Server address: `ldap://host:port` or `ldaps://host:port`.
+    pub url: String,
+    /// DN of the account that searches for users; empty for an anonymous search.
+    pub searchdn: String,
+    /// Password of `searchdn`.
+    pub searchpassword: String,
+    /// DN under which users are searched.
+    pub basedn: String,
+    /// Extra filter a user entry must match, such as `(objectClass=person)`; empty for none.
+    pub filter: String,
+    /// Attribute holding the login name: `uid`, or `sAMAccountName` on Active Directory.
+    pub uid: String,
+    /// Scope of the user search: 0/`base`, 1/`onelevel` or 2/`subtree`.
+    pub scope: LdapScope,
+    /// Seconds allowed for each connection and each LDAP operation.
+    pub timeout: u64,
+    /// Upgrade an `ldap://` connection with StartTLS before anything is sent.
+    pub starttls: bool,
+    /// Verify the server's certificate (against `ca`, or the system's roots without it).
+    pub verifycert: bool,
+    /// PEM file with the CA certificates that the server's certificate must chain to.
+    pub ca: Option<std::path::PathBuf>,
+    /// DN under which groups are searched; empty to rely on `groupmembershipattribute` only.
+    pub groupbasedn: String,
+    /// Extra filter a group entry must match, such as `(objectClass=groupOfNames)`.
+    pub groupfilter: String,
+    /// Attribute of a group entry holding the group's name.
+    pub groupattribute: String,
+    /// Attribute of the user entry listing the DNs of the user's groups (`memberOf`).
+    pub groupmembershipattribute: String,
+    /// Scope of the group search: 0/`base`, 1/`onelevel` or 2/`subtree`.
+    pub groupscope: LdapScope,
+    /// DN of the group whose members are system administrators; empty for none. Read at each
+    /// login: leaving the group takes the role away at the next one.
+    pub groupadmindn: String,
+}
+
+impl Default for LdapConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            searchdn: String::new(),
+            searchpassword: String::new(),
+            basedn: String::new(),
+            filter: String::new(),
+            uid: "uid".to_owned(),
+            scope: LdapScope::Subtree,
+            timeout: 5,
+            starttls: false,
+            verifycert: true,
+            ca: None,
+            groupbasedn: String::new(),
+            groupfilter: String::new(),
+            groupattribute: "cn".to_owned(),
+            groupmembershipattribute: "memberof".to_owned(),
+            groupscope: LdapScope::Subtree,
+            groupadmindn: String::new(),
+        }
+    }
+}
+
+impl fmt::Debug for LdapConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LdapConfig")
+            .field("url", &self.url)
+            .field("searchdn", &self.searchdn)
+            .field("searchpassword", &"<redacted>")
+            .field("basedn", &self.basedn)
+            .field("filter", &self.filter)
+            .field("uid", &self.uid)
+            .field("scope", &self.scope)
+            .field("timeout", &self.timeout)
+            .field("starttls", &self.starttls)
+            .field("verifycert", &self.verifycert)
+            .field("ca", &self.ca)
+            .field("groupbasedn", &self.groupbasedn)
+            .field("groupfilter", &self.groupfilter)
+            .field("groupattribute", &self.groupattribute)
+            .field("groupmembershipattribute", &self.groupmembershipattribute)
+            .field("groupscope", &self.groupscope)
+            .field("groupadmindn", &self.groupadmindn)
+            .finish()
     }
 }
 
@@ -1215,6 +1350,10 @@ impl Config {
         c.auth.silly = Some(SillyAuth::default());
         c.auth.token = Some(TokenAuth::default());
         c.auth.htpasswd = Some(HtpasswdAuth::default());
+        c.auth.builtin = Some(BuiltinAuth {
+            ldap: Some(LdapConfig::default()),
+            ..BuiltinAuth::default()
+        });
         c.log.hooks = vec![LogHook::default()];
         c.notifications.endpoints = vec![Endpoint::default()];
         c.health.file = vec![FileCheck::default()];

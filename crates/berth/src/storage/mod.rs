@@ -55,7 +55,7 @@ pub use self::swift::{SwiftAuth, SwiftDriver};
 /// Prepares the process for the object stores' HTTP clients: ring as the TLS provider (they
 /// bring none of their own) unless one is installed already, and OpenDAL's HTTP transport.
 pub fn install_http_defaults() {
-    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     ::opendal::HttpTransporter::install_default(
         opendal_http_transport_reqwest::ReqwestTransport::default(),
     );

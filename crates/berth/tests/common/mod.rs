@@ -13,6 +13,7 @@ pub mod token;
 pub mod garage;
 pub mod nginx;
 pub mod postgres;
+pub mod slapd;
 pub mod swift;
 
 use std::io::{BufRead, BufReader};
