@@ -54,6 +54,27 @@ enum Command {
     /// The built-in token service's signing keys.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The audit log, newest first: logins, token grants and denials, pushes, pulls, deletes
+    /// and account changes, with who, when and from where.
+    Audit {
+        /// Only entries of this user or robot.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this operation (`login`, `token`, `create`, `pull`, `delete`, ...).
+        #[arg(long)]
+        operation: Option<String>,
+        /// Only resources starting with this (e.g. `team/app`).
+        #[arg(long)]
+        resource: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// One JSON object per line instead of columns.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Where the users, projects and robots are: the metadata database of this configuration.
@@ -133,11 +154,16 @@ enum ProjectCommand {
 
 #[derive(Subcommand)]
 enum MemberCommand {
-    /// Give a user a role in a project: projectAdmin (1), developer (2), guest (3),
-    /// maintainer (4), limitedGuest (5).
+    /// Give a user, or the members of an LDAP group, a role in a project: projectAdmin (1),
+    /// developer (2), guest (3), maintainer (4), limitedGuest (5).
     Add {
         project: String,
-        user: String,
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        user: Option<String>,
+        /// The DN of an LDAP group (`cn=devs,ou=groups,dc=example,dc=org`) instead of a user:
+        /// its members hold the role while the directory lists them in it at their login.
+        #[arg(long)]
+        group: Option<String>,
         #[arg(long)]
         role: String,
         #[command(flatten)]
@@ -149,10 +175,13 @@ enum MemberCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Remove a user from a project.
+    /// Remove a user, or an LDAP group (`--group DN`), from a project.
     Rm {
         project: String,
-        user: String,
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        user: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -263,9 +292,10 @@ mod accounts {
     use std::sync::Arc;
 
     use anyhow::Context;
-    use berth::auth::accounts::{Accounts, RobotSpec, UserSpec};
+    use berth::auth::accounts::{normalize_dn, Accounts, RobotSpec, UserSpec};
+    use berth::auth::ldap::first_rdn_value;
     use berth::auth::rbac::{Action, RobotAccess, RobotPermission, Role};
-    use berth::meta::access::{AccessStore, PageRequest};
+    use berth::meta::access::{AccessStore, AuditQuery, MemberEntity, PageRequest};
 
     use super::UserCommand;
     use super::{load, MemberCommand, ProjectCommand, RobotCommand, StoreArgs, TokenCommand};
@@ -383,6 +413,7 @@ mod accounts {
             MemberCommand::Add {
                 project,
                 user,
+                group,
                 role,
                 store,
             } => {
@@ -391,8 +422,21 @@ mod accounts {
                     format!("unknown role {role}: projectAdmin, developer, guest, maintainer, limitedGuest")
                 })?;
                 let p = accounts.project(&project).await?;
-                accounts.add_user_member(p.id, &user, role.id()).await?;
-                println!("{user} is now {} of {project}", role.name());
+                let who = match (user, group) {
+                    (_, Some(dn)) => {
+                        let name = first_rdn_value(&dn).unwrap_or_else(|| dn.clone());
+                        accounts
+                            .add_group_member(p.id, &name, &dn, role.id())
+                            .await?;
+                        format!("the members of {dn} are")
+                    }
+                    (Some(user), None) => {
+                        accounts.add_user_member(p.id, &user, role.id()).await?;
+                        format!("{user} is")
+                    }
+                    (None, None) => anyhow::bail!("name a user or an LDAP group (--group DN)"),
+                };
+                println!("{who} now {} of {project}", role.name());
             }
             MemberCommand::List { project, store } => {
                 let accounts = Accounts::new(open(&store).await?);
@@ -405,17 +449,31 @@ mod accounts {
             MemberCommand::Rm {
                 project,
                 user,
+                group,
                 store,
             } => {
                 let accounts = Accounts::new(open(&store).await?);
                 let p = accounts.project(&project).await?;
                 let members = accounts.members(p.id).await?;
-                let m = members
-                    .iter()
-                    .find(|m| m.entity_name == user)
-                    .with_context(|| format!("{user} is not a member of {project}"))?;
+                let mut found = None;
+                for m in &members {
+                    let matches = match (&m.entity, &user, &group) {
+                        (MemberEntity::Group(id), _, Some(dn)) => {
+                            let group = accounts.store().group(*id).await?;
+                            group.is_some_and(|g| g.ldap_dn == normalize_dn(dn))
+                        }
+                        (MemberEntity::User(_), Some(user), None) => m.entity_name == *user,
+                        _ => false,
+                    };
+                    if matches {
+                        found = Some(m);
+                        break;
+                    }
+                }
+                let who = group.or(user).unwrap_or_default();
+                let m = found.with_context(|| format!("{who} is not a member of {project}"))?;
                 accounts.remove_member(p.id, m.id).await?;
-                println!("removed {user} from {project}");
+                println!("removed {who} from {project}");
             }
         }
         Ok(())
@@ -479,6 +537,44 @@ mod accounts {
                 let r = accounts.robot(&name).await?;
                 accounts.remove_robot(r.id).await?;
                 println!("removed {name}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints up to `limit` entries of the audit log matching `query`, newest first.
+    pub async fn audit(
+        query: AuditQuery,
+        limit: u32,
+        json: bool,
+        store: StoreArgs,
+    ) -> anyhow::Result<()> {
+        let page = PageRequest {
+            page: 1,
+            page_size: limit.max(1),
+        };
+        let listing = open(&store).await?.audit_log(&query, page).await?;
+        for e in listing.items {
+            let at = berth::time::rfc3339_ms(e.at);
+            if json {
+                let line = serde_json::json!({
+                    "id": e.id, "op_time": at, "username": e.username,
+                    "operation": e.operation, "resource_type": e.resource_type,
+                    "resource": e.resource, "client": e.client, "success": e.success,
+                    "detail": e.detail,
+                });
+                println!("{line}");
+            } else {
+                let who = if e.username.is_empty() {
+                    "-"
+                } else {
+                    &e.username
+                };
+                let outcome = if e.success { "ok" } else { "denied" };
+                println!(
+                    "{at}  {who}  {} {} {}  {outcome}  from {}  {}",
+                    e.operation, e.resource_type, e.resource, e.client, e.detail
+                );
             }
         }
         Ok(())
@@ -568,6 +664,22 @@ fn run() -> anyhow::Result<()> {
         Command::Project(c) => runtime.block_on(accounts::project(c)),
         Command::Robot(c) => runtime.block_on(accounts::robot(c)),
         Command::Token(c) => runtime.block_on(accounts::token(c)),
+        Command::Audit {
+            user,
+            operation,
+            resource,
+            limit,
+            json,
+            store,
+        } => {
+            let query = berth::meta::access::AuditQuery {
+                username: user,
+                operation,
+                resource,
+                ..Default::default()
+            };
+            runtime.block_on(accounts::audit(query, limit, json, store))
+        }
         Command::Import(ImportSource::Distribution { dir, config }) => {
             let _log = logging::init("warn", Format::Text, Default::default());
             let settings = match &config {

@@ -443,6 +443,15 @@ pub async fn serve(
     if notifier.is_active() {
         registry = registry.with_events(Arc::new(notifier));
     }
+    let audit = settings
+        .config
+        .auth
+        .builtin
+        .as_ref()
+        .map(|b| b.audit.clone());
+    if let Some(audit) = &audit {
+        registry = registry.with_events(Arc::new(crate::events::AuditTrail { pulls: audit.pulls }));
+    }
     let registry = Arc::new(registry);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -455,11 +464,21 @@ pub async fn serve(
     if let Some(p) = settings.purging.clone() {
         let registry = registry.clone();
         tasks.push(tokio::spawn(run_leased(
-            meta,
+            meta.clone(),
             "uploads/purge".into(),
             lease::Holder::default(),
             delivery_stop.clone(),
             move |stop| purge_loop(registry.clone(), p.clone(), stop),
+        )));
+    }
+    if let Some(audit) = audit.filter(|a| !a.retention.0.is_zero()) {
+        let access = access.clone();
+        tasks.push(tokio::spawn(run_leased(
+            meta.clone(),
+            "audit/prune".into(),
+            lease::Holder::default(),
+            delivery_stop.clone(),
+            move |stop| prune_audit_loop(access.clone(), audit.retention.0, stop),
         )));
     }
     let health = Health::new();
@@ -631,6 +650,29 @@ async fn purge_loop(registry: Arc<Registry>, p: Purging, stop: CancellationToken
             }
             Ok(n) => tracing::info!(uploads = n, "upload purging: removed abandoned uploads"),
             Err(e) => tracing::warn!(error = %e, "upload purging failed"),
+        }
+    }
+}
+
+/// How often audit entries past their retention are removed.
+const AUDIT_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Removes audit entries older than `retention` now and every hour, until `stop`.
+async fn prune_audit_loop(
+    access: Arc<dyn AccessStore>,
+    retention: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        let before = crate::meta::access::now_ms() - retention.as_millis() as i64;
+        match access.prune_audit(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "audit log: removed entries past retention"),
+            Err(e) => tracing::warn!(error = %e, "audit log pruning failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(AUDIT_PRUNE_INTERVAL) => {}
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -36,6 +36,16 @@ pub fn rfc3339(t: SystemTime) -> String {
     out
 }
 
+/// [`rfc3339`] of a time given in Unix milliseconds (as the metadata store keeps them).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = if ms >= 0 {
+        UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)
+    } else {
+        UNIX_EPOCH - std::time::Duration::from_millis(ms.unsigned_abs())
+    };
+    rfc3339(t)
+}
+
 /// Year, month, day of a count of days since 1970-01-01 (proleptic Gregorian calendar).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

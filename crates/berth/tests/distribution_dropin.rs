@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cli::{run, Env};
+use common::distribution::Distribution;
 use common::image;
 use common::token::{Signer, TokenService};
 use common::{Launch, Registry};
@@ -778,52 +779,6 @@ async fn serves_https_with_a_generated_ca() {
 // Taking over a storage directory written by the real Distribution
 // ---------------------------------------------------------------------------------------------
 
-/// Debian's `docker-registry` (Distribution 2.8) serving `root` on a loopback port.
-struct Distribution {
-    child: std::process::Child,
-    host: String,
-}
-
-impl Distribution {
-    fn start(root: &Path, dir: &Path) -> Distribution {
-        let port = free_port();
-        let config = dir.join("distribution.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                root.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry) must be installed");
-        let host = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let up = std::net::TcpStream::connect(&host).is_ok();
-            if up {
-                break;
-            }
-            assert!(Instant::now() < deadline, "Distribution did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Distribution { child, host }
-    }
-}
-
-impl Drop for Distribution {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// What was pushed: repository → tag → manifest digest.
 type Pushed = std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
 
@@ -956,7 +911,7 @@ async fn takes_over_a_distribution_root_without_copying_blobs() {
     let root = s.path("root");
     let env = Env::new();
     let pushed = {
-        let dist = Distribution::start(&root, s.tmp.path());
+        let dist = Distribution::on_directory(s.tmp.path(), &root, "");
         let host = dist.host.clone();
         let env_ref = &env;
         let pushed = tokio::task::block_in_place(|| populate(env_ref, &host, 3));
@@ -1009,7 +964,7 @@ async fn import_killed_part_way_finishes_on_restart_without_duplicates() {
     let root = s.path("root");
     let env = Env::new();
     let pushed = {
-        let dist = Distribution::start(&root, s.tmp.path());
+        let dist = Distribution::on_directory(s.tmp.path(), &root, "");
         let host = dist.host.clone();
         let env_ref = &env;
         let pushed = tokio::task::block_in_place(|| populate(env_ref, &host, 40));
@@ -1064,7 +1019,7 @@ async fn corrupt_blobs_are_reported_and_never_served() {
     let root = s.path("root");
     let env = Env::new();
     let pushed = {
-        let dist = Distribution::start(&root, s.tmp.path());
+        let dist = Distribution::on_directory(s.tmp.path(), &root, "");
         let host = dist.host.clone();
         let env_ref = &env;
         let pushed = tokio::task::block_in_place(|| populate(env_ref, &host, 2));

@@ -11,6 +11,12 @@ use serde_json::{json, Value};
 
 const PW: &str = "Passw0rdX";
 
+/// A user name and password, or none for anonymous.
+type Credentials<'a> = Option<(&'a str, &'a str)>;
+
+/// What identifies an audit entry: username, operation, resource type, resource, success.
+type AuditKey = (String, String, String, String, bool);
+
 /// A registry with projects `team` (private) and `pub` (public), users `dev` (developer of
 /// team), `guest` (guest), `keeper` (maintainer), `stranger` (no membership), and robots
 /// `robot$team+ci` (pull, push) and `robot$team+reader` (pull).
@@ -117,7 +123,7 @@ async fn grants_follow_harbor_roles_and_robot_permissions() {
     let s = setup();
     let b = &s.b;
     let all = ["repository:team/app:pull,push,delete"];
-    let cases: &[(Option<(&str, &str)>, &[&str])] = &[
+    let cases: &[(Credentials<'_>, &[&str])] = &[
         (Some(("dev", PW)), &["pull", "push"]),
         (Some(("guest", PW)), &["pull"]),
         (Some(("keeper", PW)), &["delete", "pull", "push"]),
@@ -306,6 +312,214 @@ async fn requests_need_the_actions_their_token_grants() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn an_upload_session_serves_only_its_repository_and_its_identity() {
+    let s = setup();
+    let b = &s.b;
+    let reg = &b.reg;
+    let both = [
+        "repository:team/app:pull,push",
+        "repository:team/other:pull,push",
+    ];
+    let dev = b.token_ok(Some(("dev", PW)), &both).await;
+    let keeper = b.token_ok(Some(("keeper", PW)), &both).await;
+    let robot = b.token_ok(Some((&s.ci.0, &s.ci.1)), &both).await;
+    for token in [&dev, &keeper, &robot] {
+        assert_eq!(granted(token, "team/other"), ["pull", "push"]);
+    }
+
+    let resp = start_upload_with(reg, "team/app", &dev).await;
+    assert_eq!(resp.status(), 202);
+    let location = resolve(reg, &must_header(&resp, "location"));
+    let id = location
+        .rsplit('/')
+        .next()
+        .and_then(|last| last.split('?').next())
+        .unwrap()
+        .to_string();
+    let first = pseudo_bytes("bound-1", 3000);
+    let second = pseudo_bytes("bound-2", 2000);
+    let whole = [first.clone(), second.clone()].concat();
+    let digest = common::sha256(&whole);
+    let resp = bearer(client().patch(&location), &dev)
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Range", format!("0-{}", first.len() - 1))
+        .body(first.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+
+    // Another identity with push on the same repository, and the same identity through another
+    // repository, find no such session: not its status, not a chunk, not the finish, not the
+    // cancel.
+    let foreign = reg.url(&format!("/v2/team/other/blobs/uploads/{id}"));
+    let attempts = [
+        (&location, &keeper, "another user"),
+        (&location, &robot, "a robot of the project"),
+        (&foreign, &dev, "another repository"),
+    ];
+    for (url, token, who) in attempts {
+        let c = client();
+        let with_digest = with_query(url, "digest", &digest);
+        let requests = [
+            bearer(c.get(url.as_str()), token),
+            bearer(c.patch(url.as_str()), token)
+                .header(
+                    "Content-Range",
+                    format!("{}-{}", first.len(), whole.len() - 1),
+                )
+                .body(second.clone()),
+            bearer(c.put(&with_digest), token)
+                .header(
+                    "Content-Range",
+                    format!("{}-{}", first.len(), whole.len() - 1),
+                )
+                .body(second.clone()),
+            bearer(c.delete(url.as_str()), token),
+        ];
+        for req in requests {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 404, "a session used by {who}");
+            expect_error(resp, 404, "BLOB_UPLOAD_UNKNOWN").await;
+        }
+    }
+    // Nothing reached the blob or moved the session: its owner finishes it as it was.
+    let resp = bearer(client().get(&location), &dev).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        must_header(&resp, "range"),
+        format!("0-{}", first.len() - 1)
+    );
+    let resp = bearer(client().put(with_query(&location, "digest", &digest)), &dev)
+        .header("Content-Type", "application/octet-stream")
+        .body(second.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    for repo in ["team/app", "team/other"] {
+        let resp = bearer(
+            client().head(reg.url(&format!("/v2/{repo}/blobs/{digest}"))),
+            &dev,
+        )
+        .send()
+        .await
+        .unwrap();
+        let want = if repo == "team/app" { 200 } else { 404 };
+        assert_eq!(resp.status(), want, "{repo}");
+    }
+}
+
+/// The audit log's entries as `berth audit --json <args>` prints them.
+fn audit(b: &BuiltinRegistry, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["audit", "--json"];
+    all.extend_from_slice(args);
+    b.berth(&all, None)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+/// (username, operation, resource_type, resource, success) of entries.
+fn audit_keys(entries: &[Value]) -> Vec<AuditKey> {
+    entries
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (
+                s("username"),
+                s("operation"),
+                s("resource_type"),
+                s("resource"),
+                e["success"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_audit_log_records_logins_grants_pushes_pulls_and_deletes() {
+    let b = BuiltinRegistry::start_with("audit:\n  pulls: true", "");
+    b.add_project("team", false);
+    b.add_user("dev", PW);
+    b.add_user("keeper", PW);
+    b.add_member("team", "dev", "developer");
+    b.add_member("team", "keeper", "maintainer");
+    let reg = &b.reg;
+
+    let (status, _) = b.token(Some(("dev", "wrong")), &[]).await;
+    assert_eq!(status, 401);
+    let dev = b
+        .token_ok(Some(("dev", PW)), &["repository:team/app:pull,push,delete"])
+        .await;
+    let digest = push_image(reg, "team/app", "v1", &dev, "audit").await;
+    let resp = bearer(client().get(reg.url("/v2/team/app/manifests/v1")), &dev)
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let keeper = b
+        .token_ok(Some(("keeper", PW)), &["repository:team/app:pull,delete"])
+        .await;
+    let resp = bearer(
+        client().delete(reg.url(&format!("/v2/team/app/manifests/{digest}"))),
+        &keeper,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 202);
+
+    // Newest first; blobs are parts of the artifact and not entries of their own.
+    let artifacts = audit_keys(&audit(&b, &["--resource", "team/app"]));
+    let want = [
+        ("keeper", "delete", "artifact", format!("team/app@{digest}")),
+        ("dev", "pull", "artifact", "team/app:v1".to_string()),
+        ("dev", "create", "artifact", "team/app:v1".to_string()),
+    ];
+    let want: Vec<_> = want
+        .into_iter()
+        .map(|(u, o, t, r)| (u.to_string(), o.to_string(), t.to_string(), r, true))
+        .collect();
+    assert_eq!(artifacts, want);
+
+    // The developer's request for delete was granted in part: the grant says what was refused.
+    let dev_tokens = audit(&b, &["--user", "dev", "--operation", "token"]);
+    assert_eq!(dev_tokens.len(), 1, "{dev_tokens:?}");
+    assert_eq!(
+        dev_tokens[0]["success"], false,
+        "a refused action is recorded"
+    );
+    let detail = dev_tokens[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("refused: repository:team/app:delete"),
+        "{detail}"
+    );
+    assert_eq!(dev_tokens[0]["client"], "127.0.0.1");
+    let logins = audit_keys(&audit(&b, &["--user", "dev", "--operation", "login"]));
+    assert_eq!(
+        logins,
+        [
+            (
+                "dev".into(),
+                "login".into(),
+                "user".into(),
+                "dev".into(),
+                true
+            ),
+            (
+                "dev".into(),
+                "login".into(),
+                "user".into(),
+                "dev".into(),
+                false
+            ),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -24,13 +24,13 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::cli::{
     can_run, docker_inspect, parse_push_digest, repo_digests, run, run_fails, DockerImages, Env,
 };
+use common::distribution::Distribution;
 use common::garage::Garage;
 use common::image::{self, Blob};
 use common::oci::{
@@ -1669,98 +1669,12 @@ async fn kill_during_a_multipart_upload_leaves_nothing_and_stale_parts_are_purge
 // ---------------------------------------------------------------------------------------------
 
 /// Debian's `docker-registry` (Distribution 2.8) with its `s3` driver on a site.
-struct Distribution {
-    child: std::process::Child,
-    host: String,
-    log: PathBuf,
-}
-
-impl Distribution {
-    fn start(site: &Site, dir: &Path) -> Distribution {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("distribution.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n{}  delete:\n    enabled: true\n  \
-                 redirect:\n    disable: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                site.bucket.s3_section(&format!("/{}", site.root))
-            ),
-        )
-        .unwrap();
-        let log = dir.join("distribution.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new("docker-registry");
-        // Only the configuration speaks to the AWS SDK: with `AWS_CA_BUNDLE` set (as it is on
-        // machines with a custom CA), Distribution 2.8 panics at start ("unable to load custom
-        // CA bundle, HTTPClient's transport unsupported type").
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("AWS_") {
-                cmd.env_remove(key);
-            }
-        }
-        let child = cmd
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry) must be installed");
-        let mut d = Distribution {
-            child,
-            host: format!("127.0.0.1:{port}"),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("docker-registry exited ({status}):\n{}", d.log());
-            }
-            let up = blocking(|| {
-                Command::new("curl")
-                    .args(["-fsS", "-o", "/dev/null"])
-                    .arg(format!("http://{}/v2/", d.host))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            });
-            if up {
-                return d;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not start:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Distribution {
-    fn drop(&mut self) {
-        self.stop();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- docker-registry log (end) ---\n{}",
-                tail(&self.log(), LOG_TAIL)
-            );
-        }
-    }
+fn distribution_on(site: &Site, dir: &Path) -> Distribution {
+    let storage = format!(
+        "{}  redirect:\n    disable: true\n",
+        site.bucket.s3_section(&format!("/{}", site.root))
+    );
+    Distribution::start(dir, &storage, "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1778,7 +1692,7 @@ async fn taking_over_a_bucket_written_by_distribution_s3() {
     let multi_src = env.path("multi-src");
     image::write_image_layout(&single_src, "v1", &single);
     image::write_multi_arch_layout(&multi_src, "v1", &multi);
-    let mut dist = Distribution::start(&site, tmp.path());
+    let mut dist = distribution_on(&site, tmp.path());
     let host = dist.host.clone();
     blocking(|| {
         for (extra, src, dest, want) in [

@@ -12,9 +12,11 @@ use super::builtin::ROBOT_PREFIX;
 pub use super::ldap::normalize_dn;
 use super::rbac::{check_robot_permissions, RobotPermission, Role};
 use super::secret;
-use crate::meta::access::{
-    now_ms, AccessStore, Listing, Member, MemberEntity, NewUser, PageRequest, Project, Robot, User,
-    UserSource, UserUpdate,
+use crate::meta::access::{now_ms, AccessStore, NewUser, UserSource};
+/// The records the account operations hand to their callers (the management API among them).
+pub use crate::meta::access::{
+    ArtifactSummary, AuditEntry, AuditQuery, Group, Listing, Member, MemberEntity, PageRequest,
+    Project, RepositorySummary, Robot, User, UserUpdate,
 };
 use crate::meta::MetaError;
 
@@ -275,6 +277,109 @@ impl Accounts {
 
     pub async fn remove_robot(&self, robot_id: i64) -> Result<()> {
         Ok(self.store.delete_robot(robot_id).await?)
+    }
+
+    /// Gives a robot the secret `clear`, which must follow the password rule; the old one stops
+    /// working.
+    pub async fn set_robot_secret(&self, robot: &Robot, clear: &str) -> Result<()> {
+        secret::check_password_rule(clear).map_err(AccountError::Invalid)?;
+        let mut updated = robot.clone();
+        updated.secret = secret::hash_secret(clear);
+        Ok(self.store.update_robot(&updated).await?)
+    }
+
+    /// Whether `password` is the user's current one (false for users whose password lives
+    /// elsewhere).
+    pub async fn password_matches(&self, user: &User, password: &str) -> bool {
+        let Some(hash) = user.password.clone() else {
+            return false;
+        };
+        let password = password.to_string();
+        tokio::task::spawn_blocking(move || secret::verify_password(&hash, &password))
+            .await
+            .unwrap_or(false)
+    }
+
+    pub async fn user_by_id(&self, user_id: i64) -> Result<User> {
+        self.store
+            .user(user_id)
+            .await?
+            .ok_or_else(|| AccountError::NotFound(format!("user {user_id}")))
+    }
+
+    pub async fn set_project_public(&self, project_id: i64, public: bool) -> Result<()> {
+        Ok(self.store.set_project_public(project_id, public).await?)
+    }
+
+    /// Projects in name order: all of them (`visible_to` `None`), or the public ones and those
+    /// the user (with these groups) is a member of.
+    pub async fn projects(
+        &self,
+        name: Option<&str>,
+        public: Option<bool>,
+        visible_to: Option<(i64, &[i64])>,
+        page: PageRequest,
+    ) -> Result<Listing<Project>> {
+        Ok(self.store.projects(name, public, visible_to, page).await?)
+    }
+
+    /// The role ids a user holds in a project, directly or through `groups`.
+    pub async fn roles(&self, project_id: i64, user_id: i64, groups: &[i64]) -> Result<Vec<i64>> {
+        Ok(self.store.roles(project_id, user_id, groups).await?)
+    }
+
+    pub async fn member(&self, project_id: i64, member_id: i64) -> Result<Member> {
+        self.store
+            .member(project_id, member_id)
+            .await?
+            .ok_or_else(|| AccountError::NotFound(format!("member {member_id}")))
+    }
+
+    pub async fn group(&self, group_id: i64) -> Result<Group> {
+        self.store
+            .group(group_id)
+            .await?
+            .ok_or_else(|| AccountError::NotFound(format!("group {group_id}")))
+    }
+
+    pub async fn robots(
+        &self,
+        project_id: Option<i64>,
+        page: PageRequest,
+    ) -> Result<Listing<Robot>> {
+        Ok(self.store.robots(project_id, page).await?)
+    }
+
+    pub async fn audit_log(
+        &self,
+        query: &AuditQuery,
+        page: PageRequest,
+    ) -> Result<Listing<AuditEntry>> {
+        Ok(self.store.audit_log(query, page).await?)
+    }
+
+    /// The repositories of a project that hold manifests, optionally only those whose name
+    /// contains `name`.
+    pub async fn repositories(
+        &self,
+        project: &str,
+        name: Option<&str>,
+        page: PageRequest,
+    ) -> Result<Listing<RepositorySummary>> {
+        Ok(self
+            .store
+            .repository_summaries(&format!("{project}/"), name, page)
+            .await?)
+    }
+
+    /// The manifests of a repository with their tags; `digest`: only that one.
+    pub async fn artifacts(
+        &self,
+        repo: &crate::oci::name::RepoName,
+        digest: Option<&crate::oci::digest::Digest>,
+        page: PageRequest,
+    ) -> Result<Listing<ArtifactSummary>> {
+        Ok(self.store.artifact_summaries(repo, digest, page).await?)
     }
 }
 

@@ -1,8 +1,9 @@
 //! The built-in token service (`auth.builtin`): logins, grants, token issue and verification
 //! against the users, projects, members and robots of the metadata store.
 //!
-//! Owns: turning credentials into a [`Principal`] (local users, htpasswd users, robots; failed
-//! logins counted per account and per client address), deciding what a principal may do in a
+//! Owns: turning credentials into a [`Principal`] (local users, htpasswd users, LDAP users,
+//! robots; failed logins counted per account and per client address), deciding what a principal
+//! may do in a
 //! project ([`Builtin::actions_in`]), issuing Docker-spec tokens with the intersection of what
 //! was asked and what is allowed, and verifying them on registry requests.
 //!
@@ -11,7 +12,9 @@
 //! - a token names the id of every project it grants access in; a request is refused when the
 //!   project now has another id (deleted and re-created) or is gone;
 //! - a token without `iat`, or with any claim malformed, is refused as `invalid_token`;
-//! - an unknown account and a wrong password take the same time and give the same answer.
+//! - an unknown account and a wrong password take the same time and give the same answer;
+//! - with `auth.builtin.ldap` set, the directory decides who a user is and which groups it is
+//!   in at every login; only local system administrators and robots log in without it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -22,13 +25,16 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use super::keyring::KeyRing;
+use super::ldap::{normalize_dn, LdapDirectory, LdapError, LdapUser};
 use super::rbac::{robot_actions, Action, RobotPermission, Role};
 use super::secret;
 use super::token::{bearer_challenge, TokenVerifier};
 use super::{challenge, credentials, AuthError, AuthRequest, Authenticate, Challenge, Htpasswd};
 use super::{Identity, Scope};
 use crate::config::BuiltinAuth;
-use crate::meta::access::{now_ms, AccessStore, AuditEntry, NewUser, Robot, User, UserSource};
+use crate::meta::access::{
+    now_ms, AccessStore, AuditEntry, DirectoryUser, NewUser, Robot, User, UserSource,
+};
 use crate::meta::MetaError;
 
 /// The longest token accepted, in bytes: anything longer is refused unread.
@@ -39,6 +45,10 @@ const REFRESH_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 const REFRESH_AUDIENCE_SUFFIX: &str = "#refresh";
 /// Prefix of robot account names.
 pub const ROBOT_PREFIX: &str = "robot$";
+/// The message of [`LoginError::Unavailable`] when the LDAP directory cannot answer: what the
+/// client is told (the reason, which names servers and accounts, goes to the log only).
+pub const LDAP_UNAVAILABLE: &str = "the LDAP directory is unavailable; the registry's operator \
+     should check auth.builtin.ldap and the server log";
 
 /// Who is asking, once credentials are checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +140,7 @@ pub struct Builtin {
     expiration: Duration,
     window: Duration,
     htpasswd: Option<Arc<Htpasswd>>,
+    ldap: Option<LdapDirectory>,
 }
 
 impl std::fmt::Debug for Builtin {
@@ -167,6 +178,24 @@ impl Builtin {
             )?)),
             None => None,
         };
+        let ldap = match &settings.ldap {
+            Some(_) if htpasswd.is_some() => {
+                return Err(AuthError::Config(
+                    "auth.builtin.ldap and auth.builtin.htpasswd are both set: with ldap, users \
+                     log in against the directory only; remove one"
+                        .into(),
+                ))
+            }
+            Some(config) => {
+                let directory = LdapDirectory::new(config.clone())
+                    .map_err(|e| AuthError::Config(format!("auth.builtin.ldap: {e}")))?;
+                if let Err(error) = directory.ping().await {
+                    tracing::warn!(%error, "auth.builtin.ldap: the directory does not answer yet");
+                }
+                Some(directory)
+            }
+            None => None,
+        };
         let builtin = Builtin {
             store,
             keys,
@@ -174,6 +203,7 @@ impl Builtin {
             expiration,
             window: settings.loginwindow.into(),
             htpasswd,
+            ldap,
         };
         if let Some(password) = admin_password.filter(|p| !p.is_empty()) {
             builtin.ensure_admin(password).await?;
@@ -242,6 +272,16 @@ impl Builtin {
     /// any account), further logins are refused with [`LoginError::Throttled`] until the window
     /// ends, whatever the password; the same account from elsewhere and other accounts from
     /// there are not affected until their own limits.
+    ///
+    /// With `auth.builtin.ldap` set (Harbor's `ldap_auth`), a user name that is not a local
+    /// account is checked against the directory: on success the user's record (source LDAP) is
+    /// created or updated from the directory (e-mail, display name, sysadmin from `groupadmindn`
+    /// membership) and its groups become exactly those read now, so a user who left a group or
+    /// the admin group loses what it gave at this login. Local accounts log in only when they
+    /// are system administrators (the first `admin`), as Harbor allows only `admin` to; other
+    /// local and htpasswd accounts are refused. Robots log in as always. A wrong password, an
+    /// unknown user and a name two entries carry count as failures; a directory that cannot
+    /// answer is [`LoginError::Unavailable`] with [`LDAP_UNAVAILABLE`] and counts nothing.
     pub async fn login(
         &self,
         username: &str,
@@ -293,7 +333,17 @@ impl Builtin {
                 .map(Principal::Robot));
         }
         let user = self.store.user_by_name(username).await?;
+        if let Some(directory) = &self.ldap {
+            return self
+                .check_directory(directory, user, username, password)
+                .await;
+        }
         if let Some(user) = &user {
+            if user.source == UserSource::Ldap {
+                // Its password lives in a directory that is no longer configured.
+                burn(password).await;
+                return Ok(None);
+            }
             if let Some(hash) = user.password.clone() {
                 let password = password.to_string();
                 let ok =
@@ -332,11 +382,107 @@ impl Builtin {
             }
         }
         if user.is_none() {
-            let password = password.to_string();
-            let _ =
-                tokio::task::spawn_blocking(move || secret::burn_password_check(&password)).await;
+            burn(password).await;
         }
         Ok(None)
+    }
+
+    /// [`check_credentials`](Self::check_credentials) with the directory configured.
+    async fn check_directory(
+        &self,
+        directory: &LdapDirectory,
+        user: Option<User>,
+        username: &str,
+        password: &str,
+    ) -> Result<Option<Principal>, LoginError> {
+        match user {
+            Some(user) if user.source == UserSource::Local && user.sysadmin => {
+                let Some(hash) = user.password.clone() else {
+                    return Ok(None);
+                };
+                let password = password.to_string();
+                let ok =
+                    tokio::task::spawn_blocking(move || secret::verify_password(&hash, &password))
+                        .await
+                        .unwrap_or(false);
+                return Ok(ok.then_some(Principal::User {
+                    user,
+                    groups: Vec::new(),
+                }));
+            }
+            Some(user) if user.source != UserSource::Ldap => {
+                tracing::debug!(
+                    username,
+                    "login refused: only system administrators log in locally while LDAP is set"
+                );
+                burn(password).await;
+                return Ok(None);
+            }
+            _ => {}
+        }
+        let found = match directory.login(username, password).await {
+            Ok(found) => found,
+            Err(LdapError::InvalidCredentials) => return Ok(None),
+            Err(LdapError::Ambiguous(reason)) => {
+                tracing::warn!(username, %reason, "LDAP login refused");
+                return Ok(None);
+            }
+            Err(LdapError::Unavailable(reason) | LdapError::Config(reason)) => {
+                tracing::warn!(username, %reason, "LDAP login failed: the directory is unavailable");
+                return Err(LoginError::Unavailable(LDAP_UNAVAILABLE.into()));
+            }
+        };
+        match self.sync_directory_user(&found).await? {
+            Some((user, groups)) => Ok(Some(Principal::User { user, groups })),
+            None => Ok(None),
+        }
+    }
+
+    /// Records what the directory said of `found`; `None` when its name belongs to an account
+    /// of another source (which the directory must not take over).
+    async fn sync_directory_user(
+        &self,
+        found: &LdapUser,
+    ) -> Result<Option<(User, Vec<i64>)>, LoginError> {
+        let record = DirectoryUser {
+            username: found.username.clone(),
+            email: found.email.clone().unwrap_or_default(),
+            realname: found
+                .display_name
+                .clone()
+                .unwrap_or_else(|| found.username.clone()),
+            ldap_dn: found.dn.clone(),
+            sysadmin: found.admin,
+            groups: found
+                .groups
+                .iter()
+                .map(|g| (g.name.clone(), normalize_dn(&g.dn)))
+                .collect(),
+        };
+        // A second try: two first logins at once race to create the record.
+        for _ in 0..2 {
+            match self.store.sync_directory_user(&record).await {
+                Ok(synced) => return Ok(Some(synced)),
+                Err(MetaError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::warn!(
+            username = %found.username,
+            "LDAP login refused: the name belongs to an account that is not an LDAP user"
+        );
+        Ok(None)
+    }
+
+    /// Whether `user` may still log in (and so refresh a session) with the current settings.
+    fn admits(&self, user: &User) -> bool {
+        match (&self.ldap, user.source) {
+            (Some(_), UserSource::Ldap) => true,
+            (Some(_), UserSource::Local) => user.sysadmin,
+            (Some(_), UserSource::Htpasswd) => false,
+            (None, UserSource::Ldap) => false,
+            (None, UserSource::Local | UserSource::Htpasswd) => true,
+        }
     }
 
     /// The user record of an account whose password lives elsewhere, made at its first login.
@@ -506,7 +652,11 @@ impl Builtin {
     }
 
     /// Who a refresh token belongs to, now: refused when it is not one of ours, has expired, or
-    /// its account is gone, disabled or changed since (a new password revokes it).
+    /// its account is gone, disabled or changed since (a new password revokes it), or may no
+    /// longer log in. An LDAP user is read again from the directory (with the search account):
+    /// refused when the directory no longer has it, or when its groups or admin membership
+    /// changed since the token was issued (the change is recorded, and the user logs in again
+    /// with its password to get a session with its new groups).
     pub async fn principal_of_refresh(&self, token: &str) -> Result<Principal, AuthError> {
         let audience = format!("{}{REFRESH_AUDIENCE_SUFFIX}", self.settings.service);
         let identity = self.verify_with(token, &audience, "").await?;
@@ -534,13 +684,42 @@ impl Builtin {
             .user_by_name(name)
             .await
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
-        match user {
-            Some(user) if user.updated_at / 1000 <= issued => Ok(Principal::User {
-                user,
-                groups: identity.groups,
-            }),
-            _ => Err(AuthError::InvalidCredentials),
+        let user = match user {
+            Some(user) if self.admits(&user) => user,
+            _ => return Err(AuthError::InvalidCredentials),
+        };
+        let (user, groups) = match (&self.ldap, user.source) {
+            (Some(directory), UserSource::Ldap) => {
+                let found = match directory.lookup(&user.username).await {
+                    Ok(found) => found,
+                    Err(LdapError::Unavailable(reason) | LdapError::Config(reason)) => {
+                        tracing::warn!(username = %user.username, %reason,
+                            "LDAP refresh failed: the directory is unavailable");
+                        return Err(AuthError::Unavailable(LDAP_UNAVAILABLE.into()));
+                    }
+                    Err(_) => return Err(AuthError::InvalidCredentials),
+                };
+                let (now, groups) = match self.sync_directory_user(&found).await {
+                    Ok(Some(synced)) => synced,
+                    Ok(None) => return Err(AuthError::InvalidCredentials),
+                    Err(e) => return Err(AuthError::Unavailable(e.to_string())),
+                };
+                // Compared directly, not only through `updated_at`, whose seconds may equal
+                // the token's.
+                let mut granted = identity.groups.clone();
+                granted.sort_unstable();
+                granted.dedup();
+                if now.updated_at != user.updated_at || groups != granted {
+                    return Err(AuthError::InvalidCredentials);
+                }
+                (now, groups)
+            }
+            _ => (user, identity.groups),
+        };
+        if user.updated_at / 1000 > issued {
+            return Err(AuthError::InvalidCredentials);
         }
+        Ok(Principal::User { user, groups })
     }
 
     async fn verify_with(
@@ -667,6 +846,13 @@ impl Authenticate for Builtin {
         };
         self.verify_request(token, req.needed).await.map_err(fail)
     }
+}
+
+/// A password check whose result is thrown away, so that refusing an account takes as long as
+/// checking its password.
+async fn burn(password: &str) {
+    let password = password.to_string();
+    let _ = tokio::task::spawn_blocking(move || secret::burn_password_check(&password)).await;
 }
 
 /// How long a superseded signing key still verifies: as long as anything it signed may live.

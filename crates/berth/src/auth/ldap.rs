@@ -145,6 +145,30 @@ impl LdapDirectory {
         result
     }
 
+    /// Reads `username`'s entry and groups with the search account alone, without a password:
+    /// whether the user still exists, and in which groups, for a session that outlives its
+    /// login (a refresh token). `InvalidCredentials` when no entry carries the name.
+    pub async fn lookup(&self, username: &str) -> Result<LdapUser, LdapError> {
+        if username.is_empty() || username.len() > MAX_USERNAME_LEN {
+            return Err(LdapError::InvalidCredentials);
+        }
+        let mut search = self.connect().await?;
+        let result = self.lookup_with(&mut search, username).await;
+        search.close().await;
+        result
+    }
+
+    async fn lookup_with(
+        &self,
+        search: &mut Session,
+        username: &str,
+    ) -> Result<LdapUser, LdapError> {
+        self.bind_search_account(search).await?;
+        let entry = self.find_user(search, username).await?;
+        let groups = self.user_groups(search, &entry, username).await?;
+        Ok(self.user_from(entry, username, groups))
+    }
+
     async fn login_with(
         &self,
         search: &mut Session,

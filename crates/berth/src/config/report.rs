@@ -112,6 +112,8 @@ pub const OPTION_TABLE: &[(&str, Status)] = &[
     ("auth.token", Status::Active),
     ("auth.htpasswd", Status::Active),
     ("auth.builtin", Status::Active),
+    // Logins against an LDAP directory or Active Directory (Harbor's LDAP settings).
+    ("auth.builtin.ldap", Status::Active),
     ("notifications.endpoints", Status::Active),
     ("notifications.events", Status::NotImplemented),
     ("middleware", Status::NotImplemented),
@@ -297,6 +299,11 @@ fn mask_secrets(config: &mut Config) {
     if let Some(database) = &mut config.database {
         mask(&mut database.password);
     }
+    if let Some(ldap) = config.auth.builtin.as_mut().and_then(|b| b.ldap.as_mut()) {
+        if !ldap.searchpassword.is_empty() {
+            ldap.searchpassword = MASK.to_owned();
+        }
+    }
     for endpoint in &mut config.notifications.endpoints {
         mask_headers(&mut endpoint.headers);
     }
@@ -363,5 +370,104 @@ fn is_empty(value: &Value) -> bool {
         Value::Mapping(map) => map.is_empty(),
         Value::Sequence(items) => items.is_empty(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{load, Config};
+    use super::*;
+
+    const LDAP: &str =
+        "version: 0.1\nstorage:\n  inmemory: {}\nauth:\n  builtin:\n    ldap:\n      \
+         url: ldaps://ldap.example.test:636\n      searchdn: cn=reader,dc=example,dc=test\n      \
+         searchpassword: hunter2-secret\n      basedn: dc=example,dc=test\n      scope: 1\n";
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_reference_shows_every_ldap_key() {
+        let reference = serde_yaml::to_value(Config::schema_reference()).expect("serializes");
+        let ldap = &reference["auth"]["builtin"]["ldap"];
+        for key in [
+            "url",
+            "searchdn",
+            "searchpassword",
+            "basedn",
+            "filter",
+            "uid",
+            "scope",
+            "timeout",
+            "starttls",
+            "verifycert",
+            "ca",
+            "groupbasedn",
+            "groupfilter",
+            "groupattribute",
+            "groupmembershipattribute",
+            "groupscope",
+            "groupadmindn",
+        ] {
+            assert!(ldap.get(key).is_some(), "{key} missing from {ldap:?}");
+        }
+    }
+
+    #[test]
+    fn ldap_keys_load_from_the_file_and_the_environment() {
+        let loaded = load(
+            LDAP,
+            env(&[
+                (
+                    "REGISTRY_AUTH_BUILTIN_LDAP_GROUPADMINDN",
+                    "cn=admins,dc=example,dc=test",
+                ),
+                ("REGISTRY_AUTH_BUILTIN_LDAP_TIMEOUT", "9"),
+                ("REGISTRY_AUTH_BUILTIN_LDAP_GROUPSCOPE", "onelevel"),
+                ("REGISTRY_AUTH_BUILTIN_LDAP_SEARCHPASSWORD", "12345"),
+            ]),
+        )
+        .expect("loads");
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let builtin = loaded.config.auth.builtin.expect("builtin");
+        let ldap = builtin.ldap.expect("ldap");
+        assert_eq!(ldap.url, "ldaps://ldap.example.test:636");
+        assert_eq!(ldap.scope, crate::config::LdapScope::OneLevel);
+        assert_eq!(ldap.groupscope, crate::config::LdapScope::OneLevel);
+        assert_eq!(ldap.groupadmindn, "cn=admins,dc=example,dc=test");
+        assert_eq!(ldap.timeout, 9);
+        assert_eq!(ldap.searchpassword, "12345");
+        assert_eq!(ldap.uid, "uid", "defaults fill what is not written");
+    }
+
+    #[test]
+    fn the_search_password_is_never_shown() {
+        let loaded = load(LDAP, env(&[])).expect("loads");
+        let rendered = render_effective(&loaded.config);
+        assert!(!rendered.contains("hunter2-secret"), "{rendered}");
+        assert!(rendered.contains(MASK), "{rendered}");
+        assert!(!format!("{:?}", loaded.config).contains("hunter2-secret"));
+        let again = load(&rendered, env(&[])).expect("the rendering loads again");
+        let ldap = again
+            .config
+            .auth
+            .builtin
+            .and_then(|b| b.ldap)
+            .expect("ldap");
+        assert_eq!(ldap.basedn, "dc=example,dc=test");
+    }
+
+    #[test]
+    fn the_report_lists_the_ldap_section() {
+        let loaded = load(LDAP, env(&[])).expect("loads");
+        let report = option_report(&loaded.config);
+        let row = report
+            .iter()
+            .find(|r| r.key == "auth.builtin.ldap")
+            .unwrap_or_else(|| panic!("no auth.builtin.ldap row in {report:?}"));
+        assert_eq!(row.status, Status::Active);
     }
 }

@@ -6,6 +6,8 @@
 //! - [`sink`]: [`Notifier`], the [`EventSink`](crate::registry::events::EventSink) the core calls
 //!   inside its metadata transactions; it writes one outbox entry per endpoint that wants the
 //!   event (topic `notify:<endpoint name>`), so an event commits with the change it reports.
+//! - [`audit`]: [`AuditTrail`], the sink that writes pushes, deletes and pulls of artifacts to
+//!   the audit log in the change's own transaction.
 //! - [`delivery`]: one task per endpoint reading its topic in order, POSTing batches and
 //!   acknowledging them once accepted.
 //!
@@ -18,10 +20,12 @@
 //! [`spawn_delivery`] with the same metadata store and endpoints; cancel the token on shutdown
 //! and await the handles.
 
+pub mod audit;
 pub mod delivery;
 pub mod envelope;
 pub mod sink;
 
+pub use audit::AuditTrail;
 pub use delivery::{
     spawn_delivery, spawn_delivery_with, Delivery, DeliveryMetrics, DeliveryOptions,
 };

@@ -7,6 +7,7 @@
 //! endpoints `/readyz` and `/livez` sit outside authentication (`health.rs`); absolute URLs take
 //! their origin from `http.host`, a trusted proxy's forwarded headers or the request (`origin.rs`).
 
+pub mod api;
 pub mod auth;
 mod blobs;
 pub mod debug;
@@ -136,6 +137,7 @@ pub fn router_with_health(
         health: health.clone(),
     });
     let auth_settings = settings.clone();
+    let (edge_settings, prefix_api) = (settings.clone(), settings.prefix.clone());
     let headers = Arc::new(settings.headers.clone());
     let (access_log, metrics) = (settings.access_log, settings.metrics);
     let edge = Arc::new(Edge {
@@ -188,10 +190,15 @@ pub fn router_with_health(
         .route("/readyz", get(health::readyz).with_state(probes.clone()))
         .route("/livez", get(health::livez));
     if let Some(builtin) = builtin {
-        app = app.route(
-            "/service/token",
-            get(token::token).post(token::token).with_state(builtin),
-        );
+        // The management API authenticates each request itself (HTTP Basic), like the token
+        // endpoint, so neither sits behind the registry's auth layer.
+        let management = api::router(registry.clone(), builtin.clone(), edge_settings);
+        app = app
+            .route(
+                "/service/token",
+                get(token::token).post(token::token).with_state(builtin),
+            )
+            .nest(&format!("{prefix_api}/api/v2.0"), management);
     }
     if metrics {
         app = app.layer(axum::middleware::from_fn(layers::request_metrics));
@@ -250,7 +257,7 @@ async fn serve(reg: AppState, req: Request) -> Response {
         (Endpoint::Upload(id), Method::GET) => uploads::status(&reg, &repo, &id, p).await,
         (Endpoint::Upload(id), Method::PATCH) => uploads::patch(&reg, &repo, &id, p, body).await,
         (Endpoint::Upload(id), Method::PUT) => uploads::put(&reg, &repo, &id, p, body).await,
-        (Endpoint::Upload(id), Method::DELETE) => uploads::cancel(&reg, &repo, &id).await,
+        (Endpoint::Upload(id), Method::DELETE) => uploads::cancel(&reg, &repo, &id, p).await,
         (Endpoint::Manifest(r), Method::GET) => manifests::get(&reg, &repo, &r, p, true).await,
         (Endpoint::Manifest(r), Method::HEAD) => manifests::get(&reg, &repo, &r, p, false).await,
         (Endpoint::Manifest(r), Method::PUT) => manifests::put(&reg, &repo, &r, p, body).await,
@@ -320,6 +327,11 @@ fn client_ip(req: &Parts) -> Option<std::net::IpAddr> {
 /// The authenticated name of the client, put in the request extensions by the auth layer.
 #[derive(Clone, Debug)]
 pub struct Actor(pub String);
+
+/// The authenticated name of the client of `req` (`""` when anonymous or unauthenticated).
+fn actor(req: &Parts) -> &str {
+    req.extensions.get::<Actor>().map_or("", |a| a.0.as_str())
+}
 
 /// The query parameters of a request.
 fn query(req: &Parts) -> Vec<(String, String)> {

@@ -15,7 +15,7 @@ use axum::Json;
 use http::{header, Method, StatusCode};
 
 use super::error::{ApiError, ErrorCode};
-use crate::auth::builtin::{IssuedToken, LoginError};
+use crate::auth::builtin::{IssuedToken, LoginError, LDAP_UNAVAILABLE};
 use crate::auth::{basic_credentials, Builtin, Principal, Scope};
 
 /// The largest form body a `POST` may send.
@@ -216,6 +216,11 @@ fn unauthorized(builtin: &Builtin, message: &str) -> ApiError {
 }
 
 fn unavailable(message: &str) -> ApiError {
+    if message == LDAP_UNAVAILABLE {
+        // The login's own log line says why; the client learns which service is down.
+        return ApiError::new(ErrorCode::Unavailable, LDAP_UNAVAILABLE)
+            .with_header(header::RETRY_AFTER, "5");
+    }
     tracing::warn!(error = %message, "the token service's store is unavailable");
     ApiError::new(
         ErrorCode::Unavailable,

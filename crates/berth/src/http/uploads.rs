@@ -7,8 +7,8 @@ use axum::http::{header, HeaderName, StatusCode};
 
 use super::error::upload_range;
 use super::{
-    body_stream, header_str, query, query_param, respond, ApiError, ApiResult, AppState, ErrorCode,
-    CONTENT_DIGEST,
+    actor, body_stream, header_str, query, query_param, respond, ApiError, ApiResult, AppState,
+    ErrorCode, CONTENT_DIGEST,
 };
 use std::sync::Arc;
 
@@ -88,7 +88,7 @@ pub async fn start(reg: &AppState, repo: &RepoName, req: &Parts, body: Body) -> 
         reg.core.push_blob(repo, &digest, body_stream(body)).await?;
         return created(reg, req, repo, &digest);
     }
-    let id = reg.core.start_upload(repo).await?;
+    let id = reg.core.start_upload(repo, actor(req)).await?;
     respond(
         StatusCode::ACCEPTED,
         &session_headers(reg, req, repo, &id, 0),
@@ -97,7 +97,7 @@ pub async fn start(reg: &AppState, repo: &RepoName, req: &Parts, body: Body) -> 
 }
 
 pub async fn status(reg: &AppState, repo: &RepoName, id: &str, req: &Parts) -> ApiResult {
-    let up = reg.core.upload(repo, id).await?;
+    let up = reg.core.upload(repo, id, actor(req)).await?;
     respond(
         StatusCode::NO_CONTENT,
         &session_headers(reg, req, repo, id, up.size),
@@ -157,7 +157,7 @@ pub async fn patch(
     let start = chunk_start(req)?;
     let up = reg
         .core
-        .write_chunk(repo, id, start, body_stream(body))
+        .write_chunk(repo, id, actor(req), start, body_stream(body))
         .await
         .map_err(|e| with_location(reg, req, e.into(), repo, id))?;
     respond(
@@ -184,14 +184,14 @@ pub async fn put(reg: &AppState, repo: &RepoName, id: &str, req: &Parts, body: B
         false => None,
     };
     reg.core
-        .finish_upload(repo, id, &digest, last)
+        .finish_upload(repo, id, actor(req), &digest, last)
         .await
         .map_err(|e| with_location(reg, req, e.into(), repo, id))?;
     created(reg, req, repo, &digest)
 }
 
-pub async fn cancel(reg: &AppState, repo: &RepoName, id: &str) -> ApiResult {
-    reg.core.cancel_upload(repo, id).await?;
+pub async fn cancel(reg: &AppState, repo: &RepoName, id: &str, req: &Parts) -> ApiResult {
+    reg.core.cancel_upload(repo, id, actor(req)).await?;
     respond(StatusCode::NO_CONTENT, &[], Body::empty())
 }
 

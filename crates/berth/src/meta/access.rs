@@ -12,8 +12,10 @@
 
 use async_trait::async_trait;
 
-use super::rows::Columns;
+use super::rows::{parse_digest, parse_repo, Columns};
 use super::{MetaError, Result};
+use crate::oci::digest::Digest;
+use crate::oci::name::RepoName;
 
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
@@ -98,6 +100,18 @@ pub struct Group {
     pub name: String,
     pub group_type: i64,
     pub ldap_dn: String,
+}
+
+/// A user as a directory (LDAP) describes it at a login, with the groups it is in now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirectoryUser {
+    pub username: String,
+    pub email: String,
+    pub realname: String,
+    pub ldap_dn: String,
+    pub sysadmin: bool,
+    /// `(name, normalised DN)` of each group.
+    pub groups: Vec<(String, String)>,
 }
 
 /// A project.
@@ -198,6 +212,9 @@ pub struct AuditQuery {
     pub operation: Option<String>,
     pub resource_type: Option<String>,
     pub resource: Option<String>,
+    /// Only entries of this project: its own resource (the project name) and those under
+    /// `name/`.
+    pub project: Option<String>,
     pub from_ms: Option<i64>,
     pub to_ms: Option<i64>,
 }
@@ -222,6 +239,32 @@ pub struct Listing<T> {
     pub total: i64,
 }
 
+/// A repository as the management API lists it (times in Unix seconds, as the registry
+/// records them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepositorySummary {
+    pub id: i64,
+    pub name: RepoName,
+    /// How many manifests it holds.
+    pub artifact_count: i64,
+    pub created_at: i64,
+    /// When a manifest was last pushed to it (its creation when none is newer).
+    pub updated_at: i64,
+}
+
+/// A manifest of a repository with its tags (times in Unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArtifactSummary {
+    pub digest: Digest,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    /// The manifest's size plus that of every blob it references that the repository holds.
+    pub size: i64,
+    pub pushed_at: i64,
+    /// Tags pointing at it, by name, with when each was last set.
+    pub tags: Vec<(String, i64)>,
+}
+
 /// The access records.
 #[async_trait]
 pub trait AccessStore: Send + Sync + 'static {
@@ -239,6 +282,14 @@ pub trait AccessStore: Send + Sync + 'static {
     /// The group of `ldap_dn` (normalised by the caller), created with `name` if new.
     async fn ensure_group(&self, name: &str, ldap_dn: &str) -> Result<Group>;
     async fn group(&self, id: i64) -> Result<Option<Group>>;
+    /// Records what a directory said of a user at a login, in one transaction: creates the user
+    /// (source LDAP) or updates its e-mail, real name, DN and sysadmin flag, ensures a group per
+    /// DN and makes the user's group memberships exactly these. `updated_at` moves only when
+    /// something changed, so refresh tokens issued before a change are refused. Returns the user
+    /// and its group ids (sorted); `Conflict` if the name belongs to a user of another source.
+    async fn sync_directory_user(&self, user: &DirectoryUser) -> Result<(User, Vec<i64>)>;
+    /// The ids of the groups the user was in at its last directory login (sorted).
+    async fn user_group_ids(&self, user_id: i64) -> Result<Vec<i64>>;
 
     /// Creates a project with `owner` as its project admin; `Conflict` if the name is taken.
     async fn create_project(&self, name: &str, public: bool, owner: Option<i64>)
@@ -302,6 +353,48 @@ pub trait AccessStore: Send + Sync + 'static {
     /// The failures under `key` in its current window, and when that window started.
     async fn failures(&self, key: &str, window_ms: i64) -> Result<(i64, i64)>;
     async fn clear_failures(&self, key: &str) -> Result<()>;
+
+    /// Repositories holding at least one manifest whose names start with `prefix` (a project's
+    /// `name/`), optionally only those whose name contains `name`, in name order. They are
+    /// registry records, read here because the management API lists them per project.
+    async fn repository_summaries(
+        &self,
+        prefix: &str,
+        name: Option<&str>,
+        page: PageRequest,
+    ) -> Result<Listing<RepositorySummary>>;
+    /// The manifests of `repo`, newest first, with the tags pointing at each; `digest`: only
+    /// that one. An unknown repository lists nothing.
+    async fn artifact_summaries(
+        &self,
+        repo: &RepoName,
+        digest: Option<&Digest>,
+        page: PageRequest,
+    ) -> Result<Listing<ArtifactSummary>>;
+}
+
+/// The insert of one audit entry, bound by [`bind_audit`].
+pub(crate) const AUDIT_INSERT: &str = "INSERT INTO audit_log (at, username, operation, \
+     resource_type, resource, client, success, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// [`AUDIT_INSERT`] with the values of `e`, on either engine.
+pub(crate) fn bind_audit<'q, DB>(
+    q: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    e: &'q AuditEntry,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    q.bind(e.at)
+        .bind(e.username.as_str())
+        .bind(e.operation.as_str())
+        .bind(e.resource_type.as_str())
+        .bind(e.resource.as_str())
+        .bind(e.client.as_str())
+        .bind(i64::from(e.success))
+        .bind(e.detail.as_str())
 }
 
 /// A statement written with `$N` placeholders, for SQLite (`?N`: the same numbered binding).
@@ -445,6 +538,13 @@ pub(crate) fn audit_filter(q: &AuditQuery) -> (String, Vec<String>, Vec<i64>) {
     text(&mut clauses, "operation", &q.operation, false);
     text(&mut clauses, "resource_type", &q.resource_type, false);
     text(&mut clauses, "resource", &q.resource, true);
+    if let Some(p) = &q.project {
+        n += 1;
+        clauses.push(format!(
+            "(resource = ${n} OR substr(resource, 1, length(${n}) + 1) = ${n} || '/')"
+        ));
+        texts.push(p.clone());
+    }
     let mut ints = Vec::new();
     let mut n = texts.len();
     for (col, op, v) in [("at", ">=", q.from_ms), ("at", "<=", q.to_ms)] {
@@ -579,6 +679,10 @@ macro_rules! access_store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+                sqlx::query(&$sql("DELETE FROM user_group_members WHERE user_id = $1"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
                 let done = sqlx::query(&$sql("DELETE FROM users WHERE id = $1"))
                     .bind(id)
                     .execute(&mut *tx)
@@ -617,6 +721,126 @@ macro_rules! access_store {
                     $sql("SELECT id, name, group_type, ldap_dn FROM user_groups WHERE id = $1");
                 let row = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await?;
                 row.as_ref().map(|r| group_row(r)).transpose()
+            }
+
+            async fn sync_directory_user(
+                &self,
+                d: &$crate::meta::access::DirectoryUser,
+            ) -> $crate::meta::Result<($crate::meta::access::User, Vec<i64>)> {
+                use $crate::meta::access::*;
+                let now = now_ms();
+                let mut tx = self.writer().begin().await?;
+                let sql = $sql(&format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1"));
+                let row = sqlx::query(&sql)
+                    .bind(&d.username)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let existing = row.as_ref().map(|r| user_row(r)).transpose()?;
+                let (mut user, mut changed) = match existing {
+                    Some(u) if u.source != UserSource::Ldap => {
+                        return Err($crate::meta::MetaError::Conflict(format!(
+                            "user {} is not an LDAP user",
+                            d.username
+                        )));
+                    }
+                    Some(u) => {
+                        let same = u.email == d.email
+                            && u.realname == d.realname
+                            && u.ldap_dn.as_deref() == Some(d.ldap_dn.as_str())
+                            && u.sysadmin == d.sysadmin;
+                        (u, !same)
+                    }
+                    None => {
+                        let sql = $sql(&format!(
+                            "INSERT INTO users (username, email, realname, comment, password,                              source, ldap_dn, sysadmin, created_at, updated_at)                              VALUES ($1, $2, $3, '', NULL, $4, $5, $6, $7, $7)                              RETURNING {USER_COLUMNS}"
+                        ));
+                        let row = sqlx::query(&sql)
+                            .bind(&d.username)
+                            .bind(&d.email)
+                            .bind(&d.realname)
+                            .bind(UserSource::Ldap.as_str())
+                            .bind(&d.ldap_dn)
+                            .bind(i64::from(d.sysadmin))
+                            .bind(now)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(|e| conflict_or(e, &format!("user {}", d.username)))?;
+                        (user_row(&row)?, false)
+                    }
+                };
+                let mut ids = Vec::with_capacity(d.groups.len());
+                for (name, dn) in &d.groups {
+                    let sql = $sql(
+                        "INSERT INTO user_groups (name, group_type, ldap_dn, created_at)                          VALUES ($1, 1, $2, $3) ON CONFLICT (ldap_dn) DO NOTHING",
+                    );
+                    sqlx::query(&sql)
+                        .bind(name)
+                        .bind(dn)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    let sql = $sql("SELECT id FROM user_groups WHERE ldap_dn = $1");
+                    let id: i64 = sqlx::query_scalar(&sql).bind(dn).fetch_one(&mut *tx).await?;
+                    ids.push(id);
+                }
+                ids.sort_unstable();
+                ids.dedup();
+                let sql = $sql(
+                    "SELECT group_id FROM user_group_members WHERE user_id = $1 ORDER BY group_id",
+                );
+                let current: Vec<i64> = sqlx::query_scalar(&sql)
+                    .bind(user.id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                if current != ids {
+                    changed = true;
+                    sqlx::query(&$sql("DELETE FROM user_group_members WHERE user_id = $1"))
+                        .bind(user.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let sql = $sql(
+                        "INSERT INTO user_group_members (user_id, group_id) VALUES ($1, $2)",
+                    );
+                    for id in &ids {
+                        sqlx::query(&sql)
+                            .bind(user.id)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                if changed {
+                    let sql = $sql(
+                        "UPDATE users SET email = $1, realname = $2, ldap_dn = $3, sysadmin = $4, \
+                         updated_at = $5 WHERE id = $6",
+                    );
+                    sqlx::query(&sql)
+                        .bind(&d.email)
+                        .bind(&d.realname)
+                        .bind(&d.ldap_dn)
+                        .bind(i64::from(d.sysadmin))
+                        .bind(now)
+                        .bind(user.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    user.email = d.email.clone();
+                    user.realname = d.realname.clone();
+                    user.ldap_dn = Some(d.ldap_dn.clone());
+                    user.sysadmin = d.sysadmin;
+                    user.updated_at = now;
+                }
+                tx.commit().await?;
+                Ok((user, ids))
+            }
+
+            async fn user_group_ids(&self, user_id: i64) -> $crate::meta::Result<Vec<i64>> {
+                let sql = $sql(
+                    "SELECT group_id FROM user_group_members WHERE user_id = $1 ORDER BY group_id",
+                );
+                Ok(sqlx::query_scalar(&sql)
+                    .bind(user_id)
+                    .fetch_all(self.reader())
+                    .await?)
             }
 
             async fn create_project(
@@ -1033,20 +1257,9 @@ macro_rules! access_store {
                 entries: Vec<$crate::meta::access::AuditEntry>,
             ) -> $crate::meta::Result<()> {
                 let mut tx = self.writer().begin().await?;
-                let sql = $sql(
-                    "INSERT INTO audit_log (at, username, operation, resource_type, resource, \
-                     client, success, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                );
+                let sql = $sql($crate::meta::access::AUDIT_INSERT);
                 for e in &entries {
-                    sqlx::query(&sql)
-                        .bind(e.at)
-                        .bind(&e.username)
-                        .bind(&e.operation)
-                        .bind(&e.resource_type)
-                        .bind(&e.resource)
-                        .bind(&e.client)
-                        .bind(i64::from(e.success))
-                        .bind(&e.detail)
+                    $crate::meta::access::bind_audit(sqlx::query(&sql), e)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -1145,6 +1358,104 @@ macro_rules! access_store {
                     .await?;
                 Ok(())
             }
+
+            async fn repository_summaries(
+                &self,
+                prefix: &str,
+                name: Option<&str>,
+                page: $crate::meta::access::PageRequest,
+            ) -> $crate::meta::Result<
+                $crate::meta::access::Listing<$crate::meta::access::RepositorySummary>,
+            > {
+                use $crate::meta::access::*;
+                let pattern = name.map(like_pattern).unwrap_or_else(|| "%".to_string());
+                let sql = $sql(&format!(
+                    "SELECT r.id, r.name, r.created_at, \
+                     (SELECT count(*) FROM manifests m WHERE m.repo_id = r.id) AS artifact_count, \
+                     (SELECT max(m.created_at) FROM manifests m WHERE m.repo_id = r.id) \
+                     AS updated_at {REPOSITORY_FILTER} ORDER BY r.name LIMIT $3 OFFSET $4"
+                ));
+                let rows = sqlx::query(&sql)
+                    .bind(prefix)
+                    .bind(&pattern)
+                    .bind(i64::from(page.page_size))
+                    .bind(page.offset())
+                    .fetch_all(self.reader())
+                    .await?;
+                let sql = $sql(&format!("SELECT count(*) {REPOSITORY_FILTER}"));
+                let total: i64 = sqlx::query_scalar(&sql)
+                    .bind(prefix)
+                    .bind(&pattern)
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok(Listing {
+                    items: rows
+                        .iter()
+                        .map(|r| repository_row(r))
+                        .collect::<$crate::meta::Result<_>>()?,
+                    total,
+                })
+            }
+
+            async fn artifact_summaries(
+                &self,
+                repo: &$crate::oci::name::RepoName,
+                digest: Option<&$crate::oci::digest::Digest>,
+                page: $crate::meta::access::PageRequest,
+            ) -> $crate::meta::Result<
+                $crate::meta::access::Listing<$crate::meta::access::ArtifactSummary>,
+            > {
+                use $crate::meta::access::*;
+                let digest = digest.map(|d| d.to_string()).unwrap_or_default();
+                let sql = $sql(&format!(
+                    "SELECT m.digest, m.media_type, m.artifact_type, m.created_at, \
+                     m.size + COALESCE(CAST((SELECT sum(b.size) FROM manifest_refs f \
+                     JOIN repo_blobs b ON b.repo_id = f.repo_id AND b.digest = f.target \
+                     WHERE f.repo_id = m.repo_id AND f.manifest = m.digest AND f.kind = 'blob') \
+                     AS BIGINT), 0) AS size {ARTIFACT_FILTER} \
+                     ORDER BY m.created_at DESC, m.digest LIMIT $3 OFFSET $4"
+                ));
+                let rows = sqlx::query(&sql)
+                    .bind(repo.as_str())
+                    .bind(&digest)
+                    .bind(i64::from(page.page_size))
+                    .bind(page.offset())
+                    .fetch_all(self.reader())
+                    .await?;
+                let sql = $sql(&format!("SELECT count(*) {ARTIFACT_FILTER}"));
+                let total: i64 = sqlx::query_scalar(&sql)
+                    .bind(repo.as_str())
+                    .bind(&digest)
+                    .fetch_one(self.reader())
+                    .await?;
+                let mut items: Vec<ArtifactSummary> = rows
+                    .iter()
+                    .map(|r| artifact_row(r))
+                    .collect::<$crate::meta::Result<_>>()?;
+                if !items.is_empty() {
+                    // One query for the tags of the whole page.
+                    let marks = (0..items.len())
+                        .map(|i| format!("${}", i + 2))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let sql = $sql(&format!(
+                        "SELECT t.name, t.digest, t.updated_at FROM tags t \
+                         JOIN repositories r ON r.id = t.repo_id \
+                         WHERE r.name = $1 AND t.digest IN ({marks}) ORDER BY t.name"
+                    ));
+                    let mut q = sqlx::query(&sql).bind(repo.as_str());
+                    for a in &items {
+                        q = q.bind(a.digest.to_string());
+                    }
+                    for row in q.fetch_all(self.reader()).await? {
+                        let (name, digest, at) = tag_row(&row)?;
+                        if let Some(a) = items.iter_mut().find(|a| a.digest.to_string() == digest) {
+                            a.tags.push((name, at));
+                        }
+                    }
+                }
+                Ok(Listing { items, total })
+            }
         }
     };
 }
@@ -1171,4 +1482,154 @@ pub(crate) fn found(rows: u64, what: &str) -> Result<()> {
         return Err(MetaError::NotFound(what.to_string()));
     }
     Ok(())
+}
+
+/// The rows `repository_summaries` lists: `$1` the name prefix, `$2` a `LIKE` pattern.
+pub(crate) const REPOSITORY_FILTER: &str = "FROM repositories r \
+     WHERE substr(r.name, 1, length($1)) = $1 AND r.name LIKE $2 ESCAPE '\\' \
+     AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id)";
+
+/// The rows `artifact_summaries` lists: `$1` the repository, `$2` a digest or `''` for all.
+pub(crate) const ARTIFACT_FILTER: &str = "FROM manifests m \
+     JOIN repositories r ON r.id = m.repo_id WHERE r.name = $1 AND ($2 = '' OR m.digest = $2)";
+
+pub(crate) fn repository_row<'r>(r: &'r impl Columns<'r>) -> Result<RepositorySummary> {
+    let created_at = r.int("created_at")?;
+    Ok(RepositorySummary {
+        id: r.int("id")?,
+        name: parse_repo(r.text("name")?)?,
+        artifact_count: r.int("artifact_count")?,
+        created_at,
+        updated_at: r.int("updated_at").unwrap_or(created_at),
+    })
+}
+
+pub(crate) fn artifact_row<'r>(r: &'r impl Columns<'r>) -> Result<ArtifactSummary> {
+    Ok(ArtifactSummary {
+        digest: parse_digest(r.text("digest")?)?,
+        media_type: r.text("media_type")?.to_string(),
+        artifact_type: r.maybe_text("artifact_type")?.map(String::from),
+        size: r.int("size")?,
+        pushed_at: r.int("created_at")?,
+        tags: Vec::new(),
+    })
+}
+
+/// A row of `name, digest, updated_at` from `tags`.
+pub(crate) fn tag_row<'r>(r: &'r impl Columns<'r>) -> Result<(String, String, i64)> {
+    Ok((
+        r.text("name")?.to_string(),
+        r.text("digest")?.to_string(),
+        r.int("updated_at")?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::sqlite::SqliteMetaStore;
+    use crate::meta::{Change, Dependency, ManifestRecord, MetaStore};
+    use crate::oci::digest::{Algorithm, Digest};
+
+    fn page(page: u32, page_size: u32) -> PageRequest {
+        PageRequest { page, page_size }
+    }
+
+    /// Pushes a manifest of `size` bytes referencing one blob of 100 bytes, tagged `tags`.
+    async fn push(store: &SqliteMetaStore, repo: &str, seed: &str, tags: &[&str]) -> Digest {
+        let repo: RepoName = repo.parse().unwrap();
+        let blob = Digest::of(Algorithm::Sha256, format!("blob {seed}").as_bytes());
+        let digest = Digest::of(Algorithm::Sha256, format!("manifest {seed}").as_bytes());
+        let mut changes = vec![
+            Change::LinkBlob {
+                repo: repo.clone(),
+                digest: blob.clone(),
+                size: 100,
+                mounted_from: None,
+            },
+            Change::PutManifest {
+                repo: repo.clone(),
+                manifest: ManifestRecord {
+                    digest: digest.clone(),
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                    size: 10,
+                    artifact_type: None,
+                    subject: None,
+                    annotations: None,
+                },
+                blobs: vec![Dependency {
+                    digest: blob,
+                    required: true,
+                }],
+                children: Vec::new(),
+            },
+        ];
+        for t in tags {
+            changes.push(Change::SetTag {
+                repo: repo.clone(),
+                tag: t.parse().unwrap(),
+                digest: digest.clone(),
+            });
+        }
+        store.apply(changes).await.unwrap();
+        digest
+    }
+
+    #[tokio::test]
+    async fn repositories_and_artifacts_of_a_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteMetaStore::open(&dir.path().join("meta.db"))
+            .await
+            .unwrap();
+        let one = push(&store, "team/app", "1", &["v1", "latest"]).await;
+        let two = push(&store, "team/app", "2", &[]).await;
+        push(&store, "team/tools/lint", "3", &["v1"]).await;
+        push(&store, "teamster/app", "4", &["v1"]).await;
+
+        let repos = store
+            .repository_summaries("team/", None, page(1, 10))
+            .await
+            .unwrap();
+        assert_eq!(
+            repos.total, 2,
+            "other projects' repositories are not listed"
+        );
+        let names: Vec<&str> = repos.items.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["team/app", "team/tools/lint"]);
+        assert_eq!(repos.items[0].artifact_count, 2);
+        let second = store
+            .repository_summaries("team/", None, page(2, 1))
+            .await
+            .unwrap();
+        assert_eq!((second.total, second.items.len()), (2, 1));
+        assert_eq!(second.items[0].name.as_str(), "team/tools/lint");
+        let filtered = store
+            .repository_summaries("team/", Some("lint"), page(1, 10))
+            .await
+            .unwrap();
+        assert_eq!(filtered.total, 1);
+
+        let app: RepoName = "team/app".parse().unwrap();
+        let arts = store
+            .artifact_summaries(&app, None, page(1, 10))
+            .await
+            .unwrap();
+        assert_eq!(arts.total, 2);
+        let first = arts.items.iter().find(|a| a.digest == one).unwrap();
+        let tags: Vec<&str> = first.tags.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(tags, ["latest", "v1"]);
+        assert_eq!(first.size, 110, "the manifest and the blob it references");
+        let untagged = arts.items.iter().find(|a| a.digest == two).unwrap();
+        assert!(untagged.tags.is_empty());
+        let only = store
+            .artifact_summaries(&app, Some(&one), page(1, 10))
+            .await
+            .unwrap();
+        assert_eq!((only.total, only.items[0].digest.clone()), (1, one));
+        let none = store
+            .artifact_summaries(&"team/none".parse().unwrap(), None, page(1, 10))
+            .await
+            .unwrap();
+        assert_eq!((none.total, none.items.len()), (0, 0));
+    }
 }

@@ -136,6 +136,8 @@ pub struct ManifestRecord {
 pub struct UploadRecord {
     pub id: String,
     pub repo: RepoName,
+    /// The identity that started the session (`""` for anonymous): the only one that may use it.
+    pub owner: String,
     /// Bytes received and acknowledged so far.
     pub size: u64,
     /// The storage parts holding those bytes, in order.
@@ -186,7 +188,11 @@ pub enum Change {
     /// Removes a manifest and every tag pointing at it. `NotFound` if absent.
     DeleteManifest { repo: RepoName, digest: Digest },
     /// Starts an upload session with zero bytes.
-    CreateUpload { id: String, repo: RepoName },
+    CreateUpload {
+        id: String,
+        repo: RepoName,
+        owner: String,
+    },
     /// Records that an upload grew from `from` to `to` bytes, held by the storage part `part`.
     /// `Conflict` if it is not at `from`; `NotFound` if the session does not exist.
     AdvanceUpload {
@@ -202,6 +208,8 @@ pub enum Change {
         topic: String,
         payload: serde_json::Value,
     },
+    /// Appends an entry to the audit log (with the change it records).
+    Audit(access::AuditEntry),
 }
 
 /// An event waiting in the outbox.
@@ -305,9 +313,10 @@ pub fn affected(changes: &[Change]) -> (Vec<&RepoName>, bool) {
                 catalog = true;
                 repo
             }
-            Change::AdvanceUpload { .. } | Change::DeleteUpload { .. } | Change::Enqueue { .. } => {
-                continue
-            }
+            Change::AdvanceUpload { .. }
+            | Change::DeleteUpload { .. }
+            | Change::Enqueue { .. }
+            | Change::Audit(_) => continue,
         };
         if !repos.contains(&repo) {
             repos.push(repo);

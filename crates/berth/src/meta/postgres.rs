@@ -626,14 +626,15 @@ async fn apply_one(tx: &mut Tx<'_>, ids: &mut RepoIds, change: Change) -> Result
                 .execute(&mut **tx)
                 .await?;
         }
-        Change::CreateUpload { id, repo } => {
+        Change::CreateUpload { id, repo, owner } => {
             let rid = ensure_repo(tx, ids, &repo).await?;
             sqlx::query(
-                "INSERT INTO uploads (id, repo_id, size, created_at, updated_at) \
-                 VALUES ($1, $2, 0, $3, $3)",
+                "INSERT INTO uploads (id, repo_id, owner, size, created_at, updated_at) \
+                 VALUES ($1, $2, $3, 0, $4, $4)",
             )
             .bind(&id)
             .bind(rid)
+            .bind(&owner)
             .bind(now())
             .execute(&mut **tx)
             .await?;
@@ -681,6 +682,11 @@ async fn apply_one(tx: &mut Tx<'_>, ids: &mut RepoIds, change: Change) -> Result
                 .execute(&mut **tx)
                 .await?;
         }
+        Change::Audit(entry) => {
+            super::access::bind_audit(sqlx::query(super::access::AUDIT_INSERT), &entry)
+                .execute(&mut **tx)
+                .await?;
+        }
     }
     Ok(())
 }
@@ -692,7 +698,8 @@ fn limit(page: &Page) -> Option<i64> {
     page.limit.map(i64::from)
 }
 
-const UPLOAD_SELECT: &str = "SELECT u.id, r.name, u.size, u.parts, u.created_at FROM uploads u \
+const UPLOAD_SELECT: &str =
+    "SELECT u.id, r.name, u.owner, u.size, u.parts, u.created_at FROM uploads u \
      JOIN repositories r ON r.id = u.repo_id";
 
 /// The server's clock in Unix milliseconds (lease expiry: one clock for every instance).
@@ -702,6 +709,7 @@ fn upload_row(row: &PgRow) -> Result<UploadRecord> {
     Ok(UploadRecord {
         id: row.try_get("id")?,
         repo: parse_repo(row.try_get::<&str, _>("name")?)?,
+        owner: row.try_get("owner")?,
         size: row.try_get::<i64, _>("size")? as u64,
         parts: row.try_get("parts")?,
         created_at: row.try_get("created_at")?,

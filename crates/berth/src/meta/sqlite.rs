@@ -161,13 +161,15 @@ fn limit(page: &Page) -> i64 {
     page.limit.map(i64::from).unwrap_or(-1)
 }
 
-const UPLOAD_SELECT: &str = "SELECT u.id, r.name, u.size, u.parts, u.created_at FROM uploads u \
+const UPLOAD_SELECT: &str =
+    "SELECT u.id, r.name, u.owner, u.size, u.parts, u.created_at FROM uploads u \
      JOIN repositories r ON r.id = u.repo_id";
 
 fn upload_row(row: &SqliteRow) -> Result<UploadRecord> {
     Ok(UploadRecord {
         id: row.try_get("id")?,
         repo: parse_repo(row.try_get("name")?)?,
+        owner: row.try_get("owner")?,
         size: row.try_get::<i64, _>("size")? as u64,
         parts: serde_json::from_str(row.try_get::<&str, _>("parts")?)
             .map_err(|e| MetaError::Corrupt(format!("stored upload parts: {e}")))?,
@@ -523,14 +525,16 @@ async fn apply_one(
                 .execute(&mut **tx)
                 .await?;
         }
-        Change::CreateUpload { id, repo } => {
+        Change::CreateUpload { id, repo, owner } => {
             let rid = ensure_repo(tx, ids, &repo).await?;
             let t = now();
             sqlx::query(
-                "INSERT INTO uploads (id, repo_id, size, created_at, updated_at) VALUES (?, ?, 0, ?, ?)",
+                "INSERT INTO uploads (id, repo_id, owner, size, created_at, updated_at) \
+                 VALUES (?, ?, ?, 0, ?, ?)",
             )
             .bind(&id)
             .bind(rid)
+            .bind(&owner)
             .bind(t)
             .bind(t)
             .execute(&mut **tx)
@@ -575,6 +579,12 @@ async fn apply_one(
                 .bind(topic)
                 .bind(payload.to_string())
                 .bind(now())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Change::Audit(entry) => {
+            let sql = sqlite_sql(super::access::AUDIT_INSERT);
+            super::access::bind_audit(sqlx::query(&sql), &entry)
                 .execute(&mut **tx)
                 .await?;
         }
@@ -858,6 +868,7 @@ mod tests {
         a.apply(vec![Change::CreateUpload {
             id: "u".into(),
             repo: "r".parse().unwrap(),
+            owner: String::new(),
         }])
         .await
         .unwrap();

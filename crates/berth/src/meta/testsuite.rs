@@ -370,11 +370,13 @@ pub async fn run(store: &dyn MetaStore) {
         .apply(vec![Change::CreateUpload {
             id: "u1".into(),
             repo: b.clone(),
+            owner: "alice".into(),
         }])
         .await
         .unwrap();
     let u = store.upload("u1").await.unwrap().unwrap();
     assert_eq!((u.repo.clone(), u.size), (b.clone(), 0));
+    assert_eq!(u.owner, "alice", "the session keeps who started it");
     let advance = |from, to, part: &str| Change::AdvanceUpload {
         id: "u1".into(),
         from,

@@ -127,7 +127,7 @@ pub const BLOB_MEDIA_TYPE: &str = "application/octet-stream";
 ///
 /// - a blob linked into a repository: `push` (or `mount` when it came from another repository);
 /// - a manifest recorded: one `push` per tag set on it in the same list, or one without a tag;
-/// - a blob unlinked, a manifest or a tag deleted: `delete`;
+/// - a blob unlinked, a manifest or a tag deleted: `delete` (a blob's with the blob media type);
 /// - upload bookkeeping and outbox entries are not facts anyone is told about.
 pub fn from_changes(changes: &[Change]) -> Vec<RegistryEvent> {
     // Upload bookkeeping (most writes of a chunked push) reports nothing: skip the request copy.
@@ -193,7 +193,13 @@ pub fn from_changes(changes: &[Change]) -> Vec<RegistryEvent> {
                     }
                 }
             }
-            Change::UnlinkBlob { repo, digest } | Change::DeleteManifest { repo, digest } => {
+            Change::UnlinkBlob { repo, digest } => {
+                let mut e = RegistryEvent::new(EventAction::Delete, repo, &request);
+                e.digest = Some(digest.clone());
+                e.media_type = Some(BLOB_MEDIA_TYPE.to_string());
+                events.push(e);
+            }
+            Change::DeleteManifest { repo, digest } => {
                 let mut e = RegistryEvent::new(EventAction::Delete, repo, &request);
                 e.digest = Some(digest.clone());
                 events.push(e);
@@ -207,7 +213,8 @@ pub fn from_changes(changes: &[Change]) -> Vec<RegistryEvent> {
             | Change::CreateUpload { .. }
             | Change::AdvanceUpload { .. }
             | Change::DeleteUpload { .. }
-            | Change::Enqueue { .. } => {}
+            | Change::Enqueue { .. }
+            | Change::Audit(_) => {}
         }
     }
     events
@@ -283,6 +290,7 @@ mod tests {
             Change::CreateUpload {
                 id: "u".into(),
                 repo: repo.clone(),
+                owner: String::new(),
             },
             Change::PutManifest {
                 repo: repo.clone(),

@@ -430,28 +430,33 @@ impl Registry {
 
     // ---- uploads -----------------------------------------------------------------------------
 
-    /// Starts an upload session in `repo`; returns its id.
-    pub async fn start_upload(&self, repo: &RepoName) -> Result<String> {
+    /// Starts an upload session in `repo` for the identity `owner` (`""` for anonymous);
+    /// returns its id. The session is bound to both: every later use of it must name the same
+    /// repository and come from the same identity, or the session is unknown to it.
+    pub async fn start_upload(&self, repo: &RepoName, owner: &str) -> Result<String> {
         let id = uuid::Uuid::new_v4().to_string();
         self.commit(vec![Change::CreateUpload {
             id: id.clone(),
             repo: repo.clone(),
+            owner: owner.to_string(),
         }])
         .await?;
         Ok(id)
     }
 
-    /// The session record of an upload of `repo`.
-    async fn upload_record(&self, repo: &RepoName, id: &str) -> Result<UploadRecord> {
+    /// The session record of an upload of `repo` started by `owner`. A session of another
+    /// repository or identity is reported unknown, exactly like one that does not exist, so its
+    /// id reveals nothing and grants nothing.
+    async fn upload_record(&self, repo: &RepoName, id: &str, owner: &str) -> Result<UploadRecord> {
         match self.meta.upload(id).await? {
-            Some(u) if &u.repo == repo => Ok(u),
+            Some(u) if &u.repo == repo && u.owner == owner => Ok(u),
             _ => Err(RegistryError::BlobUploadUnknown(id.to_string())),
         }
     }
 
-    /// An upload session of `repo`.
-    pub async fn upload(&self, repo: &RepoName, id: &str) -> Result<UploadSession> {
-        let up = self.upload_record(repo, id).await?;
+    /// An upload session of `repo` started by `owner`.
+    pub async fn upload(&self, repo: &RepoName, id: &str, owner: &str) -> Result<UploadSession> {
+        let up = self.upload_record(repo, id, owner).await?;
         Ok(UploadSession {
             id: up.id,
             size: up.size,
@@ -482,13 +487,14 @@ impl Registry {
         &self,
         repo: &RepoName,
         id: &str,
+        owner: &str,
         start: Option<u64>,
         body: S,
     ) -> Result<UploadSession>
     where
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
     {
-        let up = self.append_chunk(repo, id, start, body).await?;
+        let up = self.append_chunk(repo, id, owner, start, body).await?;
         Ok(UploadSession {
             id: up.id,
             size: up.size,
@@ -499,13 +505,14 @@ impl Registry {
         &self,
         repo: &RepoName,
         id: &str,
+        owner: &str,
         start: Option<u64>,
         body: S,
     ) -> Result<UploadRecord>
     where
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
     {
-        let mut up = self.upload_record(repo, id).await?;
+        let mut up = self.upload_record(repo, id, owner).await?;
         if let Some(start) = start {
             if start != up.size {
                 return Err(RegistryError::UploadOutOfOrder { size: up.size });
@@ -538,7 +545,7 @@ impl Registry {
             }
             match recorded {
                 Err(MetaError::Conflict(_)) => {
-                    let now = self.upload_record(repo, id).await?;
+                    let now = self.upload_record(repo, id, owner).await?;
                     return Err(RegistryError::UploadOutOfOrder { size: now.size });
                 }
                 Err(MetaError::NotFound(_)) => {
@@ -562,6 +569,7 @@ impl Registry {
         &self,
         repo: &RepoName,
         id: &str,
+        owner: &str,
         digest: &Digest,
         last_chunk: Option<(Option<u64>, S)>,
     ) -> Result<u64>
@@ -569,8 +577,8 @@ impl Registry {
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
     {
         let up = match last_chunk {
-            Some((start, body)) => self.append_chunk(repo, id, start, body).await?,
-            None => self.upload_record(repo, id).await?,
+            Some((start, body)) => self.append_chunk(repo, id, owner, start, body).await?,
+            None => self.upload_record(repo, id, owner).await?,
         };
         let known = self.take_hasher(id, up.size).map(Hasher::finish);
         let committed: Result<()> = async {
@@ -602,8 +610,8 @@ impl Registry {
     }
 
     /// Cancels an upload and removes its data.
-    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
-        self.upload_record(repo, id).await?;
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str, owner: &str) -> Result<()> {
+        self.upload_record(repo, id, owner).await?;
         match self
             .commit(vec![Change::DeleteUpload { id: id.to_string() }])
             .await

@@ -4,6 +4,7 @@
 
 pub mod builtin;
 pub mod cli;
+pub mod distribution;
 pub mod oci;
 
 pub mod image;

@@ -1,0 +1,478 @@
+//! `/projects` and `/projects/{p}/members`: projects, who may see them, and their members.
+//!
+//! Any logged-in user creates projects (and becomes their project admin); public projects are
+//! read by anybody, private ones by their members; project admins and system administrators
+//! change a project and its members.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{
+    body, created, managed, ok, paged, paging, param, query, readable, slice, standing_in, time_ms,
+    Api, ApiError, ApiResult, Caller, Code, Standing,
+};
+use crate::auth::accounts::{check_project_name, Member, MemberEntity, PageRequest};
+use crate::auth::rbac::Role;
+use crate::auth::Principal;
+
+/// A project as Harbor shows one, for the caller standing in it.
+async fn project_json(api: &Api, st: &Standing) -> Result<Value, ApiError> {
+    let p = &st.project;
+    let owner_name = match p.owner_id {
+        Some(id) => api
+            .accounts
+            .user_by_id(id)
+            .await
+            .map(|u| u.username)
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let repos = api
+        .accounts
+        .repositories(
+            &p.name,
+            None,
+            PageRequest {
+                page: 1,
+                page_size: 1,
+            },
+        )
+        .await?;
+    let role = st.role().map_or(0, Role::id);
+    let mut roles = st.roles.clone();
+    roles.sort();
+    roles.dedup();
+    Ok(json!({
+        "project_id": p.id,
+        "name": p.name,
+        "owner_id": p.owner_id.unwrap_or(0),
+        "owner_name": owner_name,
+        "registry_id": null,
+        "creation_time": time_ms(p.created_at),
+        "update_time": time_ms(p.updated_at),
+        "deleted": false,
+        "togglable": st.manages(),
+        "repo_count": repos.total,
+        "current_user_role_id": role,
+        "current_user_role_ids": roles,
+        "metadata": {"public": p.public.to_string()},
+    }))
+}
+
+#[derive(Deserialize)]
+struct ProjectReq {
+    project_name: Option<String>,
+    public: Option<bool>,
+    metadata: Option<Metadata>,
+    #[allow(dead_code)]
+    storage_limit: Option<i64>,
+    registry_id: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    public: Option<String>,
+}
+
+impl ProjectReq {
+    /// Whether the request makes the project public: `metadata.public`, else the deprecated
+    /// `public`; `None` when neither says.
+    fn public(&self) -> Result<Option<bool>, ApiError> {
+        if let Some(v) = self.metadata.as_ref().and_then(|m| m.public.as_deref()) {
+            return match v.to_ascii_lowercase().as_str() {
+                "true" => Ok(Some(true)),
+                "false" => Ok(Some(false)),
+                _ => Err(ApiError::bad_request(format!(
+                    "metadata.public must be \"true\" or \"false\", not {v:?}"
+                ))),
+            };
+        }
+        Ok(self.public)
+    }
+}
+
+/// `POST /projects`.
+pub async fn create(State(api): State<Api>, caller: Caller, parts: Parts, raw: Bytes) -> ApiResult {
+    let owner = caller.user()?;
+    let req: ProjectReq = body(&raw)?;
+    if req.registry_id.is_some() {
+        return Err(ApiError::bad_request(
+            "proxy-cache projects (registry_id) are not supported by Berth",
+        ));
+    }
+    let Some(name) = req.project_name.as_deref() else {
+        return Err(ApiError::bad_request("project_name is required"));
+    };
+    check_project_name(name)?;
+    let public = req.public()?.unwrap_or(false);
+    let project = api
+        .accounts
+        .add_project(name, public, Some(owner.id))
+        .await?;
+    caller.audit(&api, "create", "project", &project.name).await;
+    let by_name = super::super::header_str(&parts.headers, "x-resource-name-in-location")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let id = if by_name {
+        project.name.clone()
+    } else {
+        project.id.to_string()
+    };
+    created(&parts, &id, None)
+}
+
+/// `HEAD /projects?project_name=`: 200 if the project exists, else 404.
+pub async fn head(State(api): State<Api>, caller: Caller, parts: Parts) -> ApiResult {
+    caller.authenticated()?;
+    let q = query(&parts);
+    let Some(name) = param(&q, "project_name") else {
+        return Err(ApiError::bad_request(
+            "the project_name parameter is required",
+        ));
+    };
+    match api.accounts.store().project_by_name(name).await {
+        Ok(Some(_)) => ok(),
+        Ok(None) => Ok(StatusCode::NOT_FOUND.into_response()),
+        Err(e) => Err(ApiError::new(Code::UNAVAILABLE, e.to_string())),
+    }
+}
+
+/// `GET /projects`: those the caller may see (`name` contains, `public`, `owner`).
+pub async fn list(State(api): State<Api>, caller: Caller, parts: Parts) -> ApiResult {
+    let q = query(&parts);
+    let page = paging(&q)?;
+    let name = param(&q, "name");
+    let public = match param(&q, "public") {
+        None => None,
+        Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Some(true),
+        Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => Some(false),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "public must be true or false, not {v:?}"
+            )))
+        }
+    };
+    let owner = match param(&q, "owner") {
+        Some(o) => Some(api.accounts.user(o).await.map(|u| u.id).unwrap_or(-1)),
+        None => None,
+    };
+    let none: &[i64] = &[];
+    let visible = match &caller.principal {
+        _ if caller.is_sysadmin() => None,
+        Principal::User { user, groups } => Some((user.id, groups.as_slice())),
+        _ => Some((-1, none)),
+    };
+    let listing = match owner {
+        // Owners are few per query: filter the caller's whole view.
+        Some(owner) => {
+            let all = api
+                .accounts
+                .projects(
+                    name,
+                    public,
+                    visible,
+                    PageRequest {
+                        page: 1,
+                        page_size: u32::MAX >> 1,
+                    },
+                )
+                .await?;
+            let mine: Vec<_> = all
+                .items
+                .into_iter()
+                .filter(|p| p.owner_id == Some(owner))
+                .collect();
+            crate::auth::accounts::Listing {
+                total: mine.len() as i64,
+                items: slice(&mine, page),
+            }
+        }
+        None => api.accounts.projects(name, public, visible, page).await?,
+    };
+    let mut items = Vec::new();
+    for p in listing.items {
+        let st = standing_in(&api, &caller, p).await?;
+        items.push(project_json(&api, &st).await?);
+    }
+    paged(&parts, page, listing.total, &items)
+}
+
+/// `GET /projects/{project_name_or_id}`.
+pub async fn get(
+    State(api): State<Api>,
+    caller: Caller,
+    parts: Parts,
+    Path(p): Path<String>,
+) -> ApiResult {
+    let st = readable(&api, &caller, &parts, &p).await?;
+    super::json(&project_json(&api, &st).await?)
+}
+
+/// `PUT /projects/{project_name_or_id}`: `metadata.public` (or `public`).
+pub async fn update(
+    State(api): State<Api>,
+    caller: Caller,
+    parts: Parts,
+    Path(p): Path<String>,
+    raw: Bytes,
+) -> ApiResult {
+    let st = managed(&api, &caller, &parts, &p).await?;
+    let req: ProjectReq = body(&raw)?;
+    if let Some(public) = req.public()? {
+        api.accounts
+            .set_project_public(st.project.id, public)
+            .await?;
+    }
+    caller
+        .audit(&api, "update", "project", &st.project.name)
+        .await;
+    ok()
+}
+
+/// `DELETE /projects/{project_name_or_id}`: 412 while the project still has repositories.
+pub async fn delete(
+    State(api): State<Api>,
+    caller: Caller,
+    parts: Parts,
+    Path(p): Path<String>,
+) -> ApiResult {
+    let st = managed(&api, &caller, &parts, &p).await?;
+    let repos = api
+        .accounts
+        .repositories(
+            &st.project.name,
+            None,
+            PageRequest {
+                page: 1,
+                page_size: 1,
+            },
+        )
+        .await?;
+    if repos.total > 0 {
+        return Err(ApiError::new(
+            Code::PRECONDITION,
+            format!(
+                "project {} still has {} repositories: delete them first",
+                st.project.name, repos.total
+            ),
+        ));
+    }
+    api.accounts.remove_project(st.project.id).await?;
+    caller
+        .audit(&api, "delete", "project", &st.project.name)
+        .await;
+    ok()
+}
+
+// ---- members --------------------------------------------------------------------------------
+
+fn member_json(m: &Member) -> Value {
+    let (kind, id) = match m.entity {
+        MemberEntity::User(id) => ("u", id),
+        MemberEntity::Group(id) => ("g", id),
+    };
+    json!({
+        "id": m.id,
+        "project_id": m.project_id,
+        "entity_name": m.entity_name,
+        "entity_id": id,
+        "entity_type": kind,
+        "role_id": m.role,
+        "role_name": Role::from_id(m.role).map_or("", Role::name),
+    })
+}
+
+#[derive(Deserialize)]
+struct NewMember {
+    role_id: i64,
+    member_user: Option<MemberUser>,
+    member_group: Option<MemberGroup>,
+}
+
+#[derive(Deserialize)]
+struct MemberUser {
+    user_id: Option<i64>,
+    username: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MemberGroup {
+    id: Option<i64>,
+    group_name: Option<String>,
+    group_type: Option<i64>,
+    ldap_group_dn: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RoleReq {
+    role_id: i64,
+}
+
+fn member_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid member id {raw:?}")))
+}
+
+/// A project whose members the caller may see.
+async fn members_visible(
+    api: &Api,
+    caller: &Caller,
+    parts: &Parts,
+    p: &str,
+) -> Result<Standing, ApiError> {
+    let st = readable(api, caller, parts, p).await?;
+    if !st.sees_members() {
+        return Err(caller.refuse(&format!(
+            "only members of {} (not limited guests) see its members",
+            st.project.name
+        )));
+    }
+    Ok(st)
+}
+
+/// `GET /projects/{p}/members` (`entityname` contains).
+pub async fn members(
+    State(api): State<Api>,
+    caller: Caller,
+    parts: Parts,
+    Path(p): Path<String>,
+) -> ApiResult {
+    let st = members_visible(&api, &caller, &parts, &p).await?;
+    let q = query(&parts);
+    let page = paging(&q)?;
+    let mut all = api.accounts.members(st.project.id).await?;
+    if let Some(name) = param(&q, "entityname") {
+        all.retain(|m| m.entity_name.contains(name));
+    }
+    let items: Vec<Value> = slice(&all, page).iter().map(member_json).collect();
+    paged(&parts, page, all.len() as i64, &items)
+}
+
+/// `POST /projects/{p}/members`: a user (by id or name) or an LDAP group with a role.
+pub async fn add_member(
+    State(api): State<Api>,
+    caller: Caller,
+    parts: Parts,
+    Path(p): Path<String>,
+    raw: Bytes,
+) -> ApiResult {
+    let st = managed(&api, &caller, &parts, &p).await?;
+    let req: NewMember = body(&raw)?;
+    let project = &st.project;
+    let (id, name) = match (&req.member_user, &req.member_group) {
+        (Some(u), _) => {
+            let user = match (u.user_id, u.username.as_deref()) {
+                (Some(id), _) => api.accounts.user_by_id(id).await?,
+                (None, Some(name)) => api.accounts.user(name).await?,
+                (None, None) => {
+                    return Err(ApiError::bad_request(
+                        "member_user needs user_id or username",
+                    ))
+                }
+            };
+            let id = api
+                .accounts
+                .add_user_member(project.id, &user.username, req.role_id)
+                .await?;
+            (id, user.username)
+        }
+        (None, Some(g)) => {
+            if g.group_type.is_some_and(|t| t != 1) {
+                return Err(ApiError::bad_request(
+                    "only LDAP groups (group_type 1) can be members",
+                ));
+            }
+            let (name, dn) = match g.id {
+                Some(id) => {
+                    let group = api.accounts.group(id).await?;
+                    (group.name, group.ldap_dn)
+                }
+                None => {
+                    let dn = g.ldap_group_dn.clone().unwrap_or_default();
+                    (g.group_name.clone().unwrap_or_else(|| dn.clone()), dn)
+                }
+            };
+            let id = api
+                .accounts
+                .add_group_member(project.id, &name, &dn, req.role_id)
+                .await?;
+            (id, name)
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "a member needs member_user or member_group",
+            ))
+        }
+    };
+    caller
+        .audit(
+            &api,
+            "create",
+            "member",
+            &format!("{}/{name}", project.name),
+        )
+        .await;
+    created(&parts, &id.to_string(), None)
+}
+
+/// `GET /projects/{p}/members/{mid}`.
+pub async fn member(
+    State(api): State<Api>,
+    caller: Caller,
+    parts: Parts,
+    Path((p, mid)): Path<(String, String)>,
+) -> ApiResult {
+    let st = members_visible(&api, &caller, &parts, &p).await?;
+    let m = api.accounts.member(st.project.id, member_id(&mid)?).await?;
+    super::json(&member_json(&m))
+}
+
+/// `PUT /projects/{p}/members/{mid}`: `{"role_id": …}`.
+pub async fn update_member(
+    State(api): State<Api>,
+    caller: Caller,
+    parts: Parts,
+    Path((p, mid)): Path<(String, String)>,
+    raw: Bytes,
+) -> ApiResult {
+    let st = managed(&api, &caller, &parts, &p).await?;
+    let req: RoleReq = body(&raw)?;
+    let m = api.accounts.member(st.project.id, member_id(&mid)?).await?;
+    api.accounts
+        .set_member_role(st.project.id, m.id, req.role_id)
+        .await?;
+    caller
+        .audit(
+            &api,
+            "update",
+            "member",
+            &format!("{}/{}", st.project.name, m.entity_name),
+        )
+        .await;
+    ok()
+}
+
+/// `DELETE /projects/{p}/members/{mid}`.
+pub async fn delete_member(
+    State(api): State<Api>,
+    caller: Caller,
+    parts: Parts,
+    Path((p, mid)): Path<(String, String)>,
+) -> ApiResult {
+    let st = managed(&api, &caller, &parts, &p).await?;
+    let m = api.accounts.member(st.project.id, member_id(&mid)?).await?;
+    api.accounts.remove_member(st.project.id, m.id).await?;
+    caller
+        .audit(
+            &api,
+            "delete",
+            "member",
+            &format!("{}/{}", st.project.name, m.entity_name),
+        )
+        .await;
+    ok()
+}
