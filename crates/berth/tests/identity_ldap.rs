@@ -165,7 +165,10 @@ async fn a_directory_that_is_down_is_503_and_the_local_admin_still_logs_in() {
         let (status, body) = b.token(Some(("alice", ALICE_PW)), &[PUSH]).await;
         assert_eq!(status, 503, "{body}");
         let message = body.to_string();
-        assert!(message.contains("LDAP directory is unavailable"), "{message}");
+        assert!(
+            message.contains("LDAP directory is unavailable"),
+            "{message}"
+        );
         assert!(message.contains("auth.builtin.ldap"), "{message}");
         assert!(!message.contains("reader-secret"), "{message}");
     }
@@ -231,7 +234,10 @@ async fn refresh_tokens_end_when_the_groups_change() {
     ];
     let (status, body) = post_token(&b, &login).await;
     assert_eq!(status, 200, "{body}");
-    let refresh = body["refresh_token"].as_str().expect("refresh token").to_owned();
+    let refresh = body["refresh_token"]
+        .as_str()
+        .expect("refresh token")
+        .to_owned();
     let with_refresh = [
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh.as_str()),
@@ -257,9 +263,12 @@ async fn refresh_tokens_end_when_the_groups_change() {
     // A new login with the password gives a new session.
     let (status, body) = post_token(&b, &login).await;
     assert_eq!(status, 200, "{body}");
-    let refresh = body["refresh_token"].as_str().expect("refresh token").to_owned();
+    let refresh = body["refresh_token"]
+        .as_str()
+        .expect("refresh token")
+        .to_owned();
 
-    // A user the directory no longer has cannot refresh either.
+    // A login that reads other groups ends the sessions of earlier logins too.
     slapd.remove_member("devs", "alice");
     let (status, _) = post_token(&b, &login).await;
     assert_eq!(status, 200);
