@@ -834,3 +834,259 @@ async fn the_openapi_document_is_the_routes() {
         "an undocumented path",
     );
 }
+
+/// The repository and artifact listings read the registry's tables through the access store;
+/// on PostgreSQL too: a project's repositories (not another's with a longer name), artifacts
+/// with their tags and sizes, pages, the project's log, and deletes through the core.
+#[tokio::test(flavor = "multi_thread")]
+async fn repositories_and_artifacts_on_postgresql() {
+    use common::postgres::Postgres;
+    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    pg.create_database("harbor");
+    let database = format!(
+        "database:\n  enabled: true\n  host: {}\n  port: {}\n  user: {}\n  password: {}\n  \
+         dbname: harbor\n  sslmode: disable\n",
+        pg.host(),
+        pg.port(),
+        Postgres::USER,
+        Postgres::PASSWORD
+    );
+    let b = BuiltinRegistry::start_with("", &database);
+    let url = base(&b);
+    let u = url.as_str();
+    for p in ["team", "teamster"] {
+        let body = json!({"project_name": p}).to_string();
+        assert_eq!(
+            call(u, ADMIN, "POST", "/projects", Some(&body), &[])
+                .await
+                .status,
+            201
+        );
+    }
+    let env = Env::new();
+    let creds = format!("admin:{ADMIN_PASSWORD}");
+    let first = push(&b, &env, 11, "team/app", "v1", &creds);
+    let second = push(&b, &env, 12, "team/app", "v2", &creds);
+    push(&b, &env, 13, "team/tools/lint", "v1", &creds);
+    push(&b, &env, 14, "teamster/app", "v1", &creds);
+
+    let repos = call(u, ADMIN, "GET", "/projects/team/repositories", None, &[]).await;
+    assert_eq!(repos.status, 200, "{}", repos.body);
+    let names: Vec<&str> = repos
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["team/app", "team/tools/lint"]);
+    assert_eq!(repos.body[0]["artifact_count"], 2);
+    let project = call(u, ADMIN, "GET", "/projects/team", None, &[]).await;
+    assert_eq!(project.body["repo_count"], 2, "{}", project.body);
+    let nested = call(
+        u,
+        ADMIN,
+        "GET",
+        "/projects/team/repositories/tools%252Flint",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(nested.body["name"], "team/tools/lint", "{}", nested.body);
+
+    let arts = call(
+        u,
+        ADMIN,
+        "GET",
+        "/projects/team/repositories/app/artifacts?page_size=1",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(arts.header("x-total-count"), "2");
+    assert!(
+        arts.header("link").contains("rel=\"next\""),
+        "{}",
+        arts.header("link")
+    );
+    let page2 = call(
+        u,
+        ADMIN,
+        "GET",
+        "/projects/team/repositories/app/artifacts?page=2&page_size=1",
+        None,
+        &[],
+    )
+    .await;
+    let seen = [
+        arts.body[0]["digest"].as_str().unwrap(),
+        page2.body[0]["digest"].as_str().unwrap(),
+    ];
+    assert!(
+        seen.contains(&first.as_str()) && seen.contains(&second.as_str()),
+        "{seen:?}"
+    );
+    let one = call(
+        u,
+        ADMIN,
+        "GET",
+        "/projects/team/repositories/app/artifacts/v1",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(one.body["digest"], first.as_str(), "{}", one.body);
+    assert_eq!(one.body["tags"][0]["name"], "v1");
+    assert!(
+        one.body["size"].as_i64().unwrap()
+            > one.body["manifest_media_type"].as_str().unwrap().len() as i64
+    );
+    let no_tags = call(
+        u,
+        ADMIN,
+        "GET",
+        "/projects/team/repositories/app/artifacts/v1?with_tag=false",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(no_tags.body["tags"], Value::Null);
+
+    let tag = json!({"name": "stable"}).to_string();
+    let path = format!("/projects/team/repositories/app/artifacts/{first}/tags");
+    let added = call(u, ADMIN, "POST", &path, Some(&tag), &[]).await;
+    assert_eq!(
+        (added.status, added.header("location")),
+        (201, format!("/api/v2.0{path}/stable").as_str())
+    );
+    refused(
+        &call(u, ADMIN, "POST", &path, Some(&tag), &[]).await,
+        409,
+        "CONFLICT",
+        "a tag that exists",
+    );
+    let tags = call(u, ADMIN, "GET", &path, None, &[]).await;
+    let names: Vec<&str> = tags
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["stable", "v1"]);
+    refused(
+        &call(
+            u,
+            ADMIN,
+            "DELETE",
+            &format!("/projects/team/repositories/app/artifacts/{second}/tags/stable"),
+            None,
+            &[],
+        )
+        .await,
+        404,
+        "NOT_FOUND",
+        "a tag of another artifact",
+    );
+    assert_eq!(
+        call(u, ADMIN, "DELETE", &format!("{path}/stable"), None, &[])
+            .await
+            .status,
+        200
+    );
+
+    let logs = call(
+        u,
+        ADMIN,
+        "GET",
+        "/projects/team/logs?page_size=100",
+        None,
+        &[],
+    )
+    .await;
+    let entries: Vec<(String, String, String)> = logs
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["operation"].to_string(),
+                l["resource"].to_string(),
+                l["username"].to_string(),
+            )
+        })
+        .collect();
+    let has = |op: &str, res: &str| {
+        entries.iter().any(|(o, r, who)| {
+            o.trim_matches('"') == op && r.trim_matches('"') == res && who == "\"admin\""
+        })
+    };
+    assert!(has("create", "team"), "{entries:?}");
+    assert!(
+        has("create", "team/app:stable") && has("delete", "team/app:stable"),
+        "{entries:?}"
+    );
+    assert!(
+        !entries.iter().any(|(_, r, _)| r.contains("teamster")),
+        "another project's entries: {entries:?}"
+    );
+
+    refused(
+        &call(u, ADMIN, "DELETE", "/projects/team", None, &[]).await,
+        412,
+        "PRECONDITION",
+        "a project with repositories",
+    );
+    assert_eq!(
+        call(
+            u,
+            ADMIN,
+            "DELETE",
+            "/projects/team/repositories/app",
+            None,
+            &[]
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        call(
+            u,
+            ADMIN,
+            "DELETE",
+            "/projects/team/repositories/tools%252Flint",
+            None,
+            &[]
+        )
+        .await
+        .status,
+        200
+    );
+    let repos = call(u, ADMIN, "GET", "/projects/team/repositories", None, &[]).await;
+    assert_eq!(
+        (repos.body.clone(), repos.header("x-total-count")),
+        (json!([]), "0")
+    );
+    assert_eq!(
+        call(u, ADMIN, "DELETE", "/projects/team", None, &[])
+            .await
+            .status,
+        200
+    );
+    let other = call(
+        u,
+        ADMIN,
+        "GET",
+        "/projects/teamster/repositories",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        other.body.as_array().unwrap().len(),
+        1,
+        "another project is untouched"
+    );
+}

@@ -196,7 +196,10 @@ async def content(c, url, state):
     plogs = await c.get_project_logs("team", limit=100)
     kinds = {(l.operation, l.resource_type, l.resource) for l in plogs}
     check(("create", "member", "team/user01") in kinds, f"project logs {kinds}")
-    check(("create", "tag", "team/app:stable") in kinds, f"project logs {kinds}")
+    by = {(l.operation, l.resource_type, l.resource): l.username for l in plogs}
+    check(by.get(("create", "artifact", "team/app:v1")) == "robot$team+ci", f"the push {by}")
+    check(by.get(("create", "artifact", "team/app:stable")) == "admin", f"the tag added {by}")
+    check(by.get(("delete", "tag", "team/app:stable")) == "admin", f"the tag deleted {by}")
 
     await expect(PreconditionFailed, c.delete_project("team"), "a project with repositories")
     await c.delete_artifact("team", "tools/lint", "v1")
@@ -218,7 +221,8 @@ async def content(c, url, state):
     logs = await c.get_audit_logs(query="operation=delete", limit=100)
     deleted = {(l.resource_type, l.resource) for l in logs}
     for want in [("project", "team"), ("robot", "robot$team+ci"), ("user", "user05"),
-                 ("member", "team/user01"), ("repository", "team/app")]:
+                 ("member", "team/user01"), ("repository", "team/app"),
+                 ("artifact", f"team/app@{s['digest']}")]:
         check(want in deleted, f"{want} in the deletions {deleted}")
 
     stranger = HarborAsyncClient(url=url + "/api/v2.0", username="nobody", secret="Wr0ngpassword")

@@ -3,7 +3,8 @@
 //! Repository names in paths are those after the project (`app` for `team/app`); their slashes
 //! come URL-encoded twice (`a%252Fb`), as Harbor's clients send them. Reading needs pull access
 //! to the project, adding a tag push access, deleting delete access (the same actions tokens
-//! grant). Changes go through the registry core, so they commit with their events.
+//! grant). Changes go through the registry core inside the request's context, so they commit
+//! with their events and the audit trail names who made them.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -19,6 +20,7 @@ use crate::auth::accounts::{ArtifactSummary, PageRequest, RepositorySummary};
 use crate::auth::rbac::Action;
 use crate::oci::digest::Digest;
 use crate::oci::name::{Reference, RepoName, Tag};
+use crate::registry::events::with_request;
 
 /// Harbor's time for "never" (pull times Berth does not record).
 const NEVER: &str = "0001-01-01T00:00:00Z";
@@ -234,16 +236,30 @@ pub async fn repository(
 pub async fn delete_repository(
     State(api): State<Api>,
     caller: Caller,
+    parts: Parts,
     Path((p, r)): Path<(String, String)>,
 ) -> ApiResult {
     let st = project_for(&api, &caller, &p, Action::Delete).await?;
     let repo = repo_name(&st.project.name, &r)?;
     repository_of(&api, &st.project.name, &repo).await?;
+    with_request(
+        caller.request_context(&api, &parts),
+        delete_artifacts(&api, &repo),
+    )
+    .await?;
+    caller
+        .audit(&api, "delete", "repository", repo.as_str())
+        .await;
+    ok()
+}
+
+/// Deletes every manifest of `repo`, a page at a time.
+async fn delete_artifacts(api: &Api, repo: &RepoName) -> Result<(), ApiError> {
     loop {
         let batch = api
             .accounts
             .artifacts(
-                &repo,
+                repo,
                 None,
                 PageRequest {
                     page: 1,
@@ -252,12 +268,12 @@ pub async fn delete_repository(
             )
             .await?;
         if batch.items.is_empty() {
-            break;
+            return Ok(());
         }
         for a in batch.items {
             match api
                 .core
-                .delete_manifest(&repo, &Reference::Digest(a.digest))
+                .delete_manifest(repo, &Reference::Digest(a.digest))
                 .await
             {
                 Ok(()) | Err(crate::registry::RegistryError::ManifestUnknown(_)) => {}
@@ -265,10 +281,6 @@ pub async fn delete_repository(
             }
         }
     }
-    caller
-        .audit(&api, "delete", "repository", repo.as_str())
-        .await;
-    ok()
 }
 
 /// `GET …/artifacts` (`with_tag`, default true).
@@ -319,17 +331,15 @@ pub async fn get(
 pub async fn delete(
     State(api): State<Api>,
     caller: Caller,
+    parts: Parts,
     Path((p, r, reference)): Path<(String, String, String)>,
 ) -> ApiResult {
     let st = project_for(&api, &caller, &p, Action::Delete).await?;
     let repo = repo_name(&st.project.name, &r)?;
     let digest = resolve(&api, &repo, &reference).await?;
-    api.core
-        .delete_manifest(&repo, &Reference::Digest(digest.clone()))
-        .await?;
-    caller
-        .audit(&api, "delete", "artifact", &format!("{repo}@{digest}"))
-        .await;
+    let reference = Reference::Digest(digest);
+    let change = api.core.delete_manifest(&repo, &reference);
+    with_request(caller.request_context(&api, &parts), change).await?;
     ok()
 }
 
@@ -384,23 +394,20 @@ pub async fn add_tag(
         Err(e) => return Err(e.into()),
     }
     let by_digest = Reference::Digest(digest);
-    let descriptor = api.core.manifest(&repo, &by_digest).await?;
-    let bytes = api
-        .core
-        .pull_manifest(&repo, &by_digest, &descriptor)
-        .await?;
-    api.core
-        .put_manifest(
-            &repo,
-            &Reference::Tag(tag.clone()),
-            &[],
-            Some(&descriptor.media_type),
-            bytes,
-        )
-        .await?;
-    caller
-        .audit(&api, "create", "tag", &format!("{repo}:{tag}"))
-        .await;
+    let by_tag = Reference::Tag(tag.clone());
+    // The same manifest pushed again under the tag: the core records and reports it as a push.
+    let push = async {
+        let descriptor = api.core.manifest(&repo, &by_digest).await?;
+        let bytes = api
+            .core
+            .pull_manifest(&repo, &by_digest, &descriptor)
+            .await?;
+        let media_type = Some(descriptor.media_type.as_str());
+        api.core
+            .put_manifest(&repo, &by_tag, &[], media_type, bytes)
+            .await
+    };
+    with_request(caller.request_context(&api, &parts), push).await?;
     created(&parts, tag.as_str(), None)
 }
 
@@ -408,6 +415,7 @@ pub async fn add_tag(
 pub async fn delete_tag(
     State(api): State<Api>,
     caller: Caller,
+    parts: Parts,
     Path((p, r, reference, tag)): Path<(String, String, String, String)>,
 ) -> ApiResult {
     let st = project_for(&api, &caller, &p, Action::Delete).await?;
@@ -421,11 +429,8 @@ pub async fn delete_tag(
     let tag: Tag = tag
         .parse()
         .map_err(|e| ApiError::bad_request(format!("invalid tag: {e}")))?;
-    api.core
-        .delete_manifest(&repo, &Reference::Tag(tag.clone()))
-        .await?;
-    caller
-        .audit(&api, "delete", "tag", &format!("{repo}:{tag}"))
-        .await;
+    let reference = Reference::Tag(tag);
+    let change = api.core.delete_manifest(&repo, &reference);
+    with_request(caller.request_context(&api, &parts), change).await?;
     ok()
 }

@@ -38,6 +38,7 @@ use crate::auth::accounts::{Accounts, PageRequest, Project};
 use crate::auth::builtin::LoginError;
 use crate::auth::rbac::{Action, Role};
 use crate::auth::{Builtin, Principal};
+use crate::registry::events::RequestContext;
 use crate::registry::Registry;
 pub use error::{ApiError, Code};
 
@@ -217,6 +218,37 @@ impl Caller {
                 "",
             )
             .await;
+    }
+}
+
+impl Caller {
+    /// The request as the registry core's events (and so the audit trail) report it: who asked
+    /// and from where.
+    fn request_context(&self, api: &ApiState, parts: &Parts) -> RequestContext {
+        let h = |name| {
+            super::header_str(&parts.headers, name)
+                .unwrap_or("")
+                .to_string()
+        };
+        let addr = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<super::PeerAddr>>()
+            .map(|c| c.0 .0.to_string())
+            .unwrap_or_default();
+        let base_url = super::origin::resolve(&api.settings, parts).base_url();
+        let actor = match &self.principal {
+            Principal::Anonymous => None,
+            p => Some(p.name().to_string()),
+        };
+        RequestContext {
+            id: uuid::Uuid::new_v4().to_string(),
+            addr,
+            host: h(http::header::HOST),
+            method: parts.method.to_string(),
+            user_agent: h(http::header::USER_AGENT),
+            actor,
+            base_url: format!("{base_url}{}", api.settings.prefix),
+        }
     }
 }
 
