@@ -9,7 +9,7 @@ mod harbor;
 
 use common::builtin::{BuiltinRegistry, ADMIN_PASSWORD};
 use common::cli::Env;
-use common::image::{oci_image, write_image_layout};
+use common::image::{oci_image, oci_multi_arch, write_image_layout, write_multi_arch_layout};
 use harbor::{call, run_script, Answer, Who};
 use serde_json::{json, Value};
 
@@ -757,6 +757,24 @@ async fn errors_and_pages_are_harbors() {
         by_id.body["name"], "2024",
         "anonymous reads a public project by id"
     );
+    for p in ["20240", "x2024"] {
+        let body = json!({"project_name": p}).to_string();
+        assert_eq!(
+            call(u, ADMIN, "POST", "/projects", Some(&body), &[])
+                .await
+                .status,
+            201
+        );
+    }
+    let exact = call(u, ADMIN, "GET", "/projects?q=name%3D2024", None, &[]).await;
+    assert_eq!(
+        (exact.header("x-total-count"), exact.body[0]["name"].clone()),
+        ("1", json!("2024"))
+    );
+    let fuzzy = call(u, ADMIN, "GET", "/projects?q=name%3D~2024", None, &[]).await;
+    assert_eq!(fuzzy.header("x-total-count"), "3", "{}", fuzzy.body);
+    let public = call(u, None, "GET", "/projects?q=public%3Dtrue", None, &[]).await;
+    assert_eq!(public.header("x-total-count"), "1", "{}", public.body);
     let head = call(u, ADMIN, "HEAD", "/projects?project_name=2024", None, &[]).await;
     assert_eq!(head.status, 200);
     let head = call(u, ADMIN, "HEAD", "/projects?project_name=absent", None, &[]).await;
@@ -1030,6 +1048,69 @@ async fn repositories_and_artifacts_on_postgresql() {
     assert!(
         !entries.iter().any(|(_, r, _)| r.contains("teamster")),
         "another project's entries: {entries:?}"
+    );
+
+    // A multi-platform image is one artifact referencing its children.
+    let layout = env.path("multi");
+    write_multi_arch_layout(&layout, "v1", &oci_multi_arch(15));
+    let index = env.skopeo_push(
+        &["--all", "--dest-creds", &creds],
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{}/team/multi:v1", b.reg.host()),
+    );
+    let multi = call(
+        u,
+        ADMIN,
+        "GET",
+        "/projects/team/repositories/multi/artifacts",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(multi.header("x-total-count"), "1", "{}", multi.body);
+    assert_eq!(multi.body[0]["digest"], index.as_str());
+    assert_eq!(
+        multi.body[0]["references"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        multi.body
+    );
+    let repo = call(
+        u,
+        ADMIN,
+        "GET",
+        "/projects/team/repositories/multi",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(repo.body["artifact_count"], 1, "{}", repo.body);
+    assert_eq!(
+        call(
+            u,
+            ADMIN,
+            "DELETE",
+            "/projects/team/repositories/multi",
+            None,
+            &[]
+        )
+        .await
+        .status,
+        200
+    );
+    refused(
+        &call(
+            u,
+            ADMIN,
+            "GET",
+            "/projects/team/repositories/multi",
+            None,
+            &[],
+        )
+        .await,
+        404,
+        "NOT_FOUND",
+        "a deleted repository, children and all",
     );
 
     refused(

@@ -15,8 +15,8 @@ use super::secret;
 use crate::meta::access::{now_ms, AccessStore, NewUser, UserSource};
 /// The records the account operations hand to their callers (the management API among them).
 pub use crate::meta::access::{
-    ArtifactSummary, AuditEntry, AuditQuery, Group, Listing, Member, MemberEntity, PageRequest,
-    Project, RepositorySummary, Robot, User, UserUpdate,
+    ArtifactSelection, ArtifactSummary, AuditEntry, AuditQuery, Group, Listing, Member,
+    MemberEntity, PageRequest, Project, RepositorySummary, Robot, User, UserUpdate,
 };
 use crate::meta::MetaError;
 
@@ -372,14 +372,14 @@ impl Accounts {
             .await?)
     }
 
-    /// The manifests of a repository with their tags; `digest`: only that one.
+    /// The manifests of a repository that `which` selects, with their tags.
     pub async fn artifacts(
         &self,
         repo: &crate::oci::name::RepoName,
-        digest: Option<&crate::oci::digest::Digest>,
+        which: ArtifactSelection<'_>,
         page: PageRequest,
     ) -> Result<Listing<ArtifactSummary>> {
-        Ok(self.store.artifact_summaries(repo, digest, page).await?)
+        Ok(self.store.artifact_summaries(repo, which, page).await?)
     }
 }
 

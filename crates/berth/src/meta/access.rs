@@ -263,6 +263,20 @@ pub struct ArtifactSummary {
     pub pushed_at: i64,
     /// Tags pointing at it, by name, with when each was last set.
     pub tags: Vec<(String, i64)>,
+    /// The manifests it lists, when it is an index.
+    pub children: Vec<Digest>,
+}
+
+/// Which manifests of a repository an artifact listing holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArtifactSelection<'a> {
+    /// What Harbor lists as a repository's artifacts: manifests that are neither listed by an
+    /// index of the repository nor attached to another manifest (a subject).
+    TopLevel,
+    /// Every manifest.
+    All,
+    /// The one with this digest.
+    Digest(&'a Digest),
 }
 
 /// The access records.
@@ -363,12 +377,12 @@ pub trait AccessStore: Send + Sync + 'static {
         name: Option<&str>,
         page: PageRequest,
     ) -> Result<Listing<RepositorySummary>>;
-    /// The manifests of `repo`, newest first, with the tags pointing at each; `digest`: only
-    /// that one. An unknown repository lists nothing.
+    /// The manifests of `repo` that `which` selects, newest first, with the tags pointing at
+    /// each and the children of indexes. An unknown repository lists nothing.
     async fn artifact_summaries(
         &self,
         repo: &RepoName,
-        digest: Option<&Digest>,
+        which: ArtifactSelection<'_>,
         page: PageRequest,
     ) -> Result<Listing<ArtifactSummary>>;
 }
@@ -1371,7 +1385,8 @@ macro_rules! access_store {
                 let pattern = name.map(like_pattern).unwrap_or_else(|| "%".to_string());
                 let sql = $sql(&format!(
                     "SELECT r.id, r.name, r.created_at, \
-                     (SELECT count(*) FROM manifests m WHERE m.repo_id = r.id) AS artifact_count, \
+                     (SELECT count(*) FROM manifests m WHERE m.repo_id = r.id {TOP_LEVEL}) \
+                     AS artifact_count, \
                      (SELECT max(m.created_at) FROM manifests m WHERE m.repo_id = r.id) \
                      AS updated_at {REPOSITORY_FILTER} ORDER BY r.name LIMIT $3 OFFSET $4"
                 ));
@@ -1400,19 +1415,19 @@ macro_rules! access_store {
             async fn artifact_summaries(
                 &self,
                 repo: &$crate::oci::name::RepoName,
-                digest: Option<&$crate::oci::digest::Digest>,
+                which: $crate::meta::access::ArtifactSelection<'_>,
                 page: $crate::meta::access::PageRequest,
             ) -> $crate::meta::Result<
                 $crate::meta::access::Listing<$crate::meta::access::ArtifactSummary>,
             > {
                 use $crate::meta::access::*;
-                let digest = digest.map(|d| d.to_string()).unwrap_or_default();
+                let (digest, filter) = artifact_filter(which);
                 let sql = $sql(&format!(
                     "SELECT m.digest, m.media_type, m.artifact_type, m.created_at, \
                      m.size + COALESCE(CAST((SELECT sum(b.size) FROM manifest_refs f \
                      JOIN repo_blobs b ON b.repo_id = f.repo_id AND b.digest = f.target \
                      WHERE f.repo_id = m.repo_id AND f.manifest = m.digest AND f.kind = 'blob') \
-                     AS BIGINT), 0) AS size {ARTIFACT_FILTER} \
+                     AS BIGINT), 0) AS size {filter} \
                      ORDER BY m.created_at DESC, m.digest LIMIT $3 OFFSET $4"
                 ));
                 let rows = sqlx::query(&sql)
@@ -1422,7 +1437,7 @@ macro_rules! access_store {
                     .bind(page.offset())
                     .fetch_all(self.reader())
                     .await?;
-                let sql = $sql(&format!("SELECT count(*) {ARTIFACT_FILTER}"));
+                let sql = $sql(&format!("SELECT count(*) {filter}"));
                 let total: i64 = sqlx::query_scalar(&sql)
                     .bind(repo.as_str())
                     .bind(&digest)
@@ -1451,6 +1466,22 @@ macro_rules! access_store {
                         let (name, digest, at) = tag_row(&row)?;
                         if let Some(a) = items.iter_mut().find(|a| a.digest.to_string() == digest) {
                             a.tags.push((name, at));
+                        }
+                    }
+                    // And one for the children of the indexes among them.
+                    let sql = $sql(&format!(
+                        "SELECT f.manifest, f.target FROM manifest_refs f \
+                         JOIN repositories r ON r.id = f.repo_id WHERE r.name = $1 \
+                         AND f.kind = 'manifest' AND f.manifest IN ({marks}) ORDER BY f.target"
+                    ));
+                    let mut q = sqlx::query(&sql).bind(repo.as_str());
+                    for a in &items {
+                        q = q.bind(a.digest.to_string());
+                    }
+                    for row in q.fetch_all(self.reader()).await? {
+                        let (parent, child) = child_row(&row)?;
+                        if let Some(a) = items.iter_mut().find(|a| a.digest.to_string() == parent) {
+                            a.children.push(child);
                         }
                     }
                 }
@@ -1489,9 +1520,33 @@ pub(crate) const REPOSITORY_FILTER: &str = "FROM repositories r \
      WHERE substr(r.name, 1, length($1)) = $1 AND r.name LIKE $2 ESCAPE '\\' \
      AND EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id)";
 
-/// The rows `artifact_summaries` lists: `$1` the repository, `$2` a digest or `''` for all.
-pub(crate) const ARTIFACT_FILTER: &str = "FROM manifests m \
-     JOIN repositories r ON r.id = m.repo_id WHERE r.name = $1 AND ($2 = '' OR m.digest = $2)";
+/// The condition on `manifests m` that keeps what Harbor lists as artifacts.
+pub(crate) const TOP_LEVEL: &str = "AND m.subject IS NULL AND NOT EXISTS (SELECT 1 \
+     FROM manifest_refs f WHERE f.repo_id = m.repo_id AND f.target = m.digest \
+     AND f.kind = 'manifest')";
+
+/// The digest to bind as `$2` (`''` for none) and the rows `artifact_summaries` lists of the
+/// repository bound as `$1`.
+pub(crate) fn artifact_filter(which: ArtifactSelection<'_>) -> (String, String) {
+    let (digest, extra) = match which {
+        ArtifactSelection::TopLevel => (String::new(), TOP_LEVEL),
+        ArtifactSelection::All => (String::new(), ""),
+        ArtifactSelection::Digest(d) => (d.to_string(), ""),
+    };
+    let filter = format!(
+        "FROM manifests m JOIN repositories r ON r.id = m.repo_id \
+         WHERE r.name = $1 AND ($2 = '' OR m.digest = $2) {extra}"
+    );
+    (digest, filter)
+}
+
+/// A row of `manifest, target` from `manifest_refs`: an index and one of its children.
+pub(crate) fn child_row<'r>(r: &'r impl Columns<'r>) -> Result<(String, Digest)> {
+    Ok((
+        r.text("manifest")?.to_string(),
+        parse_digest(r.text("target")?)?,
+    ))
+}
 
 pub(crate) fn repository_row<'r>(r: &'r impl Columns<'r>) -> Result<RepositorySummary> {
     let created_at = r.int("created_at")?;
@@ -1512,6 +1567,7 @@ pub(crate) fn artifact_row<'r>(r: &'r impl Columns<'r>) -> Result<ArtifactSummar
         size: r.int("size")?,
         pushed_at: r.int("created_at")?,
         tags: Vec::new(),
+        children: Vec::new(),
     })
 }
 
@@ -1611,7 +1667,7 @@ mod tests {
 
         let app: RepoName = "team/app".parse().unwrap();
         let arts = store
-            .artifact_summaries(&app, None, page(1, 10))
+            .artifact_summaries(&app, ArtifactSelection::TopLevel, page(1, 10))
             .await
             .unwrap();
         assert_eq!(arts.total, 2);
@@ -1622,14 +1678,72 @@ mod tests {
         let untagged = arts.items.iter().find(|a| a.digest == two).unwrap();
         assert!(untagged.tags.is_empty());
         let only = store
-            .artifact_summaries(&app, Some(&one), page(1, 10))
+            .artifact_summaries(&app, ArtifactSelection::Digest(&one), page(1, 10))
             .await
             .unwrap();
         assert_eq!((only.total, only.items[0].digest.clone()), (1, one));
         let none = store
-            .artifact_summaries(&"team/none".parse().unwrap(), None, page(1, 10))
+            .artifact_summaries(
+                &"team/none".parse().unwrap(),
+                ArtifactSelection::All,
+                page(1, 10),
+            )
             .await
             .unwrap();
         assert_eq!((none.total, none.items.len()), (0, 0));
+
+        // An index lists its children; they are not artifacts of their own, nor is a manifest
+        // attached to another (a signature), though both are there by digest.
+        let child = push(&store, "team/multi", "child", &[]).await;
+        let multi: RepoName = "team/multi".parse().unwrap();
+        let record = |seed: &str, subject: Option<Digest>| ManifestRecord {
+            digest: Digest::of(Algorithm::Sha256, seed.as_bytes()),
+            media_type: "application/vnd.oci.image.index.v1+json".into(),
+            size: 5,
+            artifact_type: None,
+            subject,
+            annotations: None,
+        };
+        let index = record("index", None);
+        let signature = record("signature", Some(child.clone()));
+        for (m, children) in [(index.clone(), vec![child.clone()]), (signature, Vec::new())] {
+            store
+                .apply(vec![Change::PutManifest {
+                    repo: multi.clone(),
+                    manifest: m,
+                    blobs: Vec::new(),
+                    children: children
+                        .into_iter()
+                        .map(|digest| Dependency {
+                            digest,
+                            required: true,
+                        })
+                        .collect(),
+                }])
+                .await
+                .unwrap();
+        }
+        let top = store
+            .artifact_summaries(&multi, ArtifactSelection::TopLevel, page(1, 10))
+            .await
+            .unwrap();
+        assert_eq!(top.total, 1, "{top:?}");
+        assert_eq!(top.items[0].digest, index.digest);
+        assert_eq!(top.items[0].children, vec![child.clone()]);
+        let all = store
+            .artifact_summaries(&multi, ArtifactSelection::All, page(1, 10))
+            .await
+            .unwrap();
+        assert_eq!(all.total, 3);
+        let by_digest = store
+            .artifact_summaries(&multi, ArtifactSelection::Digest(&child), page(1, 10))
+            .await
+            .unwrap();
+        assert_eq!(by_digest.total, 1);
+        let repos = store
+            .repository_summaries("team/", Some("multi"), page(1, 10))
+            .await
+            .unwrap();
+        assert_eq!(repos.items[0].artifact_count, 1, "only the index counts");
     }
 }

@@ -16,7 +16,7 @@ use super::{
     body, created, ok, paged, paging, param, query, standing_in, time_s, Api, ApiError, ApiResult,
     Caller, Code, Standing,
 };
-use crate::auth::accounts::{ArtifactSummary, PageRequest, RepositorySummary};
+use crate::auth::accounts::{ArtifactSelection, ArtifactSummary, PageRequest, RepositorySummary};
 use crate::auth::rbac::Action;
 use crate::oci::digest::Digest;
 use crate::oci::name::{Reference, RepoName, Tag};
@@ -102,6 +102,19 @@ fn artifact_json(
             .map(|(name, at)| tag_json(repo_id, repo, artifact_id, name, *at))
             .collect()
     });
+    // An index's children, as Harbor references them (Berth does not keep their platforms).
+    let references: Option<Vec<Value>> = (!a.children.is_empty()).then(|| {
+        a.children
+            .iter()
+            .map(|c| {
+                json!({
+                    "parent_id": artifact_id,
+                    "child_id": number_for(&c.to_string()),
+                    "child_digest": c.to_string(),
+                })
+            })
+            .collect()
+    });
     json!({
         "id": artifact_id,
         "type": kind,
@@ -119,7 +132,7 @@ fn artifact_json(
         "extra_attrs": {},
         "tags": tags,
         "labels": null,
-        "references": null,
+        "references": references,
     })
 }
 
@@ -177,7 +190,7 @@ async fn artifact_of(
         .accounts
         .artifacts(
             repo,
-            Some(&digest),
+            ArtifactSelection::Digest(&digest),
             PageRequest {
                 page: 1,
                 page_size: 1,
@@ -260,7 +273,7 @@ async fn delete_artifacts(api: &Api, repo: &RepoName) -> Result<(), ApiError> {
             .accounts
             .artifacts(
                 repo,
-                None,
+                ArtifactSelection::All,
                 PageRequest {
                     page: 1,
                     page_size: 100,
@@ -296,7 +309,10 @@ pub async fn list(
     let page = paging(&q)?;
     let with_tags = param(&q, "with_tag").is_none_or(|v| !v.eq_ignore_ascii_case("false"));
     let found = repository_of(&api, &st.project.name, &repo).await?;
-    let l = api.accounts.artifacts(&repo, None, page).await?;
+    let l = api
+        .accounts
+        .artifacts(&repo, ArtifactSelection::TopLevel, page)
+        .await?;
     let items: Vec<Value> = l
         .items
         .iter()

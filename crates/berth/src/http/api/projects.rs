@@ -145,8 +145,17 @@ pub async fn head(State(api): State<Api>, caller: Caller, parts: Parts) -> ApiRe
 pub async fn list(State(api): State<Api>, caller: Caller, parts: Parts) -> ApiResult {
     let q = query(&parts);
     let page = paging(&q)?;
-    let name = param(&q, "name");
-    let public = match param(&q, "public") {
+    // `q` says the same as the parameters: name (exact or `=~`), public, owner.
+    let filter = super::Filter::parse(param(&q, "q"))?;
+    filter.only(&["name", "public", "owner"])?;
+    let (name, exact) = match (param(&q, "name"), filter.text("name")) {
+        (Some(n), _) => (Some(n), false),
+        (None, Some((n, fuzzy))) => (Some(n), !fuzzy),
+        (None, None) => (None, false),
+    };
+    let public_text = param(&q, "public").or(filter.text("public").map(|(v, _)| v));
+    let owner_name = param(&q, "owner").or(filter.text("owner").map(|(v, _)| v));
+    let public = match public_text {
         None => None,
         Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Some(true),
         Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => Some(false),
@@ -156,7 +165,7 @@ pub async fn list(State(api): State<Api>, caller: Caller, parts: Parts) -> ApiRe
             )))
         }
     };
-    let owner = match param(&q, "owner") {
+    let owner = match owner_name {
         Some(o) => Some(api.accounts.user(o).await.map(|u| u.id).unwrap_or(-1)),
         None => None,
     };
@@ -167,8 +176,8 @@ pub async fn list(State(api): State<Api>, caller: Caller, parts: Parts) -> ApiRe
         _ => Some((-1, none)),
     };
     let listing = match owner {
-        // Owners are few per query: filter the caller's whole view.
-        Some(owner) => {
+        // Filters the store cannot apply run over the caller's whole view.
+        _ if owner.is_some() || exact => {
             let all = api
                 .accounts
                 .projects(
@@ -184,14 +193,15 @@ pub async fn list(State(api): State<Api>, caller: Caller, parts: Parts) -> ApiRe
             let mine: Vec<_> = all
                 .items
                 .into_iter()
-                .filter(|p| p.owner_id == Some(owner))
+                .filter(|p| owner.is_none() || p.owner_id == owner)
+                .filter(|p| !exact || Some(p.name.as_str()) == name)
                 .collect();
             crate::auth::accounts::Listing {
                 total: mine.len() as i64,
                 items: slice(&mine, page),
             }
         }
-        None => api.accounts.projects(name, public, visible, page).await?,
+        _ => api.accounts.projects(name, public, visible, page).await?,
     };
     let mut items = Vec::new();
     for p in listing.items {
