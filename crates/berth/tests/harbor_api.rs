@@ -385,7 +385,7 @@ async fn every_permission_holds_against_a_hostile_caller() {
         .await,
         403,
         "FORBIDDEN",
-        "a developer makes themself admin",
+        "a stranger changes a role",
     );
     refused(
         &call(
@@ -723,6 +723,107 @@ async fn errors_and_pages_are_harbors() {
     assert_eq!(
         a.header("link"),
         "</api/v2.0/users?q=username%3D%7Ep&page=2&page_size=2>; rel=\"prev\""
+    );
+
+    // Members: an LDAP group by its DN, a role change, and the rules on their input.
+    let team = json!({"project_name": "team"}).to_string();
+    assert_eq!(
+        call(u, ADMIN, "POST", "/projects", Some(&team), &[])
+            .await
+            .status,
+        201
+    );
+    let group = json!({"role_id": 3, "member_group": {"group_name": "devs", "group_type": 1,
+        "ldap_group_dn": "CN=Devs, OU=Groups, DC=example, DC=org"}})
+    .to_string();
+    let added = call(
+        u,
+        ADMIN,
+        "POST",
+        "/projects/team/members",
+        Some(&group),
+        &[],
+    )
+    .await;
+    assert_eq!(added.status, 201, "{}", added.body);
+    let location = added.header("location").to_string();
+    let mid = location.rsplit('/').next().unwrap();
+    assert_eq!(location, format!("/api/v2.0/projects/team/members/{mid}"));
+    let role = json!({"role_id": 4}).to_string();
+    let path = format!("/projects/team/members/{mid}");
+    assert_eq!(
+        call(u, ADMIN, "PUT", &path, Some(&role), &[]).await.status,
+        200
+    );
+    let m = call(u, ADMIN, "GET", &path, None, &[]).await;
+    assert_eq!(
+        (
+            m.body["entity_type"].clone(),
+            m.body["entity_name"].clone(),
+            m.body["role_name"].clone()
+        ),
+        (json!("g"), json!("devs"), json!("maintainer")),
+        "{}",
+        m.body
+    );
+    refused(
+        &call(
+            u,
+            ADMIN,
+            "POST",
+            "/projects/team/members",
+            Some(&group),
+            &[],
+        )
+        .await,
+        409,
+        "CONFLICT",
+        "the same group twice",
+    );
+    let bad_role = json!({"role_id": 9, "member_user": {"username": "p0"}}).to_string();
+    refused(
+        &call(
+            u,
+            ADMIN,
+            "POST",
+            "/projects/team/members",
+            Some(&bad_role),
+            &[],
+        )
+        .await,
+        400,
+        "BAD_REQUEST",
+        "an unknown role",
+    );
+    let nobody = json!({"role_id": 2, "member_user": {"username": "nobody"}}).to_string();
+    refused(
+        &call(
+            u,
+            ADMIN,
+            "POST",
+            "/projects/team/members",
+            Some(&nobody),
+            &[],
+        )
+        .await,
+        404,
+        "NOT_FOUND",
+        "a user that does not exist",
+    );
+    let neither = json!({"role_id": 2}).to_string();
+    refused(
+        &call(
+            u,
+            ADMIN,
+            "POST",
+            "/projects/team/members",
+            Some(&neither),
+            &[],
+        )
+        .await,
+        400,
+        "BAD_REQUEST",
+        "a member of nobody",
     );
 
     // Locations, by id or by name, and projects named by digits.
