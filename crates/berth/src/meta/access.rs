@@ -1747,3 +1747,135 @@ mod tests {
         assert_eq!(repos.items[0].artifact_count, 1, "only the index counts");
     }
 }
+
+// The PostgreSQL test server, as `postgres.rs` includes it too (its copy is private there).
+#[cfg(test)]
+#[allow(clippy::duplicate_mod)]
+#[path = "../../tests/common/postgres.rs"]
+mod server;
+
+/// [`AccessStore::sync_directory_user`] on both engines.
+#[cfg(test)]
+mod directory_tests {
+    use super::*;
+
+    fn alice(groups: &[&str], sysadmin: bool) -> DirectoryUser {
+        DirectoryUser {
+            username: "alice".into(),
+            email: "alice@example.org".into(),
+            realname: "Alice Liddell".into(),
+            ldap_dn: "uid=alice,ou=people,dc=example,dc=org".into(),
+            sysadmin,
+            groups: groups
+                .iter()
+                .map(|g| {
+                    (
+                        (*g).to_string(),
+                        format!("cn={g},ou=groups,dc=example,dc=org"),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    async fn directory_users_follow_the_directory(store: &dyn AccessStore) {
+        let (first, ids) = store
+            .sync_directory_user(&alice(&["devs", "ops"], false))
+            .await
+            .unwrap();
+        assert_eq!(first.source, UserSource::Ldap);
+        assert_eq!(first.password, None);
+        assert_eq!(first.realname, "Alice Liddell");
+        assert_eq!(ids.len(), 2);
+        assert_eq!(store.user_group_ids(first.id).await.unwrap(), ids);
+        let devs = store
+            .ensure_group("devs", "cn=devs,ou=groups,dc=example,dc=org")
+            .await
+            .unwrap();
+        assert!(ids.contains(&devs.id));
+
+        // The same answer changes nothing, not even `updated_at`.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let (same, same_ids) = store
+            .sync_directory_user(&alice(&["ops", "devs"], false))
+            .await
+            .unwrap();
+        assert_eq!(
+            (same.id, same.updated_at, &same_ids),
+            (first.id, first.updated_at, &ids)
+        );
+
+        // A group left, then admin rights: each a change.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let (fewer, fewer_ids) = store
+            .sync_directory_user(&alice(&["devs"], false))
+            .await
+            .unwrap();
+        assert_eq!(fewer_ids, [devs.id]);
+        assert!(fewer.updated_at > first.updated_at);
+        assert_eq!(store.user_group_ids(first.id).await.unwrap(), [devs.id]);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let (admin, _) = store
+            .sync_directory_user(&alice(&["devs"], true))
+            .await
+            .unwrap();
+        assert!(admin.sysadmin && admin.updated_at > fewer.updated_at);
+        let read = store.user(first.id).await.unwrap().expect("user");
+        assert_eq!(read, admin);
+
+        // The group's role reaches its members.
+        let project = store.create_project("team", false, None).await.unwrap();
+        store
+            .add_member(project.id, MemberEntity::Group(devs.id), 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.roles(project.id, first.id, &fewer_ids).await.unwrap(),
+            [2]
+        );
+
+        // A local account is not taken over.
+        let local = NewUser {
+            username: "bob".into(),
+            ..NewUser::default()
+        };
+        store.create_user(local, UserSource::Local).await.unwrap();
+        let mut bob = alice(&[], false);
+        bob.username = "bob".into();
+        assert!(matches!(
+            store.sync_directory_user(&bob).await,
+            Err(MetaError::Conflict(_))
+        ));
+
+        // Deleting the user deletes its memberships.
+        store.delete_user(first.id).await.unwrap();
+        assert!(store.user_group_ids(first.id).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn sqlite_directory_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::meta::sqlite::SqliteMetaStore::open(&dir.path().join("meta.db"))
+            .await
+            .unwrap();
+        directory_users_follow_the_directory(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_directory_users() {
+        use super::server::Postgres;
+        let pg = Postgres::start();
+        pg.create_database("directory");
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host(pg.host())
+            .port(pg.port())
+            .username(Postgres::USER)
+            .password(Postgres::PASSWORD)
+            .database("directory");
+        let pool = crate::meta::postgres::PoolSettings::default();
+        let store = crate::meta::postgres::PgMetaStore::connect(options, &pool)
+            .await
+            .unwrap();
+        directory_users_follow_the_directory(&store).await;
+    }
+}
