@@ -1706,7 +1706,10 @@ mod tests {
         };
         let index = record("index", None);
         let signature = record("signature", Some(child.clone()));
-        for (m, children) in [(index.clone(), vec![child.clone()]), (signature, Vec::new())] {
+        for (m, children) in [
+            (index.clone(), vec![child.clone()]),
+            (signature, Vec::new()),
+        ] {
             store
                 .apply(vec![Change::PutManifest {
                     repo: multi.clone(),
