@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use common::cli::{
-    can_run, docker_inspect, parse_push_digest, read_digestfile, run, run_bytes, run_fails, Ctr,
-    DockerImages, Env, Podman, CONTAINERD_SOCK,
+    can_run, docker_inspect, parse_push_digest, run, run_bytes, run_fails, Ctr, DockerImages, Env,
+    Podman, CONTAINERD_SOCK,
 };
 use common::image::{self, Blob};
 use common::Registry;
@@ -671,12 +671,9 @@ fn podman_push_pull_round_trip() {
     // Into podman's private storage from the OCI layout (skopeo writes the same store podman
     // reads); the image id is the config digest.
     let name = format!("{host}/clients/podman:v1");
-    let store = format!(
-        "containers-storage:[vfs@{}+{}]{name}",
-        env.path("podman/root").display(),
-        env.path("podman/runroot").display()
-    );
-    run(env.skopeo().args(["copy", &oci_ref(&src, "v1"), &store]));
+    run(env
+        .skopeo()
+        .args(["copy", &oci_ref(&src, "v1"), &podman.storage_ref(&name)]));
     let id = run(podman.cmd().args(["images", "-q", "--no-trunc"]));
     assert_eq!(id.trim(), format!("sha256:{config_hex}"), "podman image id");
     let id = run(podman
@@ -684,15 +681,7 @@ fn podman_push_pull_round_trip() {
         .args(["image", "inspect", "--format", "{{.Id}}", &name]));
     assert_eq!(id.trim(), config_hex, "podman image id");
 
-    let digestfile = env.path("digest");
-    run(podman.cmd().args([
-        "push",
-        "--tls-verify=false",
-        "--digestfile",
-        digestfile.to_str().unwrap(),
-        &name,
-    ]));
-    let pushed = read_digestfile(&digestfile);
+    let pushed = podman.push(&name);
     let f = http_get(
         &reg.url("/v2/clients/podman/manifests/v1"),
         Some(ACCEPT_ALL),

@@ -242,21 +242,9 @@ fn podman_logins_push_and_pull_as_user_and_robot() {
     for ((user, password), tag) in [(("dev", PW), "user"), ((&*s.ci.0, &*s.ci.1), "robot")] {
         login(podman.cmd(), &host, user, password).unwrap();
         let name = format!("{host}/team/podman:{tag}");
-        let store = format!(
-            "containers-storage:[vfs@{}+{}]{name}",
-            env.path("podman/root").display(),
-            env.path("podman/runroot").display()
-        );
+        let store = podman.storage_ref(&name);
         run(env.skopeo().args(["copy", &oci_ref(&src, "v1"), &store]));
-        let digestfile = env.path("digest");
-        run(podman.cmd().args([
-            "push",
-            "--tls-verify=false",
-            "--digestfile",
-            digestfile.to_str().unwrap(),
-            &name,
-        ]));
-        let pushed = read_digestfile(&digestfile);
+        let pushed = podman.push(&name);
         run(podman.cmd().args(["rmi", "--force", &name]));
         run(podman.cmd().args(["pull", "--tls-verify=false", &name]));
         let digest = run(podman

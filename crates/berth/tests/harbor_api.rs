@@ -679,6 +679,33 @@ async fn errors_and_pages_are_harbors() {
     let a = call(u, None, "GET", "/systeminfo", None, &[]).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.body["auth_mode"], "db_auth");
+
+    // Credentials sent with each API request are checked, not logged in: no audit entry each.
+    let logins = || {
+        b.berth(
+            &["audit", "--json", "--user", "admin", "--operation", "login"],
+            None,
+        )
+        .lines()
+        .count()
+    };
+    let before = logins();
+    for _ in 0..3 {
+        assert_eq!(
+            call(u, ADMIN, "GET", "/users/current", None, &[])
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(logins(), before, "API requests wrote login entries");
+    let (status, _) = b.token(Some(("admin", ADMIN_PASSWORD)), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        logins(),
+        before + 1,
+        "a token service login is an audit entry"
+    );
     assert_eq!(a.body["with_notary"], false);
     assert_eq!(
         call(u, None, "GET", "/health", None, &[]).await.body["status"],

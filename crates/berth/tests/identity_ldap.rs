@@ -101,6 +101,13 @@ async fn ldap_users_hold_the_roles_of_their_groups_until_they_leave_them() {
     let b = registry(&slapd, "");
 
     assert_eq!(team_app(&b, "alice", ALICE_PW).await, ["pull", "push"]);
+    let info: Value = reqwest::get(b.reg.url("/api/v2.0/systeminfo"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["auth_mode"], "ldap_auth", "{info}");
     // The directory's spelling of the name is the user's.
     let token = b.token_ok(Some(("ALICE", ALICE_PW)), &[PUSH]).await;
     assert_eq!(common::builtin::claims_of(&token)["sub"], "alice");

@@ -264,6 +264,16 @@ impl Builtin {
         }
     }
 
+    /// Harbor's name for where users come from: `ldap_auth` with `auth.builtin.ldap`, else
+    /// `db_auth`.
+    pub fn auth_mode(&self) -> &'static str {
+        if self.ldap.is_some() {
+            "ldap_auth"
+        } else {
+            "db_auth"
+        }
+    }
+
     /// Checks `username` and `password` and returns who that is.
     ///
     /// Failed logins are counted per account and client address together, and per account and
@@ -282,7 +292,25 @@ impl Builtin {
     /// local and htpasswd accounts are refused. Robots log in as always. A wrong password, an
     /// unknown user and a name two entries carry count as failures; a directory that cannot
     /// answer is [`LoginError::Unavailable`] with [`LDAP_UNAVAILABLE`] and counts nothing.
+    ///
+    /// A successful login is an audit entry; [`Builtin::authenticate`] is the same check
+    /// without that entry, for requests that carry credentials each time.
     pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Principal, LoginError> {
+        let principal = self.authenticate(username, password, client).await?;
+        self.audit(&principal, "login", "user", username, client, true, "")
+            .await;
+        Ok(principal)
+    }
+
+    /// The checks of [`Builtin::login`] (throttling, failures counted and audited) for the
+    /// Basic credentials of one API request: a success is not an audit entry, or every request
+    /// would be one.
+    pub async fn authenticate(
         &self,
         username: &str,
         password: &str,
@@ -302,8 +330,6 @@ impl Builtin {
         match found {
             Some(principal) => {
                 self.store.clear_failures(&limits[0].0).await?;
-                self.audit(&principal, "login", "user", username, client, true, "")
-                    .await;
                 Ok(principal)
             }
             None => {

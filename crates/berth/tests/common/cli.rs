@@ -190,6 +190,28 @@ impl Podman<'_> {
     }
 }
 
+impl Podman<'_> {
+    /// The `containers-storage:` reference (for skopeo) of `name` in this podman's storage.
+    pub fn storage_ref(&self, name: &str) -> String {
+        format!(
+            "containers-storage:[vfs@{}+{}]{name}",
+            self.env.path("podman/root").display(),
+            self.env.path("podman/runroot").display()
+        )
+    }
+
+    /// `podman push --tls-verify=false <name>`; the digest of the manifest it pushed.
+    pub fn push(&self, name: &str) -> String {
+        let digestfile = self.env.path(&format!("podman-digest-{}", uuid_like()));
+        run(self
+            .cmd()
+            .args(["push", "--tls-verify=false", "--digestfile"])
+            .arg(&digestfile)
+            .arg(name));
+        read_digestfile(&digestfile)
+    }
+}
+
 impl Drop for Podman<'_> {
     fn drop(&mut self) {
         let _ = self.cmd().args(["rmi", "--all", "--force"]).output();

@@ -276,7 +276,7 @@ impl FromRequestParts<Api> for Caller {
                 "the Authorization header must carry HTTP Basic credentials",
             ));
         };
-        match api.builtin.login(&username, &password, client).await {
+        match api.builtin.authenticate(&username, &password, client).await {
             Ok(principal) => Ok(Caller { principal, client }),
             Err(LoginError::InvalidCredentials) => {
                 Err(ApiError::unauthorized("invalid username or password"))

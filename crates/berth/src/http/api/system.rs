@@ -29,7 +29,7 @@ pub async fn systeminfo(State(api): State<Api>, parts: Parts, _caller: Caller) -
     super::json(&json!({
         "with_notary": false,
         "with_chartmuseum": false,
-        "auth_mode": "db_auth",
+        "auth_mode": api.builtin.auth_mode(),
         "primary_auth_mode": false,
         "registry_url": host,
         "external_url": base,
