@@ -292,7 +292,7 @@ mod accounts {
     use std::sync::Arc;
 
     use anyhow::Context;
-    use berth::auth::accounts::{normalize_dn, Accounts, RobotSpec, UserSpec};
+    use berth::auth::accounts::{normalize_dn, Accounts, Actor, RobotSpec, UserSpec};
     use berth::auth::ldap::first_rdn_value;
     use berth::auth::rbac::{Action, RobotAccess, RobotPermission, Role};
     use berth::meta::access::{AccessStore, AuditQuery, MemberEntity, PageRequest};
@@ -318,6 +318,12 @@ mod accounts {
         Ok(berth::server::open_databases(&settings.meta).await?.1)
     }
 
+    /// The account operations on the database of `args`, audited as the command line's
+    /// operator.
+    async fn accounts_of(args: &StoreArgs) -> anyhow::Result<Accounts> {
+        Ok(Accounts::new(open(args).await?).by(Actor::command_line()))
+    }
+
     fn password() -> anyhow::Result<String> {
         if let Ok(p) = std::env::var("BERTH_PASSWORD") {
             return Ok(p);
@@ -339,7 +345,7 @@ mod accounts {
                 realname,
                 store,
             } => {
-                let accounts = Accounts::new(open(&store).await?);
+                let accounts = accounts_of(&store).await?;
                 let spec = UserSpec {
                     username: name.clone(),
                     password: password()?,
@@ -352,22 +358,22 @@ mod accounts {
                 println!("added user {} (id {})", user.username, user.id);
             }
             UserCommand::List { store } => {
-                let accounts = Accounts::new(open(&store).await?);
+                let accounts = accounts_of(&store).await?;
                 for u in accounts.users(None, ALL).await?.items {
                     let admin = if u.sysadmin { " admin" } else { "" };
                     println!("{}\t{}\t{:?}{admin}", u.id, u.username, u.source);
                 }
             }
             UserCommand::Rm { name, store } => {
-                let accounts = Accounts::new(open(&store).await?);
+                let accounts = accounts_of(&store).await?;
                 let user = accounts.user(&name).await?;
-                accounts.remove_user(user.id).await?;
+                accounts.remove_user(&user).await?;
                 println!("removed user {name}");
             }
             UserCommand::Passwd { name, store } => {
-                let accounts = Accounts::new(open(&store).await?);
+                let accounts = accounts_of(&store).await?;
                 let user = accounts.user(&name).await?;
-                accounts.set_password(user.id, &password()?).await?;
+                accounts.set_password(&user, &password()?).await?;
                 println!("password of {name} changed");
             }
         }
@@ -382,7 +388,7 @@ mod accounts {
                 owner,
                 store,
             } => {
-                let accounts = Accounts::new(open(&store).await?);
+                let accounts = accounts_of(&store).await?;
                 let owner = match owner {
                     Some(o) => Some(accounts.user(&o).await?.id),
                     None => None,
@@ -398,9 +404,9 @@ mod accounts {
                 }
             }
             ProjectCommand::Rm { name, store } => {
-                let accounts = Accounts::new(open(&store).await?);
+                let accounts = accounts_of(&store).await?;
                 let p = accounts.project(&name).await?;
-                accounts.remove_project(p.id).await?;
+                accounts.remove_project(&p).await?;
                 println!("removed project {name}");
             }
             ProjectCommand::Member(m) => member(m).await?,
@@ -417,7 +423,7 @@ mod accounts {
                 role,
                 store,
             } => {
-                let accounts = Accounts::new(open(&store).await?);
+                let accounts = accounts_of(&store).await?;
                 let role = Role::from_name(&role).with_context(|| {
                     format!("unknown role {role}: projectAdmin, developer, guest, maintainer, limitedGuest")
                 })?;
@@ -425,13 +431,11 @@ mod accounts {
                 let who = match (user, group) {
                     (_, Some(dn)) => {
                         let name = first_rdn_value(&dn).unwrap_or_else(|| dn.clone());
-                        accounts
-                            .add_group_member(p.id, &name, &dn, role.id())
-                            .await?;
+                        accounts.add_group_member(&p, &name, &dn, role.id()).await?;
                         format!("the members of {dn} are")
                     }
                     (Some(user), None) => {
-                        accounts.add_user_member(p.id, &user, role.id()).await?;
+                        accounts.add_user_member(&p, &user, role.id()).await?;
                         format!("{user} is")
                     }
                     (None, None) => anyhow::bail!("name a user or an LDAP group (--group DN)"),
@@ -439,7 +443,7 @@ mod accounts {
                 println!("{who} now {} of {project}", role.name());
             }
             MemberCommand::List { project, store } => {
-                let accounts = Accounts::new(open(&store).await?);
+                let accounts = accounts_of(&store).await?;
                 let p = accounts.project(&project).await?;
                 for m in accounts.members(p.id).await? {
                     let role = Role::from_id(m.role).map_or("?", Role::name);
@@ -452,7 +456,7 @@ mod accounts {
                 group,
                 store,
             } => {
-                let accounts = Accounts::new(open(&store).await?);
+                let accounts = accounts_of(&store).await?;
                 let p = accounts.project(&project).await?;
                 let members = accounts.members(p.id).await?;
                 let mut found = None;
@@ -472,7 +476,7 @@ mod accounts {
                 }
                 let who = group.or(user).unwrap_or_default();
                 let m = found.with_context(|| format!("{who} is not a member of {project}"))?;
-                accounts.remove_member(p.id, m.id).await?;
+                accounts.remove_member(&p, m).await?;
                 println!("removed {who} from {project}");
             }
         }
@@ -489,7 +493,7 @@ mod accounts {
                 description,
                 store,
             } => {
-                let accounts = Accounts::new(open(&store).await?);
+                let accounts = accounts_of(&store).await?;
                 let mut list = Vec::new();
                 for word in access.split(',').map(str::trim).filter(|w| !w.is_empty()) {
                     let action = match word {
@@ -522,7 +526,7 @@ mod accounts {
                 println!("secret: {secret}");
             }
             RobotCommand::List { project, store } => {
-                let accounts = Accounts::new(open(&store).await?);
+                let accounts = accounts_of(&store).await?;
                 let project_id = match project {
                     Some(p) => Some(accounts.project(&p).await?.id),
                     None => None,
@@ -533,9 +537,9 @@ mod accounts {
                 }
             }
             RobotCommand::Rm { name, store } => {
-                let accounts = Accounts::new(open(&store).await?);
+                let accounts = accounts_of(&store).await?;
                 let r = accounts.robot(&name).await?;
-                accounts.remove_robot(r.id).await?;
+                accounts.remove_robot(&r).await?;
                 println!("removed {name}");
             }
         }

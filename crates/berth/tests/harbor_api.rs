@@ -997,7 +997,7 @@ async fn repositories_and_artifacts_on_postgresql() {
         Postgres::USER,
         Postgres::PASSWORD
     );
-    let b = BuiltinRegistry::start_with("", &database);
+    let b = BuiltinRegistry::start_with("audit:\n  pulls: true", &database);
     let url = base(&b);
     let u = url.as_str();
     for p in ["team", "teamster"] {
@@ -1100,11 +1100,28 @@ async fn repositories_and_artifacts_on_postgresql() {
 
     let tag = json!({"name": "stable"}).to_string();
     let path = format!("/projects/team/repositories/app/artifacts/{first}/tags");
+    let pulls = || b.berth(&["audit", "--json", "--operation", "pull"], None);
+    let pulls_before = pulls();
     let added = call(u, ADMIN, "POST", &path, Some(&tag), &[]).await;
     assert_eq!(
         (added.status, added.header("location")),
         (201, format!("/api/v2.0{path}/stable").as_str())
     );
+    // Tagging is a push of the tag, not a pull of the artifact.
+    assert_eq!(pulls(), pulls_before, "tagging recorded a pull");
+    let tagged = b.berth(
+        &[
+            "audit",
+            "--json",
+            "--operation",
+            "create",
+            "--resource",
+            "team/app:stable",
+        ],
+        None,
+    );
+    assert_eq!(tagged.lines().count(), 1, "{tagged}");
+    assert!(tagged.contains("\"username\":\"admin\""), "{tagged}");
     refused(
         &call(u, ADMIN, "POST", &path, Some(&tag), &[]).await,
         409,

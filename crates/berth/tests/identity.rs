@@ -520,6 +520,31 @@ async fn the_audit_log_records_logins_grants_pushes_pulls_and_deletes() {
             ),
         ]
     );
+
+    // Account changes made on the command line are entries too, named after its operator.
+    let made: Vec<_> = audit_keys(&audit(&b, &["--operation", "create"]))
+        .into_iter()
+        .filter(|(user, _, kind, _, _)| user.starts_with("cli:") && kind != "artifact")
+        .map(|(_, _, kind, what, ok)| (kind, what, ok))
+        .collect();
+    let want: Vec<_> = [
+        ("member", "team/keeper"),
+        ("member", "team/dev"),
+        ("user", "keeper"),
+        ("user", "dev"),
+        ("project", "team"),
+    ]
+    .into_iter()
+    .map(|(k, w)| (k.to_string(), w.to_string(), true))
+    .collect();
+    assert_eq!(made, want);
+    b.berth(&["project", "member", "rm", "team", "keeper"], None);
+    let removed = audit_keys(&audit(
+        &b,
+        &["--operation", "delete", "--resource", "team/keeper"],
+    ));
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert!(removed[0].0.starts_with("cli:"), "{removed:?}");
 }
 
 #[tokio::test]

@@ -4,8 +4,10 @@
 //! Owns: the rules records must follow before they are stored (names, Harbor's password rule,
 //! role ids, robot naming and permissions) and the hashing of what is secret.
 //! Invariants: a clear-text password or robot secret never reaches the store; a robot's secret
-//! is returned once, when it is made (or refreshed).
+//! is returned once, when it is made (or refreshed); every change that succeeds is written to the
+//! audit log with the actor that made it, whichever front end (API or command line) asked.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::builtin::ROBOT_PREFIX;
@@ -72,15 +74,105 @@ pub struct RobotSpec {
     pub creator: String,
 }
 
-/// The account operations over a store.
+/// Who makes a change, as the audit log names them.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    /// A user or robot name, `anonymous`, or `cli:<login>` for the command line.
+    pub name: String,
+    /// The address the request came from (none on the command line).
+    pub client: Option<IpAddr>,
+}
+
+impl Actor {
+    /// The operator of the command line, named after their login.
+    pub fn command_line() -> Actor {
+        let login = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into());
+        Actor {
+            name: format!("cli:{login}"),
+            client: None,
+        }
+    }
+
+    /// Changes nobody asked for directly (Berth's own, such as the first administrator).
+    pub fn system() -> Actor {
+        Actor {
+            name: "system".into(),
+            client: None,
+        }
+    }
+}
+
+/// The account operations over a store, made on behalf of an actor.
 #[derive(Clone)]
 pub struct Accounts {
     store: Arc<dyn AccessStore>,
+    actor: Actor,
 }
 
 impl Accounts {
+    /// The operations as Berth itself; [`Accounts::by`] names someone else.
     pub fn new(store: Arc<dyn AccessStore>) -> Accounts {
-        Accounts { store }
+        Accounts {
+            store,
+            actor: Actor::system(),
+        }
+    }
+
+    /// The same operations, recorded as made by `actor`.
+    pub fn by(&self, actor: Actor) -> Accounts {
+        Accounts {
+            store: self.store.clone(),
+            actor,
+        }
+    }
+
+    /// Writes an audit entry of a change by this actor that succeeded. A failed write is
+    /// logged and counted; the change it describes stands.
+    pub async fn record(&self, operation: &str, resource_type: &str, resource: &str) {
+        self.record_entry(operation, resource_type, resource, true, "")
+            .await;
+    }
+
+    /// Writes an audit entry of any outcome: a refusal (`success` false) says why in `detail`.
+    pub async fn record_entry(
+        &self,
+        operation: &str,
+        resource_type: &str,
+        resource: &str,
+        success: bool,
+        detail: &str,
+    ) {
+        let entry = AuditEntry {
+            id: 0,
+            at: now_ms(),
+            username: self.actor.name.clone(),
+            operation: operation.to_string(),
+            resource_type: resource_type.to_string(),
+            resource: resource.to_string(),
+            client: self.actor.client.map(|c| c.to_string()).unwrap_or_default(),
+            success,
+            detail: detail.to_string(),
+        };
+        if let Err(e) = self.store.audit(vec![entry]).await {
+            tracing::warn!(error = %e, "writing the audit log failed");
+            metrics::counter!("berth_audit_entries_lost_total").increment(1);
+        }
+    }
+
+    /// Passes `result` through, recording the change when it succeeded.
+    async fn recorded<T>(
+        &self,
+        result: Result<T>,
+        operation: &str,
+        resource_type: &str,
+        resource: &str,
+    ) -> Result<T> {
+        if result.is_ok() {
+            self.record(operation, resource_type, resource).await;
+        }
+        result
     }
 
     pub fn store(&self) -> &Arc<dyn AccessStore> {
@@ -100,7 +192,10 @@ impl Accounts {
             ldap_dn: None,
             sysadmin: spec.sysadmin,
         };
-        Ok(self.store.create_user(user, UserSource::Local).await?)
+        let name = user.username.clone();
+        let made = self.store.create_user(user, UserSource::Local).await;
+        self.recorded(made.map_err(Into::into), "create", "user", &name)
+            .await
     }
 
     pub async fn user(&self, name: &str) -> Result<User> {
@@ -114,27 +209,33 @@ impl Accounts {
         Ok(self.store.users(name, page).await?)
     }
 
-    pub async fn set_password(&self, user_id: i64, password: &str) -> Result<()> {
+    pub async fn set_password(&self, user: &User, password: &str) -> Result<()> {
         secret::check_password_rule(password).map_err(AccountError::Invalid)?;
         let hash = hash(password.to_string()).await?;
         let update = UserUpdate {
             password: Some(hash),
             ..UserUpdate::default()
         };
-        Ok(self.store.update_user(user_id, update).await?)
+        let done = self.store.update_user(user.id, update).await;
+        self.recorded(done.map_err(Into::into), "update", "user", &user.username)
+            .await
     }
 
-    pub async fn update_user(&self, user_id: i64, update: UserUpdate) -> Result<()> {
+    pub async fn update_user(&self, user: &User, update: UserUpdate) -> Result<()> {
         if update.password.is_some() {
             return Err(AccountError::Invalid(
                 "set passwords with set_password".into(),
             ));
         }
-        Ok(self.store.update_user(user_id, update).await?)
+        let done = self.store.update_user(user.id, update).await;
+        self.recorded(done.map_err(Into::into), "update", "user", &user.username)
+            .await
     }
 
-    pub async fn remove_user(&self, user_id: i64) -> Result<()> {
-        Ok(self.store.delete_user(user_id).await?)
+    pub async fn remove_user(&self, user: &User) -> Result<()> {
+        let done = self.store.delete_user(user.id).await;
+        self.recorded(done.map_err(Into::into), "delete", "user", &user.username)
+            .await
     }
 
     pub async fn add_project(
@@ -144,7 +245,9 @@ impl Accounts {
         owner: Option<i64>,
     ) -> Result<Project> {
         check_project_name(name)?;
-        Ok(self.store.create_project(name, public, owner).await?)
+        let made = self.store.create_project(name, public, owner).await;
+        self.recorded(made.map_err(Into::into), "create", "project", name)
+            .await
     }
 
     pub async fn project(&self, name_or_id: &str) -> Result<Project> {
@@ -155,24 +258,29 @@ impl Accounts {
         found.ok_or_else(|| AccountError::NotFound(format!("project {name_or_id}")))
     }
 
-    pub async fn remove_project(&self, project_id: i64) -> Result<()> {
-        Ok(self.store.delete_project(project_id).await?)
+    pub async fn remove_project(&self, project: &Project) -> Result<()> {
+        let done = self.store.delete_project(project.id).await;
+        self.recorded(done.map_err(Into::into), "delete", "project", &project.name)
+            .await
     }
 
-    /// Makes `user` (a user name) a member of `project_id` with `role` (Harbor's role id).
-    pub async fn add_user_member(&self, project_id: i64, user: &str, role: i64) -> Result<i64> {
+    /// Makes `user` (a user name) a member of `project` with `role` (Harbor's role id).
+    pub async fn add_user_member(&self, project: &Project, user: &str, role: i64) -> Result<i64> {
         let role = check_role(role)?;
         let user = self.user(user).await?;
-        Ok(self
+        let made = self
             .store
-            .add_member(project_id, MemberEntity::User(user.id), role.id())
-            .await?)
+            .add_member(project.id, MemberEntity::User(user.id), role.id())
+            .await;
+        let what = format!("{}/{}", project.name, user.username);
+        self.recorded(made.map_err(Into::into), "create", "member", &what)
+            .await
     }
 
-    /// Makes the LDAP group `ldap_dn` a member of `project_id` with `role`.
+    /// Makes the LDAP group `ldap_dn` a member of `project` with `role`.
     pub async fn add_group_member(
         &self,
-        project_id: i64,
+        project: &Project,
         name: &str,
         ldap_dn: &str,
         role: i64,
@@ -187,26 +295,40 @@ impl Accounts {
             .store
             .ensure_group(name, &normalize_dn(ldap_dn))
             .await?;
-        Ok(self
+        let made = self
             .store
-            .add_member(project_id, MemberEntity::Group(group.id), role.id())
-            .await?)
+            .add_member(project.id, MemberEntity::Group(group.id), role.id())
+            .await;
+        let what = format!("{}/{name}", project.name);
+        self.recorded(made.map_err(Into::into), "create", "member", &what)
+            .await
     }
 
     pub async fn members(&self, project_id: i64) -> Result<Vec<Member>> {
         Ok(self.store.members(project_id).await?)
     }
 
-    pub async fn set_member_role(&self, project_id: i64, member_id: i64, role: i64) -> Result<()> {
+    pub async fn set_member_role(
+        &self,
+        project: &Project,
+        member: &Member,
+        role: i64,
+    ) -> Result<()> {
         let role = check_role(role)?;
-        Ok(self
+        let done = self
             .store
-            .set_member_role(project_id, member_id, role.id())
-            .await?)
+            .set_member_role(project.id, member.id, role.id())
+            .await;
+        let what = format!("{}/{}", project.name, member.entity_name);
+        self.recorded(done.map_err(Into::into), "update", "member", &what)
+            .await
     }
 
-    pub async fn remove_member(&self, project_id: i64, member_id: i64) -> Result<()> {
-        Ok(self.store.delete_member(project_id, member_id).await?)
+    pub async fn remove_member(&self, project: &Project, member: &Member) -> Result<()> {
+        let done = self.store.delete_member(project.id, member.id).await;
+        let what = format!("{}/{}", project.name, member.entity_name);
+        self.recorded(done.map_err(Into::into), "delete", "member", &what)
+            .await
     }
 
     /// Creates a robot and returns it with its secret (shown this once).
@@ -255,7 +377,15 @@ impl Accounts {
             updated_at: 0,
         };
         let robot = self.store.create_robot(robot).await?;
+        self.record("create", "robot", &robot.name).await;
         Ok((robot, clear))
+    }
+
+    /// Stores a robot's changed description, duration, expiry, permissions or state.
+    pub async fn update_robot(&self, robot: &Robot) -> Result<()> {
+        let done = self.store.update_robot(robot).await;
+        self.recorded(done.map_err(Into::into), "update", "robot", &robot.name)
+            .await
     }
 
     /// Gives a robot a new secret (returned this once); the old one stops working.
@@ -263,7 +393,7 @@ impl Accounts {
         let clear = secret::generate_secret();
         let mut updated = robot.clone();
         updated.secret = secret::hash_secret(&clear);
-        self.store.update_robot(&updated).await?;
+        self.update_robot(&updated).await?;
         Ok(clear)
     }
 
@@ -275,8 +405,10 @@ impl Accounts {
         found.ok_or_else(|| AccountError::NotFound(format!("robot {name_or_id}")))
     }
 
-    pub async fn remove_robot(&self, robot_id: i64) -> Result<()> {
-        Ok(self.store.delete_robot(robot_id).await?)
+    pub async fn remove_robot(&self, robot: &Robot) -> Result<()> {
+        let done = self.store.delete_robot(robot.id).await;
+        self.recorded(done.map_err(Into::into), "delete", "robot", &robot.name)
+            .await
     }
 
     /// Gives a robot the secret `clear`, which must follow the password rule; the old one stops
@@ -285,19 +417,16 @@ impl Accounts {
         secret::check_password_rule(clear).map_err(AccountError::Invalid)?;
         let mut updated = robot.clone();
         updated.secret = secret::hash_secret(clear);
-        Ok(self.store.update_robot(&updated).await?)
+        self.update_robot(&updated).await
     }
 
     /// Whether `password` is the user's current one (false for users whose password lives
     /// elsewhere).
     pub async fn password_matches(&self, user: &User, password: &str) -> bool {
-        let Some(hash) = user.password.clone() else {
-            return false;
-        };
-        let password = password.to_string();
-        tokio::task::spawn_blocking(move || secret::verify_password(&hash, &password))
-            .await
-            .unwrap_or(false)
+        match &user.password {
+            Some(hash) => secret::check_password(hash, password).await,
+            None => false,
+        }
     }
 
     pub async fn user_by_id(&self, user_id: i64) -> Result<User> {
@@ -307,8 +436,10 @@ impl Accounts {
             .ok_or_else(|| AccountError::NotFound(format!("user {user_id}")))
     }
 
-    pub async fn set_project_public(&self, project_id: i64, public: bool) -> Result<()> {
-        Ok(self.store.set_project_public(project_id, public).await?)
+    pub async fn set_project_public(&self, project: &Project, public: bool) -> Result<()> {
+        let done = self.store.set_project_public(project.id, public).await;
+        self.recorded(done.map_err(Into::into), "update", "project", &project.name)
+            .await
     }
 
     /// Projects in name order: all of them (`visible_to` `None`), or the public ones and those

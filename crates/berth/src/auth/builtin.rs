@@ -24,6 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use super::accounts::{Accounts, Actor};
 use super::keyring::KeyRing;
 use super::ldap::{normalize_dn, LdapDirectory, LdapError, LdapUser};
 use super::rbac::{robot_actions, Action, RobotPermission, Role};
@@ -32,9 +33,7 @@ use super::token::{bearer_challenge, TokenVerifier};
 use super::{challenge, credentials, AuthError, AuthRequest, Authenticate, Challenge, Htpasswd};
 use super::{Identity, Scope};
 use crate::config::BuiltinAuth;
-use crate::meta::access::{
-    now_ms, AccessStore, AuditEntry, DirectoryUser, NewUser, Robot, User, UserSource,
-};
+use crate::meta::access::{now_ms, AccessStore, DirectoryUser, NewUser, Robot, User, UserSource};
 use crate::meta::MetaError;
 
 /// The longest token accepted, in bytes: anything longer is refused unread.
@@ -370,12 +369,8 @@ impl Builtin {
                 burn(password).await;
                 return Ok(None);
             }
-            if let Some(hash) = user.password.clone() {
-                let password = password.to_string();
-                let ok =
-                    tokio::task::spawn_blocking(move || secret::verify_password(&hash, &password))
-                        .await
-                        .unwrap_or(false);
+            if let Some(hash) = &user.password {
+                let ok = secret::check_password(hash, password).await;
                 return Ok(ok.then(|| Principal::User {
                     user: user.clone(),
                     groups: Vec::new(),
@@ -423,14 +418,10 @@ impl Builtin {
     ) -> Result<Option<Principal>, LoginError> {
         match user {
             Some(user) if user.source == UserSource::Local && user.sysadmin => {
-                let Some(hash) = user.password.clone() else {
+                let Some(hash) = &user.password else {
                     return Ok(None);
                 };
-                let password = password.to_string();
-                let ok =
-                    tokio::task::spawn_blocking(move || secret::verify_password(&hash, &password))
-                        .await
-                        .unwrap_or(false);
+                let ok = secret::check_password(hash, password).await;
                 return Ok(ok.then_some(Principal::User {
                     user,
                     groups: Vec::new(),
@@ -833,21 +824,14 @@ impl Builtin {
         success: bool,
         detail: &str,
     ) {
-        let entry = AuditEntry {
-            id: 0,
-            at: now_ms(),
-            username: username.to_string(),
-            operation: operation.to_string(),
-            resource_type: resource_type.to_string(),
-            resource: resource.to_string(),
-            client: client.map(|c| c.to_string()).unwrap_or_default(),
-            success,
-            detail: detail.to_string(),
+        let actor = Actor {
+            name: username.to_string(),
+            client,
         };
-        if let Err(e) = self.store.audit(vec![entry]).await {
-            tracing::warn!(error = %e, "writing the audit log failed");
-            metrics::counter!("berth_audit_entries_lost_total").increment(1);
-        }
+        Accounts::new(self.store.clone())
+            .by(actor)
+            .record_entry(operation, resource_type, resource, success, detail)
+            .await;
     }
 }
 

@@ -29,6 +29,74 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
         .is_ok()
 }
 
+/// How long a verified password is remembered, and how many are.
+const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+const VERIFIED_MAX: usize = 4096;
+
+/// Passwords verified lately, as keyed SHA-256 of (hash, password) under a key drawn at start:
+/// clients that send Basic credentials with every request (the management API's) would
+/// otherwise pay an argon2 check each time. Keyed by the stored hash, an entry stops matching
+/// the moment the password changes, on whichever instance changed it.
+struct Verified {
+    key: [u8; 32],
+    seen: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
+}
+
+fn verified() -> &'static Verified {
+    static V: std::sync::OnceLock<Verified> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        Verified {
+            key,
+            seen: Default::default(),
+        }
+    })
+}
+
+impl Verified {
+    fn fingerprint(&self, hash: &str, password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.key);
+        h.update((hash.len() as u64).to_be_bytes());
+        h.update(hash.as_bytes());
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+}
+
+/// [`verify_password`] on a blocking task, skipped for a (hash, password) pair that verified
+/// within the last few minutes. Only successes are remembered.
+pub async fn check_password(hash: &str, password: &str) -> bool {
+    let v = verified();
+    let fp = v.fingerprint(hash, password);
+    let now = std::time::Instant::now();
+    {
+        let seen = v.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen
+            .get(&fp)
+            .is_some_and(|at| now.duration_since(*at) < VERIFIED_FOR)
+        {
+            return true;
+        }
+    }
+    let (h, p) = (hash.to_string(), password.to_string());
+    let ok = tokio::task::spawn_blocking(move || verify_password(&h, &p))
+        .await
+        .unwrap_or(false);
+    if ok {
+        let mut seen = v.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= VERIFIED_MAX {
+            seen.retain(|_, at| now.duration_since(*at) < VERIFIED_FOR);
+            if seen.len() >= VERIFIED_MAX {
+                seen.clear();
+            }
+        }
+        seen.insert(fp, now);
+    }
+    ok
+}
+
 /// Spends as long as a password check on a value that cannot match, so a login for an unknown
 /// account takes as long as one with a wrong password.
 pub fn burn_password_check(password: &str) {
@@ -100,6 +168,20 @@ pub fn random_hex(bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_remembered_password_matches_only_its_own_hash() {
+        let old = hash_password("Secret123");
+        assert!(check_password(&old, "Secret123").await);
+        assert!(check_password(&old, "Secret123").await, "remembered");
+        assert!(!check_password(&old, "Secret124").await);
+        // The password changed: the new hash does not accept the old password, however
+        // recently it verified against the old hash.
+        let new = hash_password("Other4567");
+        assert!(!check_password(&new, "Secret123").await);
+        assert!(check_password(&new, "Other4567").await);
+        assert!(!check_password("garbage", "Secret123").await);
+    }
 
     #[test]
     fn passwords() {

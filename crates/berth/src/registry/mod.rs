@@ -786,6 +786,23 @@ impl Registry {
         }
     }
 
+    /// Puts `tag` on the manifest `digest` of `repo`, which must exist there: the same bytes
+    /// pushed again under the tag, recorded and reported as a push (and not as a pull).
+    pub async fn tag_manifest(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        digest: &Digest,
+    ) -> Result<PushedManifest> {
+        let descriptor = self
+            .manifest(repo, &Reference::Digest(digest.clone()))
+            .await?;
+        let bytes = self.manifest_content(&descriptor.digest).await?;
+        let by_tag = Reference::Tag(tag.clone());
+        self.put_manifest(repo, &by_tag, &[], Some(&descriptor.media_type), bytes)
+            .await
+    }
+
     /// The bytes of a manifest of `repo` found by [`Registry::manifest`] under `reference`, and
     /// reports the pull.
     pub async fn pull_manifest(

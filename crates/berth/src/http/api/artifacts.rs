@@ -261,7 +261,8 @@ pub async fn delete_repository(
     )
     .await?;
     caller
-        .audit(&api, "delete", "repository", repo.as_str())
+        .accounts(&api)
+        .record("delete", "repository", repo.as_str())
         .await;
     ok()
 }
@@ -409,20 +410,7 @@ pub async fn add_tag(
         Err(crate::registry::RegistryError::ManifestUnknown(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    let by_digest = Reference::Digest(digest);
-    let by_tag = Reference::Tag(tag.clone());
-    // The same manifest pushed again under the tag: the core records and reports it as a push.
-    let push = async {
-        let descriptor = api.core.manifest(&repo, &by_digest).await?;
-        let bytes = api
-            .core
-            .pull_manifest(&repo, &by_digest, &descriptor)
-            .await?;
-        let media_type = Some(descriptor.media_type.as_str());
-        api.core
-            .put_manifest(&repo, &by_tag, &[], media_type, bytes)
-            .await
-    };
+    let push = api.core.tag_manifest(&repo, &tag, &digest);
     with_request(caller.request_context(&api, &parts), push).await?;
     created(&parts, tag.as_str(), None)
 }

@@ -34,7 +34,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::auth::accounts::{Accounts, PageRequest, Project};
+use crate::auth::accounts::{Accounts, Actor, PageRequest, Project};
 use crate::auth::builtin::LoginError;
 use crate::auth::rbac::{Action, Role};
 use crate::auth::{Builtin, Principal};
@@ -205,19 +205,17 @@ impl Caller {
         }
     }
 
-    /// Writes an audit entry of a successful change.
-    async fn audit(&self, api: &ApiState, operation: &str, kind: &str, resource: &str) {
-        api.builtin
-            .audit(
-                &self.principal,
-                operation,
-                kind,
-                resource,
-                self.client,
-                true,
-                "",
-            )
-            .await;
+    /// The account operations on behalf of this caller: each change they make is audited
+    /// under the caller's name and address.
+    fn accounts(&self, api: &ApiState) -> Accounts {
+        let name = match &self.principal {
+            Principal::Anonymous => "anonymous",
+            p => p.name(),
+        };
+        api.accounts.by(Actor {
+            name: name.to_string(),
+            client: self.client,
+        })
     }
 }
 

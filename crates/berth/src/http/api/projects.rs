@@ -110,11 +110,10 @@ pub async fn create(State(api): State<Api>, caller: Caller, parts: Parts, raw: B
     };
     check_project_name(name)?;
     let public = req.public()?.unwrap_or(false);
-    let project = api
-        .accounts
+    let project = caller
+        .accounts(&api)
         .add_project(name, public, Some(owner.id))
         .await?;
-    caller.audit(&api, "create", "project", &project.name).await;
     let by_name = super::super::header_str(&parts.headers, "x-resource-name-in-location")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let id = if by_name {
@@ -233,13 +232,11 @@ pub async fn update(
     let st = managed(&api, &caller, &parts, &p).await?;
     let req: ProjectReq = body(&raw)?;
     if let Some(public) = req.public()? {
-        api.accounts
-            .set_project_public(st.project.id, public)
+        caller
+            .accounts(&api)
+            .set_project_public(&st.project, public)
             .await?;
     }
-    caller
-        .audit(&api, "update", "project", &st.project.name)
-        .await;
     ok()
 }
 
@@ -271,10 +268,7 @@ pub async fn delete(
             ),
         ));
     }
-    api.accounts.remove_project(st.project.id).await?;
-    caller
-        .audit(&api, "delete", "project", &st.project.name)
-        .await;
+    caller.accounts(&api).remove_project(&st.project).await?;
     ok()
 }
 
@@ -373,7 +367,7 @@ pub async fn add_member(
     let st = managed(&api, &caller, &parts, &p).await?;
     let req: NewMember = body(&raw)?;
     let project = &st.project;
-    let (id, name) = match (&req.member_user, &req.member_group) {
+    let id = match (&req.member_user, &req.member_group) {
         (Some(u), _) => {
             let user = match (u.user_id, u.username.as_deref()) {
                 (Some(id), _) => api.accounts.user_by_id(id).await?,
@@ -384,11 +378,10 @@ pub async fn add_member(
                     ))
                 }
             };
-            let id = api
-                .accounts
-                .add_user_member(project.id, &user.username, req.role_id)
-                .await?;
-            (id, user.username)
+            caller
+                .accounts(&api)
+                .add_user_member(project, &user.username, req.role_id)
+                .await?
         }
         (None, Some(g)) => {
             if g.group_type.is_some_and(|t| t != 1) {
@@ -406,11 +399,10 @@ pub async fn add_member(
                     (g.group_name.clone().unwrap_or_else(|| dn.clone()), dn)
                 }
             };
-            let id = api
-                .accounts
-                .add_group_member(project.id, &name, &dn, req.role_id)
-                .await?;
-            (id, name)
+            caller
+                .accounts(&api)
+                .add_group_member(project, &name, &dn, req.role_id)
+                .await?
         }
         (None, None) => {
             return Err(ApiError::bad_request(
@@ -418,14 +410,6 @@ pub async fn add_member(
             ))
         }
     };
-    caller
-        .audit(
-            &api,
-            "create",
-            "member",
-            &format!("{}/{name}", project.name),
-        )
-        .await;
     created(&parts, &id.to_string(), None)
 }
 
@@ -452,17 +436,10 @@ pub async fn update_member(
     let st = managed(&api, &caller, &parts, &p).await?;
     let req: RoleReq = body(&raw)?;
     let m = api.accounts.member(st.project.id, member_id(&mid)?).await?;
-    api.accounts
-        .set_member_role(st.project.id, m.id, req.role_id)
-        .await?;
     caller
-        .audit(
-            &api,
-            "update",
-            "member",
-            &format!("{}/{}", st.project.name, m.entity_name),
-        )
-        .await;
+        .accounts(&api)
+        .set_member_role(&st.project, &m, req.role_id)
+        .await?;
     ok()
 }
 
@@ -475,14 +452,6 @@ pub async fn delete_member(
 ) -> ApiResult {
     let st = managed(&api, &caller, &parts, &p).await?;
     let m = api.accounts.member(st.project.id, member_id(&mid)?).await?;
-    api.accounts.remove_member(st.project.id, m.id).await?;
-    caller
-        .audit(
-            &api,
-            "delete",
-            "member",
-            &format!("{}/{}", st.project.name, m.entity_name),
-        )
-        .await;
+    caller.accounts(&api).remove_member(&st.project, &m).await?;
     ok()
 }

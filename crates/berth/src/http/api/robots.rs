@@ -126,8 +126,8 @@ pub async fn create(State(api): State<Api>, caller: Caller, parts: Parts, raw: B
             )))
         }
     };
-    let (robot, secret) = api
-        .accounts
+    let (robot, secret) = caller
+        .accounts(&api)
         .add_robot(RobotSpec {
             project,
             name: req.name,
@@ -138,7 +138,6 @@ pub async fn create(State(api): State<Api>, caller: Caller, parts: Parts, raw: B
             creator,
         })
         .await?;
-    caller.audit(&api, "create", "robot", &robot.name).await;
     let body = json!({
         "id": robot.id,
         "name": robot.name,
@@ -245,12 +244,7 @@ pub async fn update(
             .map_err(ApiError::bad_request)?;
         robot.permissions = serde_json::to_value(&perms).map_err(ApiError::internal)?;
     }
-    api.accounts
-        .store()
-        .update_robot(&robot)
-        .await
-        .map_err(|e| ApiError::from(crate::auth::accounts::AccountError::from(e)))?;
-    caller.audit(&api, "update", "robot", &robot.name).await;
+    caller.accounts(&api).update_robot(&robot).await?;
     ok()
 }
 
@@ -264,19 +258,20 @@ pub async fn refresh(
     let robot = robot_for(&api, &caller, &id, true).await?;
     let req: RobotSecret = body(&raw)?;
     let secret = if req.secret.is_empty() {
-        api.accounts.refresh_robot_secret(&robot).await?
+        caller.accounts(&api).refresh_robot_secret(&robot).await?
     } else {
-        api.accounts.set_robot_secret(&robot, &req.secret).await?;
+        caller
+            .accounts(&api)
+            .set_robot_secret(&robot, &req.secret)
+            .await?;
         req.secret
     };
-    caller.audit(&api, "update", "robot", &robot.name).await;
     super::json(&json!({"secret": secret}))
 }
 
 /// `DELETE /robots/{robot_id}`.
 pub async fn delete(State(api): State<Api>, caller: Caller, Path(id): Path<String>) -> ApiResult {
     let robot = robot_for(&api, &caller, &id, false).await?;
-    api.accounts.remove_robot(robot.id).await?;
-    caller.audit(&api, "delete", "robot", &robot.name).await;
+    caller.accounts(&api).remove_robot(&robot).await?;
     ok()
 }

@@ -89,8 +89,8 @@ pub async fn create(State(api): State<Api>, caller: Caller, parts: Parts, raw: B
     caller.sysadmin()?;
     let req: NewUser = body(&raw)?;
     check_email(&req.email)?;
-    let user = api
-        .accounts
+    let user = caller
+        .accounts(&api)
         .add_user(UserSpec {
             username: req.username,
             password: req.password,
@@ -100,7 +100,6 @@ pub async fn create(State(api): State<Api>, caller: Caller, parts: Parts, raw: B
             sysadmin: false,
         })
         .await?;
-    caller.audit(&api, "create", "user", &user.username).await;
     created(&parts, &user.id.to_string(), None)
 }
 
@@ -179,8 +178,7 @@ pub async fn update(
         comment: req.comment,
         ..UserUpdate::default()
     };
-    api.accounts.update_user(user.id, update).await?;
-    caller.audit(&api, "update", "user", &user.username).await;
+    caller.accounts(&api).update_user(&user, update).await?;
     ok()
 }
 
@@ -192,8 +190,7 @@ pub async fn delete(State(api): State<Api>, caller: Caller, Path(id): Path<Strin
         return Err(ApiError::forbidden("you cannot delete your own account"));
     }
     let user = api.accounts.user_by_id(id).await?;
-    api.accounts.remove_user(id).await?;
-    caller.audit(&api, "delete", "user", &user.username).await;
+    caller.accounts(&api).remove_user(&user).await?;
     ok()
 }
 
@@ -219,10 +216,10 @@ pub async fn password(
             ));
         }
     }
-    api.accounts
-        .set_password(user.id, &req.new_password)
+    caller
+        .accounts(&api)
+        .set_password(&user, &req.new_password)
         .await?;
-    caller.audit(&api, "update", "user", &user.username).await;
     ok()
 }
 
@@ -246,7 +243,6 @@ pub async fn sysadmin(
         sysadmin: Some(req.sysadmin_flag),
         ..UserUpdate::default()
     };
-    api.accounts.update_user(id, update).await?;
-    caller.audit(&api, "update", "user", &user.username).await;
+    caller.accounts(&api).update_user(&user, update).await?;
     ok()
 }
