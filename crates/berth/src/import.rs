@@ -146,8 +146,9 @@ pub async fn import_distribution(
     } else {
         ProgressBar::hidden()
     };
-    // Blobs shared by several repositories are hashed once.
-    let mut verified: HashMap<Digest, Option<u64>> = HashMap::new();
+    // Blobs shared by several repositories are hashed once, and reserved (so that no collector
+    // deletes them) from before they are verified until the import ends.
+    let mut verified = Verified::default();
     for (name, tree) in &repos {
         bar.set_message(name.clone());
         let repo: RepoName = match name.parse() {
@@ -165,17 +166,55 @@ pub async fn import_distribution(
     store
         .write_file(DONE_MARKER, Bytes::from(report.to_string()))
         .await?;
+    for ids in verified.reservations.chunks(256) {
+        let releases = ids
+            .iter()
+            .map(|id| Change::ReleaseBlob { id: id.clone() })
+            .collect();
+        meta.apply(releases).await?;
+    }
     Ok(report)
+}
+
+/// What the import verified, and the reservations it holds on it.
+#[derive(Default)]
+struct Verified {
+    sizes: HashMap<Digest, Option<u64>>,
+    reservations: Vec<String>,
+}
+
+impl Verified {
+    /// Reserves `d` (`size` bytes) for the rest of the import.
+    async fn hold(
+        &mut self,
+        meta: &dyn MetaStore,
+        d: &Digest,
+        size: u64,
+    ) -> Result<(), ImportError> {
+        let id = format!("import-{}", uuid::Uuid::new_v4());
+        meta.apply(vec![Change::ReserveBlob {
+            id: id.clone(),
+            digest: d.clone(),
+            size,
+        }])
+        .await?;
+        self.reservations.push(id);
+        Ok(())
+    }
 }
 
 async fn verify(
     store: &BlobStore,
+    meta: &dyn MetaStore,
     d: &Digest,
-    verified: &mut HashMap<Digest, Option<u64>>,
+    verified: &mut Verified,
     report: &mut ImportReport,
 ) -> Result<Option<u64>, ImportError> {
-    if let Some(v) = verified.get(d) {
+    if let Some(v) = verified.sizes.get(d) {
         return Ok(*v);
+    }
+    if let Some(size) = store.stat_blob(d).await? {
+        verified.hold(meta, d, size).await?;
     }
     let v = match store.verify_blob(d).await {
         Ok(Some(size)) => Some(size),
@@ -193,7 +232,7 @@ async fn verify(
         }
         Err(e) => return Err(e.into()),
     };
-    verified.insert(d.clone(), v);
+    verified.sizes.insert(d.clone(), v);
     Ok(v)
 }
 
@@ -202,7 +241,7 @@ async fn import_repo(
     meta: &dyn MetaStore,
     repo: &RepoName,
     tree: &RepoTree,
-    verified: &mut HashMap<Digest, Option<u64>>,
+    verified: &mut Verified,
     report: &mut ImportReport,
     bar: &ProgressBar,
 ) -> Result<(), ImportError> {
@@ -214,7 +253,7 @@ async fn import_repo(
             report.blobs += 1;
             continue;
         }
-        if let Some(size) = verify(store, d, verified, report).await? {
+        if let Some(size) = verify(store, meta, d, verified, report).await? {
             links.push(Change::LinkBlob {
                 repo: repo.clone(),
                 digest: d.clone(),
@@ -245,6 +284,9 @@ async fn import_repo(
             imported.insert(d.clone());
             report.manifests += 1;
             continue;
+        }
+        if let Some(size) = store.stat_blob(d).await? {
+            verified.hold(meta, d, size).await?;
         }
         let bytes = match store.read_blob_bytes(d).await {
             Ok(b) => b,

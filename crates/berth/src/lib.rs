@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod config;
 pub mod events;
+pub mod gc;
 pub mod http;
 pub mod import;
 pub mod listener;

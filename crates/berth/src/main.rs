@@ -75,6 +75,26 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Collect garbage now, with the configuration `serve` runs with; safe while servers run.
+    /// Deletes repository links no manifest names, then blobs nothing references, and with
+    /// --untagged manifests no tag, index or live subject keeps: whatever was referenced within
+    /// the grace period stays.
+    Gc {
+        /// Print what would be deleted, and how many bytes, without deleting anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep what was referenced within this long (`30m`, `2h`; default: `gc.grace`).
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<config::GoDuration>,
+        /// Also delete untagged manifests (default: `gc.untagged`).
+        #[arg(long)]
+        untagged: bool,
+        /// Print the last runs instead of running.
+        #[arg(long)]
+        history: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Where the users, projects and robots are: the metadata database of this configuration.
@@ -298,7 +318,7 @@ mod accounts {
     use berth::meta::access::{AccessStore, AuditQuery, MemberEntity, PageRequest};
 
     use super::UserCommand;
-    use super::{load, MemberCommand, ProjectCommand, RobotCommand, StoreArgs, TokenCommand};
+    use super::{MemberCommand, ProjectCommand, RobotCommand, StoreArgs, TokenCommand};
 
     const ALL: PageRequest = PageRequest {
         page: 1,
@@ -306,15 +326,7 @@ mod accounts {
     };
 
     async fn open(args: &StoreArgs) -> anyhow::Result<Arc<dyn AccessStore>> {
-        let mut cfg = load(args.config.as_ref())?.config;
-        if let Some(data) = &args.data {
-            cfg.storage.inmemory = None;
-            cfg.storage.filesystem = Some(berth::config::Filesystem {
-                rootdirectory: data.to_string_lossy().into_owned(),
-                ..Default::default()
-            });
-        }
-        let settings = berth::server::Settings::from_config(&cfg)?;
+        let settings = super::settings_of(args)?;
         Ok(berth::server::open_databases(&settings.meta).await?.1)
     }
 
@@ -586,8 +598,11 @@ mod accounts {
 
     pub async fn token(c: TokenCommand) -> anyhow::Result<()> {
         let (TokenCommand::Certificate { store } | TokenCommand::Rotate { store }) = &c;
-        let mut cfg = load(store.config.as_ref())?.config;
-        let builtin = cfg.auth.builtin.take().unwrap_or_default();
+        let builtin = super::settings_of(store)?
+            .config
+            .auth
+            .builtin
+            .unwrap_or_default();
         let ring = berth::auth::keyring::KeyRing::open(
             open(store).await?,
             berth::auth::builtin::key_overlap(&builtin),
@@ -600,6 +615,119 @@ mod accounts {
         }
         Ok(())
     }
+}
+
+/// The settings of `berth serve` for a configuration (and data directory).
+fn settings_of(args: &StoreArgs) -> anyhow::Result<Settings> {
+    let mut cfg = load(args.config.as_ref())?.config;
+    if let Some(data) = &args.data {
+        cfg.storage.inmemory = None;
+        cfg.storage.filesystem = Some(config::Filesystem {
+            rootdirectory: data.to_string_lossy().into_owned(),
+            ..Default::default()
+        });
+    }
+    Settings::from_config(&cfg)
+}
+
+/// `berth gc`: one collection under the collection lease (or the history of runs).
+async fn collect(
+    settings: Settings,
+    opts: berth::gc::Options,
+    history: bool,
+) -> anyhow::Result<()> {
+    use berth::meta::MetaStore;
+    let (store, redirect) = server::open_blob_store(&settings).await?;
+    let meta: std::sync::Arc<dyn MetaStore> = server::open_databases(&settings.meta).await?.0;
+    if history {
+        for r in meta.collection_runs(20).await? {
+            println!(
+                "{}	{}	{}{}	blobs {}	manifests {}	links {}	bytes {}	{}",
+                r.id,
+                berth::time::rfc3339_ms(r.started_at),
+                r.status,
+                if r.dry_run { " (dry run)" } else { "" },
+                r.blobs_deleted,
+                r.manifests_deleted,
+                r.links_removed,
+                r.bytes_freed,
+                r.detail
+            );
+        }
+        return Ok(());
+    }
+    let core = std::sync::Arc::new(server::build_core(
+        &settings,
+        meta.clone(),
+        store.clone(),
+        redirect,
+    )?);
+    let collector = berth::gc::Collector::new(core, meta.clone(), store);
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "collecting {spinner} {pos} examined ({per_sec})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        on_signal.cancel();
+    });
+    let started = std::time::Instant::now();
+    let ran = berth::meta::lease::run_once_leased(
+        meta.clone(),
+        berth::gc::LEASE,
+        std::time::Duration::from_secs(30),
+        collector.run(&opts, &bar, &stop),
+    )
+    .await?;
+    bar.finish_and_clear();
+    let Some(report) = ran else {
+        let holder = meta.lease_holder(berth::gc::LEASE).await?;
+        anyhow::bail!(
+            "another collection is running (held by {}); try again when it is done",
+            holder
+                .map(|l| l.holder)
+                .unwrap_or_else(|| "another instance".into())
+        );
+    };
+    let report = report?;
+    for line in &report.would_delete {
+        println!("would delete {line}");
+    }
+    let verb = if opts.dry_run {
+        "would delete"
+    } else {
+        "deleted"
+    };
+    println!(
+        "{verb} {} manifests, {} links, {} blobs; {} bytes {}in {:.1?}{}",
+        report.manifests_deleted,
+        report.links_removed,
+        report.blobs_deleted,
+        report.bytes_freed,
+        if opts.dry_run {
+            "would be freed "
+        } else {
+            "freed "
+        },
+        started.elapsed(),
+        if report.stopped {
+            " (stopped: run again to go on)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -683,6 +811,23 @@ fn run() -> anyhow::Result<()> {
                 ..Default::default()
             };
             runtime.block_on(accounts::audit(query, limit, json, store))
+        }
+        Command::Gc {
+            dry_run,
+            grace,
+            untagged,
+            history,
+            store,
+        } => {
+            let _log = logging::init("warn", Format::Text, Default::default());
+            let settings = settings_of(&store)?;
+            let mut opts = server::gc_options(&settings);
+            opts.dry_run = dry_run;
+            opts.untagged |= untagged;
+            if let Some(g) = grace {
+                opts.grace = g.0;
+            }
+            runtime.block_on(collect(settings, opts, history))
         }
         Command::Import(ImportSource::Distribution { dir, config }) => {
             let _log = logging::init("warn", Format::Text, Default::default());

@@ -405,11 +405,8 @@ pub fn report_options(config: &Config) {
     }
 }
 
-/// Runs the registry until `shutdown` completes.
-pub async fn serve(
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// The configured blob store, and whether pulls are redirected to it.
+pub async fn open_blob_store(settings: &Settings) -> anyhow::Result<(BlobStore, bool)> {
     let store = match &settings.storage {
         StorageKind::Fs(root) => BlobStore::fs(root)
             .with_context(|| format!("opening storage under {}", root.display()))?,
@@ -429,14 +426,23 @@ pub async fn serve(
     let redirect = matches!(settings.storage, StorageKind::Object(_))
         && !settings.config.storage.redirect.disable
         && store.can_redirect();
-    let (meta, access) = open_databases(&settings.meta).await?;
-    import_if_needed(&store, meta.clone()).await?;
-    let meta: Arc<dyn MetaStore> = Arc::new(crate::meta::cache::CachedMetaStore::new(meta));
+    Ok((store, redirect))
+}
+
+/// The registry core over `meta` and `store` as configured: its validation, redirects and the
+/// sinks of its events (notifications, the audit trail). The server and the command line's
+/// maintenance (`berth gc`) build it alike, so what either changes is reported alike.
+pub fn build_core(
+    settings: &Settings,
+    meta: Arc<dyn MetaStore>,
+    store: BlobStore,
+    redirect: bool,
+) -> anyhow::Result<Registry> {
     let notifications = &settings.config.notifications;
     let notifier = crate::events::Notifier::new(notifications, settings.addr.clone())
         .context("notifications")?;
-    let mut registry = Registry::new(meta.clone(), store)
-        .with_index_children(index_children(&settings.config.validation));
+    let mut registry =
+        Registry::new(meta, store).with_index_children(index_children(&settings.config.validation));
     if redirect {
         registry = registry.with_redirects(BLOB_URL_LIFETIME);
     }
@@ -452,7 +458,42 @@ pub async fn serve(
     if let Some(audit) = &audit {
         registry = registry.with_events(Arc::new(crate::events::AuditTrail { pulls: audit.pulls }));
     }
-    let registry = Arc::new(registry);
+    Ok(registry)
+}
+
+/// The collection options of the `gc` section.
+pub fn gc_options(settings: &Settings) -> crate::gc::Options {
+    let gc = &settings.config.gc;
+    crate::gc::Options {
+        grace: gc.grace.0,
+        untagged: gc.untagged,
+        dry_run: false,
+        parallelism: gc.parallelism,
+    }
+}
+
+/// Runs the registry until `shutdown` completes.
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (store, redirect) = open_blob_store(&settings).await?;
+    let (meta, access) = open_databases(&settings.meta).await?;
+    import_if_needed(&store, meta.clone()).await?;
+    let meta: Arc<dyn MetaStore> = Arc::new(crate::meta::cache::CachedMetaStore::new(meta));
+    let notifications = &settings.config.notifications;
+    let audit = settings
+        .config
+        .auth
+        .builtin
+        .as_ref()
+        .map(|b| b.audit.clone());
+    let registry = Arc::new(build_core(
+        &settings,
+        meta.clone(),
+        store.clone(),
+        redirect,
+    )?);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let delivery_stop = CancellationToken::new();
@@ -479,6 +520,22 @@ pub async fn serve(
             lease::Holder::default(),
             delivery_stop.clone(),
             move |stop| prune_audit_loop(access.clone(), audit.retention.0, stop),
+        )));
+    }
+    let interval = settings.config.gc.interval.0;
+    if !interval.is_zero() {
+        let collector = Arc::new(crate::gc::Collector::new(
+            registry.clone(),
+            meta.clone(),
+            store.clone(),
+        ));
+        let opts = gc_options(&settings);
+        tasks.push(tokio::spawn(run_leased(
+            meta.clone(),
+            crate::gc::LEASE.into(),
+            lease::Holder::default(),
+            delivery_stop.clone(),
+            move |stop| gc_loop(collector.clone(), opts.clone(), interval, stop),
         )));
     }
     let health = Health::new();
@@ -650,6 +707,33 @@ async fn purge_loop(registry: Arc<Registry>, p: Purging, stop: CancellationToken
             }
             Ok(n) => tracing::info!(uploads = n, "upload purging: removed abandoned uploads"),
             Err(e) => tracing::warn!(error = %e, "upload purging failed"),
+        }
+    }
+}
+
+/// Collects garbage every `interval`, until `stop`.
+async fn gc_loop(
+    collector: Arc<crate::gc::Collector>,
+    opts: crate::gc::Options,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.cancelled() => return,
+        }
+        let hidden = indicatif::ProgressBar::hidden();
+        match collector.run(&opts, &hidden, &stop).await {
+            Ok(r) => tracing::info!(
+                blobs = r.blobs_deleted,
+                manifests = r.manifests_deleted,
+                links = r.links_removed,
+                bytes = r.bytes_freed,
+                stopped = r.stopped,
+                "garbage collection finished"
+            ),
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed; the next run goes on"),
         }
     }
 }

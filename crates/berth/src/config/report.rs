@@ -114,6 +114,7 @@ pub const OPTION_TABLE: &[(&str, Status)] = &[
     ("auth.builtin", Status::Active),
     // Logins against an LDAP directory or Active Directory (Harbor's LDAP settings).
     ("auth.builtin.ldap", Status::Active),
+    ("gc", Status::Active),
     ("notifications.endpoints", Status::Active),
     ("notifications.events", Status::NotImplemented),
     ("middleware", Status::NotImplemented),

@@ -70,6 +70,8 @@ pub struct Config {
     pub database: Option<Database>,
     /// The embedded SQLite metadata database (Berth's own section).
     pub sqlite: Sqlite,
+    /// Online garbage collection: its schedule and what it keeps (Berth's own section).
+    pub gc: Gc,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1477,6 +1479,31 @@ pub struct DatabasePool {
     pub maxlifetime: Option<GoDuration>,
     /// Longest a connection stays idle.
     pub maxidletime: Option<GoDuration>,
+}
+
+/// Online garbage collection (`berth gc` runs the same with its own flags).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Gc {
+    /// Run a collection this often, on one instance at a time; `0` (the default) never.
+    pub interval: GoDuration,
+    /// Content referenced, unlinked or pushed within this long is kept.
+    pub grace: GoDuration,
+    /// Also delete manifests that no tag, no index and no live subject keeps.
+    pub untagged: bool,
+    /// Object deletes in flight at once.
+    pub parallelism: usize,
+}
+
+impl Default for Gc {
+    fn default() -> Self {
+        Gc {
+            interval: GoDuration::from_secs(0),
+            grace: GoDuration::from_secs(3600),
+            untagged: false,
+            parallelism: 8,
+        }
+    }
 }
 
 /// The embedded SQLite metadata database.

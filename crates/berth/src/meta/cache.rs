@@ -192,6 +192,31 @@ impl MetaStore for CachedMetaStore {
         self.inner.idle_uploads(before, limit).await
     }
 
+    async fn collectable_blobs(
+        &self,
+        before: i64,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<BlobRecord>> {
+        self.inner.collectable_blobs(before, after, limit).await
+    }
+
+    async fn claimed_blobs(&self, limit: u32) -> Result<Vec<BlobRecord>> {
+        self.inner.claimed_blobs(limit).await
+    }
+
+    async fn unreferenced_links(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>> {
+        self.inner.unreferenced_links(before, limit).await
+    }
+
+    async fn untagged_manifests(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>> {
+        self.inner.untagged_manifests(before, limit).await
+    }
+
+    async fn collection_runs(&self, limit: u32) -> Result<Vec<super::CollectionRun>> {
+        self.inner.collection_runs(limit).await
+    }
+
     async fn apply(&self, changes: Vec<Change>) -> Result<()> {
         self.inner.apply(changes).await
     }

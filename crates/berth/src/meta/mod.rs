@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod cache;
+mod collect;
 mod group;
 pub mod lease;
 pub mod postgres;
@@ -31,6 +32,10 @@ use crate::oci::Page;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
+    /// A blob a change needs is being deleted by a collector; the same change may succeed once
+    /// the collector is done with it.
+    #[error("blob {0} is being garbage-collected")]
+    BlobCollecting(Digest),
     /// A manifest references something the repository does not have.
     #[error("{0} is not present in the repository")]
     MissingReference(Digest),
@@ -210,6 +215,59 @@ pub enum Change {
     },
     /// Appends an entry to the audit log (with the change it records).
     Audit(access::AuditEntry),
+    /// Reserves `digest` for a writer about to publish its bytes (recording the blob, `size`
+    /// bytes, if it is new): a reserved blob is never claimed by a collector.
+    /// `BlobCollecting` while a collector is deleting it.
+    ReserveBlob {
+        id: String,
+        digest: Digest,
+        size: u64,
+    },
+    /// Gives a reservation up. `NotFound` if it is gone (it expired): the bytes it protected
+    /// may have been collected, so whatever links them in the same transaction must not commit.
+    ReleaseBlob { id: String },
+    /// Claims `digest` for collection if, as of this transaction, nothing references it (no
+    /// repository links it, no manifest is it or names it, nobody reserved it) and nothing has
+    /// since `before` (Unix seconds). Claiming nothing is not an error.
+    ClaimBlob { digest: Digest, before: i64 },
+    /// Removes the record of a claimed blob whose bytes are deleted.
+    ForgetBlob { digest: Digest },
+    /// Removes reservations taken before `before` (Unix seconds): their writers are gone.
+    ExpireReservations { before: i64 },
+    /// Removes the link of `digest` in `repo` if it was made before `before` and no manifest
+    /// of the repository names it. Removing nothing is not an error.
+    UnlinkUnreferenced {
+        repo: RepoName,
+        digest: Digest,
+        before: i64,
+    },
+    /// Fails the transaction with `Conflict` unless the manifest `digest` of `repo` was
+    /// recorded before `before` and nothing keeps it: no tag, no index of the repository, no
+    /// subject still in the repository. Put before a `DeleteManifest` of untagged content.
+    RequireUnkeptManifest {
+        repo: RepoName,
+        digest: Digest,
+        before: i64,
+    },
+    /// Records a finished garbage collection run.
+    RecordCollection(CollectionRun),
+}
+
+/// One garbage collection run, as its history shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CollectionRun {
+    pub id: i64,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub dry_run: bool,
+    /// `success`, `stopped` or `failed`.
+    pub status: String,
+    pub blobs_deleted: u64,
+    pub manifests_deleted: u64,
+    pub links_removed: u64,
+    pub bytes_freed: u64,
+    pub detail: String,
 }
 
 /// An event waiting in the outbox.
@@ -254,6 +312,25 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn idle_uploads(&self, before: i64, limit: u32) -> Result<Vec<UploadRecord>>;
     /// Applies `changes` in one transaction: all or nothing.
     async fn apply(&self, changes: Vec<Change>) -> Result<()>;
+
+    /// Up to `limit` blobs a collector may claim: stored, unreferenced (see
+    /// [`Change::ClaimBlob`]) and untouched since `before`, in digest order after `after`.
+    async fn collectable_blobs(
+        &self,
+        before: i64,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<BlobRecord>>;
+    /// Up to `limit` blobs claimed by a collector and not yet forgotten.
+    async fn claimed_blobs(&self, limit: u32) -> Result<Vec<BlobRecord>>;
+    /// Up to `limit` repository links made before `before` that no manifest of their repository
+    /// names (layers pushed without a manifest, or whose manifests were deleted).
+    async fn unreferenced_links(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>>;
+    /// Up to `limit` manifests recorded before `before` that no tag points at, no index of their
+    /// repository lists, and whose subject (if any) is gone from the repository.
+    async fn untagged_manifests(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>>;
+    /// The last `limit` garbage collection runs, newest first.
+    async fn collection_runs(&self, limit: u32) -> Result<Vec<CollectionRun>>;
     /// The oldest `limit` events of `topic` in the outbox, in the order they were written.
     async fn outbox_peek(&self, topic: &str, limit: u32) -> Result<Vec<OutboxEvent>>;
     /// Removes the events of `topic` up to and including `seq` (delivered).
@@ -313,10 +390,18 @@ pub fn affected(changes: &[Change]) -> (Vec<&RepoName>, bool) {
                 catalog = true;
                 repo
             }
+            Change::UnlinkUnreferenced { repo, .. } => repo,
             Change::AdvanceUpload { .. }
             | Change::DeleteUpload { .. }
             | Change::Enqueue { .. }
-            | Change::Audit(_) => continue,
+            | Change::Audit(_)
+            | Change::ReserveBlob { .. }
+            | Change::ReleaseBlob { .. }
+            | Change::ClaimBlob { .. }
+            | Change::ForgetBlob { .. }
+            | Change::ExpireReservations { .. }
+            | Change::RequireUnkeptManifest { .. }
+            | Change::RecordCollection(_) => continue,
         };
         if !repos.contains(&repo) {
             repos.push(repo);

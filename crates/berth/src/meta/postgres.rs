@@ -450,16 +450,19 @@ async fn has_manifest(tx: &mut Tx<'_>, repo: i64, digest: &str) -> Result<bool> 
 
 async fn record_blob(tx: &mut Tx<'_>, digest: &Digest, size: u64) -> Result<()> {
     let t = now();
-    sqlx::query(
+    let done = sqlx::query(
         "INSERT INTO blobs (digest, size, state, created_at, last_referenced_at) \
          VALUES ($1, $2, 'stored', $3, $3) ON CONFLICT (digest) DO UPDATE SET \
-         state = 'stored', last_referenced_at = excluded.last_referenced_at",
+         last_referenced_at = excluded.last_referenced_at WHERE blobs.state = 'stored'",
     )
     .bind(digest.to_string())
     .bind(size as i64)
     .bind(t)
     .execute(&mut **tx)
     .await?;
+    if done.rows_affected() == 0 {
+        return Err(MetaError::BlobCollecting(digest.clone()));
+    }
     Ok(())
 }
 
@@ -479,8 +482,25 @@ async fn touch_blobs(tx: &mut Tx<'_>, digests: &[Digest]) -> Result<()> {
 async fn apply_one(tx: &mut Tx<'_>, ids: &mut RepoIds, change: Change) -> Result<()> {
     match change {
         Change::LinkBlob {
-            repo, digest, size, ..
+            repo,
+            digest,
+            size,
+            mounted_from,
         } => {
+            if let Some(source) = &mounted_from {
+                // A mount links what the source links at this moment, so the bytes are there.
+                let source_id = repo_id(tx, ids, source).await?;
+                let linked: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM repo_blobs WHERE repo_id = $1 AND digest = $2",
+                )
+                .bind(source_id)
+                .bind(digest.to_string())
+                .fetch_one(&mut **tx)
+                .await?;
+                if linked == 0 {
+                    return Err(MetaError::NotFound(format!("blob {digest} in {source}")));
+                }
+            }
             let id = ensure_repo(tx, ids, &repo).await?;
             record_blob(tx, &digest, size).await?;
             sqlx::query(
@@ -687,9 +707,13 @@ async fn apply_one(tx: &mut Tx<'_>, ids: &mut RepoIds, change: Change) -> Result
                 .execute(&mut **tx)
                 .await?;
         }
+        other => apply_collection(tx, ids, other).await?,
     }
     Ok(())
 }
+
+super::collect::collection_reads!(PgMetaStore, String::from);
+super::collect::collection_changes!(String::from, Tx<'_>);
 
 // ---------------------------------------------------------------------------------------------
 // Reads
@@ -859,6 +883,31 @@ impl MetaStore for PgMetaStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(upload_row).collect()
+    }
+
+    async fn collectable_blobs(
+        &self,
+        before: i64,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<BlobRecord>> {
+        self.read_collectable_blobs(before, after, limit).await
+    }
+
+    async fn claimed_blobs(&self, limit: u32) -> Result<Vec<BlobRecord>> {
+        self.read_claimed_blobs(limit).await
+    }
+
+    async fn unreferenced_links(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>> {
+        self.read_unreferenced_links(before, limit).await
+    }
+
+    async fn untagged_manifests(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>> {
+        self.read_untagged_manifests(before, limit).await
+    }
+
+    async fn collection_runs(&self, limit: u32) -> Result<Vec<super::CollectionRun>> {
+        self.read_collection_runs(limit).await
     }
 
     async fn apply(&self, changes: Vec<Change>) -> Result<()> {

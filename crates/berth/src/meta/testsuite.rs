@@ -445,6 +445,8 @@ pub async fn run(store: &dyn MetaStore) {
     assert_eq!(left[0].payload, serde_json::json!(3));
     // Another topic's events are untouched by that acknowledgement.
     assert_eq!(store.outbox_peek("other", 10).await.unwrap().len(), 2);
+
+    collection(store).await;
 }
 
 /// Leases between two stores sharing one database (two instances).
@@ -625,4 +627,207 @@ async fn failures_in_a_group_undo_nothing_else(store: &dyn MetaStore) {
             assert_eq!(linked, Some(i as u64), "call {i}");
         }
     }
+}
+
+/// The garbage collection protocol: reservations, claims, what a claim spares, forgetting,
+/// links no manifest names, manifests nothing keeps, and the history of runs.
+async fn collection(store: &dyn MetaStore) {
+    let r = repo("gc/app");
+    let later = super::rows::now() + 10;
+    let listed = |found: Vec<super::BlobRecord>, d: &Digest| found.iter().any(|b| &b.digest == d);
+    let reserve = |id: &str, name: &str| Change::ReserveBlob {
+        id: id.into(),
+        digest: digest(name),
+        size: 5,
+    };
+    let release = |id: &str| Change::ReleaseBlob { id: id.into() };
+    let claim = |name: &str, before: i64| Change::ClaimBlob {
+        digest: digest(name),
+        before,
+    };
+
+    // A reserved blob is recorded, and not collectable until released.
+    let x = digest("gc x");
+    store.apply(vec![reserve("r1", "gc x")]).await.unwrap();
+    let rec = store.blob(&x).await.unwrap().unwrap();
+    assert_eq!((rec.size, rec.state), (5, BlobState::Stored));
+    assert!(!listed(
+        store.collectable_blobs(later, None, 1000).await.unwrap(),
+        &x
+    ));
+    store.apply(vec![claim("gc x", later)]).await.unwrap();
+    assert_eq!(
+        store.blob(&x).await.unwrap().unwrap().state,
+        BlobState::Stored
+    );
+    store.apply(vec![release("r1")]).await.unwrap();
+    let err = store.apply(vec![release("r1")]).await.unwrap_err();
+    assert!(matches!(err, MetaError::NotFound(_)), "{err:?}");
+    // Within the grace period it is kept; past it, collectable and claimed.
+    let past = rec.last_referenced_at;
+    assert!(!listed(
+        store.collectable_blobs(past, None, 1000).await.unwrap(),
+        &x
+    ));
+    store.apply(vec![claim("gc x", past)]).await.unwrap();
+    assert_eq!(
+        store.blob(&x).await.unwrap().unwrap().state,
+        BlobState::Stored
+    );
+    assert!(listed(
+        store.collectable_blobs(later, None, 1000).await.unwrap(),
+        &x
+    ));
+    store.apply(vec![claim("gc x", later)]).await.unwrap();
+    assert_eq!(
+        store.blob(&x).await.unwrap().unwrap().state,
+        BlobState::Deleting
+    );
+    assert!(listed(store.claimed_blobs(1000).await.unwrap(), &x));
+    // Claimed: neither a reservation nor a link of it commits, and neither leaves anything.
+    let err = store.apply(vec![reserve("r2", "gc x")]).await.unwrap_err();
+    assert!(
+        matches!(err, MetaError::BlobCollecting(ref d) if d == &x),
+        "{err:?}"
+    );
+    let link = |repo: &RepoName, name: &str, from: Option<&RepoName>| Change::LinkBlob {
+        repo: repo.clone(),
+        digest: digest(name),
+        size: 5,
+        mounted_from: from.cloned(),
+    };
+    let err = store.apply(vec![link(&r, "gc x", None)]).await.unwrap_err();
+    assert!(matches!(err, MetaError::BlobCollecting(_)), "{err:?}");
+    assert_eq!(store.blob_in_repo(&r, &x).await.unwrap(), None);
+    // Forgotten, it can be reserved (and published) afresh.
+    store
+        .apply(vec![Change::ForgetBlob { digest: x.clone() }])
+        .await
+        .unwrap();
+    assert_eq!(store.blob(&x).await.unwrap(), None);
+    assert!(!listed(store.claimed_blobs(1000).await.unwrap(), &x));
+    store
+        .apply(vec![reserve("r3", "gc x"), release("r3")])
+        .await
+        .unwrap();
+
+    // A linked blob is never claimed; a mount needs its source to link it in the same commit.
+    let y = digest("gc y");
+    store
+        .apply(vec![
+            reserve("r4", "gc y"),
+            link(&r, "gc y", None),
+            release("r4"),
+        ])
+        .await
+        .unwrap();
+    store.apply(vec![claim("gc y", later)]).await.unwrap();
+    assert_eq!(
+        store.blob(&y).await.unwrap().unwrap().state,
+        BlobState::Stored
+    );
+    let other = repo("gc/other");
+    let err = store
+        .apply(vec![link(&other, "gc y", Some(&repo("gc/none")))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MetaError::NotFound(_)), "{err:?}");
+    store
+        .apply(vec![link(&other, "gc y", Some(&r))])
+        .await
+        .unwrap();
+
+    // Links no manifest names are listed and removed; a manifest's are kept.
+    let links = store.unreferenced_links(later, 10_000).await.unwrap();
+    assert!(links.contains(&(r.clone(), y.clone())), "{links:?}");
+    store
+        .apply(vec![Change::PutManifest {
+            repo: r.clone(),
+            manifest: manifest("gc m", None, "t"),
+            blobs: required(&["gc y"]),
+            children: vec![],
+        }])
+        .await
+        .unwrap();
+    let links = store.unreferenced_links(later, 10_000).await.unwrap();
+    assert!(!links.contains(&(r.clone(), y.clone())), "{links:?}");
+    assert!(links.contains(&(other.clone(), y.clone())), "{links:?}");
+    let unlink = |repo: &RepoName| Change::UnlinkUnreferenced {
+        repo: repo.clone(),
+        digest: y.clone(),
+        before: later,
+    };
+    store.apply(vec![unlink(&r), unlink(&other)]).await.unwrap();
+    assert_eq!(store.blob_in_repo(&r, &y).await.unwrap(), Some(5));
+    assert_eq!(store.blob_in_repo(&other, &y).await.unwrap(), None);
+    // Named by a manifest, the blob is still not claimed; nor is the manifest's own record.
+    store
+        .apply(vec![claim("gc y", later), claim("gc m", later)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.blob(&y).await.unwrap().unwrap().state,
+        BlobState::Stored
+    );
+    assert_eq!(
+        store.blob(&digest("gc m")).await.unwrap().unwrap().state,
+        BlobState::Stored
+    );
+
+    // An untagged manifest is listed until a tag keeps it; the guard refuses a kept one.
+    let m = digest("gc m");
+    let untagged = store.untagged_manifests(later, 10_000).await.unwrap();
+    assert!(untagged.contains(&(r.clone(), m.clone())), "{untagged:?}");
+    let guard = Change::RequireUnkeptManifest {
+        repo: r.clone(),
+        digest: m.clone(),
+        before: later,
+    };
+    store.apply(vec![guard.clone()]).await.unwrap();
+    store
+        .apply(vec![Change::SetTag {
+            repo: r.clone(),
+            tag: tag("v1"),
+            digest: m.clone(),
+        }])
+        .await
+        .unwrap();
+    let untagged = store.untagged_manifests(later, 10_000).await.unwrap();
+    assert!(!untagged.contains(&(r.clone(), m.clone())), "{untagged:?}");
+    let err = store.apply(vec![guard]).await.unwrap_err();
+    assert!(matches!(err, MetaError::Conflict(_)), "{err:?}");
+
+    // Expired reservations protect nothing.
+    store.apply(vec![reserve("r5", "gc z")]).await.unwrap();
+    store
+        .apply(vec![Change::ExpireReservations { before: later }])
+        .await
+        .unwrap();
+    assert!(listed(
+        store.collectable_blobs(later, None, 10_000).await.unwrap(),
+        &digest("gc z")
+    ));
+
+    // The history of runs, newest first.
+    for status in ["success", "stopped"] {
+        let run = super::CollectionRun {
+            started_at: 1,
+            finished_at: 2,
+            status: status.into(),
+            blobs_deleted: 3,
+            bytes_freed: 40,
+            ..Default::default()
+        };
+        store
+            .apply(vec![Change::RecordCollection(run)])
+            .await
+            .unwrap();
+    }
+    let runs = store.collection_runs(10).await.unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(
+        (runs[0].status.as_str(), runs[0].bytes_freed),
+        ("stopped", 40)
+    );
+    assert!(runs[0].id > runs[1].id);
 }

@@ -215,6 +215,16 @@ pub fn from_changes(changes: &[Change]) -> Vec<RegistryEvent> {
             | Change::DeleteUpload { .. }
             | Change::Enqueue { .. }
             | Change::Audit(_) => {}
+            // Bookkeeping of garbage collection: what a run removed is its record's to say,
+            // and manifests it deletes are `DeleteManifest`s.
+            Change::ReserveBlob { .. }
+            | Change::ReleaseBlob { .. }
+            | Change::ClaimBlob { .. }
+            | Change::ForgetBlob { .. }
+            | Change::ExpireReservations { .. }
+            | Change::UnlinkUnreferenced { .. }
+            | Change::RequireUnkeptManifest { .. }
+            | Change::RecordCollection(_) => {}
         }
     }
     events

@@ -93,12 +93,32 @@ impl From<MetaError> for RegistryError {
         match e {
             MetaError::Full(m) => RegistryError::StorageFull(m),
             e @ MetaError::Unavailable(_) => RegistryError::Unavailable(e.to_string()),
+            MetaError::BlobCollecting(d) => RegistryError::Unavailable(format!(
+                "blob {d} is being garbage-collected; push it again in a few seconds"
+            )),
             e => RegistryError::Meta(e),
         }
     }
 }
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// How long a push waits for a collector to finish deleting an earlier copy of its blob.
+const RESERVE_WAIT: Duration = Duration::from_secs(30);
+
+/// A writer's hold on a digest whose bytes it is publishing (see [`Registry::reserve`]).
+struct Reservation {
+    id: String,
+}
+
+impl Reservation {
+    /// The change that gives it up, in the transaction that links what it protected.
+    fn release(&self) -> Change {
+        Change::ReleaseBlob {
+            id: self.id.clone(),
+        }
+    }
+}
 
 /// An upload session as the edge sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -288,6 +308,71 @@ impl Registry {
         }
     }
 
+    /// Deletes the manifest `digest` of `repo` if, in the same transaction, it was recorded
+    /// before `before` (Unix seconds) and no tag, index or subject in the repository keeps it
+    /// (see `Change::RequireUnkeptManifest`). The deletion is reported like any other. Returns
+    /// whether it was deleted.
+    pub async fn delete_unkept_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        before: i64,
+    ) -> Result<bool> {
+        let changes = vec![
+            Change::RequireUnkeptManifest {
+                repo: repo.clone(),
+                digest: digest.clone(),
+                before,
+            },
+            Change::DeleteManifest {
+                repo: repo.clone(),
+                digest: digest.clone(),
+            },
+        ];
+        match self.commit(changes).await {
+            Ok(()) => Ok(true),
+            Err(MetaError::Conflict(_) | MetaError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reserves `digest` (`size` bytes) before its bytes are published, so that no collector
+    /// deletes them before the commit that links them (which carries
+    /// [`Reservation::release`]). Waits while a collector finishes deleting an earlier copy.
+    async fn reserve(&self, digest: &Digest, size: u64) -> Result<Reservation> {
+        let deadline = tokio::time::Instant::now() + RESERVE_WAIT;
+        loop {
+            let id = uuid::Uuid::new_v4().to_string();
+            let change = Change::ReserveBlob {
+                id: id.clone(),
+                digest: digest.clone(),
+                size,
+            };
+            match self.meta.apply(vec![change]).await {
+                Ok(()) => return Ok(Reservation { id }),
+                Err(MetaError::BlobCollecting(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Gives up a reservation whose commit did not happen (best effort: an abandoned
+    /// reservation expires).
+    async fn release(&self, reservation: Reservation) {
+        if let Err(e) = self.meta.apply(vec![reservation.release()]).await {
+            tracing::debug!(error = %e, "could not release a blob reservation");
+        }
+    }
+
+    /// Forgets the cached bytes of manifests whose bytes a collector deleted.
+    pub fn forget_manifest_bytes(&self, digests: &[Digest]) {
+        for d in digests {
+            self.manifest_bytes.remove(d);
+        }
+    }
+
     // ---- blobs -------------------------------------------------------------------------------
 
     /// The size of a blob visible in `repo`.
@@ -381,14 +466,19 @@ impl Registry {
             tracing::error!(%digest, "blob is linked but missing from storage; not mounting");
             return Ok(false);
         }
-        self.commit(vec![Change::LinkBlob {
-            repo: repo.clone(),
-            digest: digest.clone(),
-            size,
-            mounted_from: Some(source),
-        }])
-        .await?;
-        Ok(true)
+        let linked = self
+            .commit(vec![Change::LinkBlob {
+                repo: repo.clone(),
+                digest: digest.clone(),
+                size,
+                mounted_from: Some(source),
+            }])
+            .await;
+        match linked {
+            // The source let go of it meanwhile: the client uploads it instead.
+            Err(MetaError::NotFound(_) | MetaError::BlobCollecting(_)) => Ok(false),
+            other => other.map(|()| true).map_err(Into::into),
+        }
     }
 
     /// Stores a whole blob sent in one request and makes it visible in `repo`.
@@ -405,17 +495,28 @@ impl Registry {
                 .write_part(&id, &part, body, Some(&mut hasher))
                 .await?;
             let parts = if size == 0 { Vec::new() } else { vec![part] };
-            self.store
-                .commit_upload(&id, &parts, size, digest, Some(hasher.finish()))
+            let reservation = self.reserve(digest, size).await?;
+            let linked = async {
+                self.store
+                    .commit_upload(&id, &parts, size, digest, Some(hasher.finish()))
+                    .await?;
+                self.commit(vec![
+                    Change::LinkBlob {
+                        repo: repo.clone(),
+                        digest: digest.clone(),
+                        size,
+                        mounted_from: None,
+                    },
+                    reservation.release(),
+                ])
                 .await?;
-            self.commit(vec![Change::LinkBlob {
-                repo: repo.clone(),
-                digest: digest.clone(),
-                size,
-                mounted_from: None,
-            }])
-            .await?;
-            Ok(size)
+                Ok(size)
+            }
+            .await;
+            if linked.is_err() {
+                self.release(reservation).await;
+            }
+            linked
         }
         .await;
         self.cleanup_upload_data(&id).await;
@@ -581,6 +682,7 @@ impl Registry {
             None => self.upload_record(repo, id, owner).await?,
         };
         let known = self.take_hasher(id, up.size).map(Hasher::finish);
+        let reservation = self.reserve(digest, up.size).await?;
         let committed: Result<()> = async {
             self.store
                 .commit_upload(id, &up.parts, up.size, digest, known)
@@ -593,12 +695,14 @@ impl Registry {
                     mounted_from: None,
                 },
                 Change::DeleteUpload { id: id.to_string() },
+                reservation.release(),
             ])
             .await?;
             Ok(())
         }
         .await;
         if let Err(e) = committed {
+            self.release(reservation).await;
             // A concurrent finish (or cancel) of the same session may have got there first.
             return match self.meta.upload(id).await? {
                 None => Err(RegistryError::BlobUploadUnknown(id.to_string())),
@@ -744,11 +848,13 @@ impl Registry {
             subject: parsed.subject.clone(),
             annotations: parsed.annotations,
         };
-        // Bytes already in the cache came from (or went to) storage, so they are stored.
-        if self.manifest_bytes.get(&digest).is_none() {
-            self.store.put_blob_bytes(&digest, body.clone()).await?;
-            self.manifest_bytes.insert(digest.clone(), body);
+        // Reserved, the bytes found at the blob path stay there until the commit below.
+        let reservation = self.reserve(&digest, body.len() as u64).await?;
+        if let Err(e) = self.store.put_blob_bytes(&digest, body.clone()).await {
+            self.release(reservation).await;
+            return Err(e.into());
         }
+        self.manifest_bytes.insert(digest.clone(), body);
         let mut changes = vec![Change::PutManifest {
             repo: repo.clone(),
             manifest: record,
@@ -760,7 +866,12 @@ impl Registry {
             tag: tag.clone(),
             digest: digest.clone(),
         }));
-        match self.commit(changes).await {
+        changes.push(reservation.release());
+        let committed = self.commit(changes).await;
+        if committed.is_err() {
+            self.release(reservation).await;
+        }
+        match committed {
             Err(MetaError::MissingReference(d)) => Err(RegistryError::ManifestBlobUnknown(d)),
             other => other.map_err(RegistryError::from),
         }?;

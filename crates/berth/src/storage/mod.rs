@@ -194,6 +194,12 @@ impl BlobStore {
         self.write_whole(&blob_path(d), data).await
     }
 
+    /// Deletes the published blob `d` (nothing happens if it is not stored). Only a collector
+    /// that claimed the blob in the metadata store may call this.
+    pub async fn delete_blob(&self, d: &Digest) -> Result<()> {
+        Ok(self.driver.delete(&blob_path(d)).await?)
+    }
+
     /// Writes one chunk of an upload as the part `part` (see [`new_part_name`]), feeding `hasher`
     /// (which must cover exactly the upload's bytes before this chunk) with every byte. Returns the
     /// number of bytes written. Nothing is left at the part's name if the body fails part-way.

@@ -1,0 +1,28 @@
+-- Reservations: a writer takes one for a digest before it publishes the bytes and gives it up in
+-- the transaction that links them; garbage collection never claims a reserved blob. A writer
+-- that crashed leaves its reservation behind; the collector expires it after a day.
+CREATE TABLE blob_reservations (
+    id          TEXT PRIMARY KEY,
+    digest      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX blob_reservations_digest ON blob_reservations(digest);
+
+-- What the collector asks: is a digest named by any manifest, recorded as one, old enough.
+CREATE INDEX manifests_digest ON manifests(digest);
+CREATE INDEX manifest_refs_target ON manifest_refs(target);
+CREATE INDEX blobs_collectable ON blobs(state, last_referenced_at);
+
+-- One row per garbage collection run, newest last.
+CREATE TABLE gc_runs (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at         INTEGER NOT NULL,
+    finished_at        INTEGER,
+    dry_run            INTEGER NOT NULL,
+    status             TEXT NOT NULL,
+    blobs_deleted      INTEGER NOT NULL DEFAULT 0,
+    manifests_deleted  INTEGER NOT NULL DEFAULT 0,
+    links_removed      INTEGER NOT NULL DEFAULT 0,
+    bytes_freed        INTEGER NOT NULL DEFAULT 0,
+    detail             TEXT NOT NULL DEFAULT ''
+);

@@ -1,0 +1,367 @@
+//! Online garbage collection, driven by the metadata store and never by a walk of storage.
+//!
+//! A run, in order:
+//! 1. untagged manifests (when asked): deleted through the core, so their deletion is an event
+//!    like any other, each in a transaction that first checks that nothing keeps it;
+//! 2. repository links no manifest of the repository names and that are older than the grace
+//!    period (layers pushed without a manifest, or whose manifests were deleted): removed;
+//! 3. reservations of writers that died: expired after a day (or the grace period if longer);
+//! 4. blobs claimed by a run that was stopped: their deletion is finished first;
+//! 5. blobs that nothing references, reserves or touched within the grace period: claimed in a
+//!    transaction, their bytes deleted one object at a time with bounded parallelism (retried),
+//!    then forgotten.
+//!
+//! Safety rests on the protocol of `meta::collect`: a claim and a reservation or link of the
+//! same digest are serialized, so a blob referenced while a run is under way is never deleted.
+//! Nothing here needs a lock over pushes; one collector at a time (the `gc` lease) only keeps
+//! two from doing the same work. A run stopped at any point leaves claimed blobs that the next
+//! run deletes first.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use indicatif::ProgressBar;
+use tokio_util::sync::CancellationToken;
+
+use crate::meta::{BlobRecord, Change, CollectionRun, MetaError, MetaStore};
+use crate::oci::digest::Digest;
+use crate::registry::{Registry, RegistryError};
+use crate::storage::{BlobStore, StorageError};
+
+/// The lease under which collections run, on any instance or on the command line.
+pub const LEASE: &str = "gc";
+
+/// How many rows a step reads or changes at a time.
+const BATCH: u32 = 500;
+
+/// How long a writer's reservation lives at least before it is taken for abandoned.
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// How often a failed delete of one object is tried.
+const DELETE_ATTEMPTS: u32 = 5;
+
+/// What a run does.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Content referenced or unlinked within this long is kept.
+    pub grace: Duration,
+    /// Also delete manifests no tag, index or live subject keeps.
+    pub untagged: bool,
+    /// Report what would go without changing anything.
+    pub dry_run: bool,
+    /// Object deletes in flight at once.
+    pub parallelism: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            grace: Duration::from_secs(3600),
+            untagged: false,
+            dry_run: false,
+            parallelism: 8,
+        }
+    }
+}
+
+/// What a run did (or, dry, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub manifests_deleted: u64,
+    pub links_removed: u64,
+    pub blobs_deleted: u64,
+    pub bytes_freed: u64,
+    /// Dry runs: each manifest, link and blob that would go, one line each.
+    pub would_delete: Vec<String>,
+    /// Whether the run was stopped before it finished.
+    pub stopped: bool,
+}
+
+/// Why a run failed; what it had done until then is kept, and the next run goes on from there.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error("metadata: {0}")]
+    Meta(#[from] MetaError),
+    #[error("{0}")]
+    Registry(#[from] RegistryError),
+    #[error("deleting {digest} from storage failed {DELETE_ATTEMPTS} times: {error}")]
+    Delete { digest: Digest, error: StorageError },
+}
+
+/// The collector over the core and the stores it uses.
+pub struct Collector {
+    core: Arc<Registry>,
+    meta: Arc<dyn MetaStore>,
+    store: BlobStore,
+}
+
+impl Collector {
+    pub fn new(core: Arc<Registry>, meta: Arc<dyn MetaStore>, store: BlobStore) -> Collector {
+        Collector { core, meta, store }
+    }
+
+    /// One run, until done or `stop`. `progress` counts what is examined. The run is recorded
+    /// in the collection history whatever its outcome.
+    pub async fn run(
+        &self,
+        opts: &Options,
+        progress: &ProgressBar,
+        stop: &CancellationToken,
+    ) -> Result<Report, GcError> {
+        let started = Instant::now();
+        let started_at = crate::meta::access::now_ms();
+        let mut report = Report::default();
+        let outcome = self.steps(opts, progress, stop, &mut report).await;
+        let status = match &outcome {
+            Ok(()) if report.stopped => "stopped",
+            Ok(()) => "success",
+            Err(_) => "failed",
+        };
+        metrics::counter!("berth_gc_runs_total", "status" => status).increment(1);
+        metrics::histogram!("berth_gc_run_seconds").record(started.elapsed().as_secs_f64());
+        let run = CollectionRun {
+            id: 0,
+            started_at,
+            finished_at: crate::meta::access::now_ms(),
+            dry_run: opts.dry_run,
+            status: status.into(),
+            blobs_deleted: report.blobs_deleted,
+            manifests_deleted: report.manifests_deleted,
+            links_removed: report.links_removed,
+            bytes_freed: report.bytes_freed,
+            detail: match &outcome {
+                Err(e) => e.to_string(),
+                Ok(()) => String::new(),
+            },
+        };
+        if let Err(e) = self.meta.apply(vec![Change::RecordCollection(run)]).await {
+            tracing::warn!(error = %e, "could not record the garbage collection run");
+        }
+        outcome.map(|()| report)
+    }
+
+    async fn steps(
+        &self,
+        opts: &Options,
+        progress: &ProgressBar,
+        stop: &CancellationToken,
+        report: &mut Report,
+    ) -> Result<(), GcError> {
+        let before = now_secs() - opts.grace.as_secs() as i64;
+        if opts.untagged {
+            self.untagged(before, opts, progress, stop, report).await?;
+        }
+        self.links(before, opts, progress, stop, report).await?;
+        if !opts.dry_run {
+            // What a stopped run claimed is deleted first.
+            self.sweep(opts, stop, report).await?;
+        }
+        self.blobs(before, opts, progress, stop, report).await?;
+        report.stopped = stop.is_cancelled();
+        Ok(())
+    }
+
+    /// Deletes manifests nothing keeps, through the core (their deletions are events).
+    async fn untagged(
+        &self,
+        before: i64,
+        opts: &Options,
+        progress: &ProgressBar,
+        stop: &CancellationToken,
+        report: &mut Report,
+    ) -> Result<(), GcError> {
+        if opts.dry_run {
+            for (repo, digest) in self.meta.untagged_manifests(before, u32::MAX).await? {
+                progress.inc(1);
+                report.manifests_deleted += 1;
+                report
+                    .would_delete
+                    .push(format!("manifest {repo}@{digest}"));
+            }
+            return Ok(());
+        }
+        // Deleting an index can leave its children unkept: repeat until nothing is left.
+        while !stop.is_cancelled() {
+            let found = self.meta.untagged_manifests(before, BATCH).await?;
+            if found.is_empty() {
+                break;
+            }
+            let mut deleted = 0;
+            for (repo, digest) in found {
+                progress.inc(1);
+                if self
+                    .core
+                    .delete_unkept_manifest(&repo, &digest, before)
+                    .await?
+                {
+                    deleted += 1;
+                }
+            }
+            report.manifests_deleted += deleted;
+            metrics::counter!("berth_gc_manifests_deleted_total").increment(deleted);
+            if deleted == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes repository links that no manifest of the repository names.
+    async fn links(
+        &self,
+        before: i64,
+        opts: &Options,
+        progress: &ProgressBar,
+        stop: &CancellationToken,
+        report: &mut Report,
+    ) -> Result<(), GcError> {
+        if opts.dry_run {
+            for (repo, digest) in self.meta.unreferenced_links(before, u32::MAX).await? {
+                progress.inc(1);
+                report.links_removed += 1;
+                report.would_delete.push(format!("link {repo}@{digest}"));
+            }
+            return Ok(());
+        }
+        while !stop.is_cancelled() {
+            let found = self.meta.unreferenced_links(before, BATCH).await?;
+            if found.is_empty() {
+                break;
+            }
+            let n = found.len() as u64;
+            let changes = found
+                .into_iter()
+                .map(|(repo, digest)| Change::UnlinkUnreferenced {
+                    repo,
+                    digest,
+                    before,
+                })
+                .collect();
+            self.meta.apply(changes).await?;
+            progress.inc(n);
+            report.links_removed += n;
+        }
+        Ok(())
+    }
+
+    /// Claims unreferenced blobs a batch at a time, and deletes each batch.
+    async fn blobs(
+        &self,
+        before: i64,
+        opts: &Options,
+        progress: &ProgressBar,
+        stop: &CancellationToken,
+        report: &mut Report,
+    ) -> Result<(), GcError> {
+        if !opts.dry_run {
+            let expired = now_secs() - RESERVATION_LIFETIME.max(opts.grace).as_secs() as i64;
+            self.meta
+                .apply(vec![Change::ExpireReservations { before: expired }])
+                .await?;
+        }
+        let mut after: Option<Digest> = None;
+        while !stop.is_cancelled() {
+            let found = self
+                .meta
+                .collectable_blobs(before, after.as_ref(), BATCH)
+                .await?;
+            let Some(last) = found.last() else { break };
+            after = Some(last.digest.clone());
+            progress.inc(found.len() as u64);
+            if opts.dry_run {
+                for b in &found {
+                    report.blobs_deleted += 1;
+                    report.bytes_freed += b.size;
+                    report
+                        .would_delete
+                        .push(format!("blob {} ({} bytes)", b.digest, b.size));
+                }
+                continue;
+            }
+            let claims = found
+                .iter()
+                .map(|b| Change::ClaimBlob {
+                    digest: b.digest.clone(),
+                    before,
+                })
+                .collect();
+            self.meta.apply(claims).await?;
+            self.sweep(opts, stop, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the bytes of every claimed blob and forgets it.
+    async fn sweep(
+        &self,
+        opts: &Options,
+        stop: &CancellationToken,
+        report: &mut Report,
+    ) -> Result<(), GcError> {
+        while !stop.is_cancelled() {
+            let claimed = self.meta.claimed_blobs(BATCH).await?;
+            if claimed.is_empty() {
+                break;
+            }
+            let deleted: Vec<Result<BlobRecord, GcError>> = futures::stream::iter(claimed)
+                .map(|b| self.delete_bytes(b))
+                .buffer_unordered(opts.parallelism.max(1))
+                .collect()
+                .await;
+            let mut gone = Vec::new();
+            let mut failure = None;
+            for d in deleted {
+                match d {
+                    Ok(b) => gone.push(b),
+                    Err(e) => failure = Some(e),
+                }
+            }
+            let digests: Vec<Digest> = gone.iter().map(|b| b.digest.clone()).collect();
+            self.core.forget_manifest_bytes(&digests);
+            if !gone.is_empty() {
+                let forget = digests
+                    .iter()
+                    .map(|d| Change::ForgetBlob { digest: d.clone() })
+                    .collect();
+                self.meta.apply(forget).await?;
+            }
+            let bytes: u64 = gone.iter().map(|b| b.size).sum();
+            report.blobs_deleted += gone.len() as u64;
+            report.bytes_freed += bytes;
+            metrics::counter!("berth_gc_blobs_deleted_total").increment(gone.len() as u64);
+            metrics::counter!("berth_gc_bytes_freed_total").increment(bytes);
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a claimed blob's bytes, retrying with backoff.
+    async fn delete_bytes(&self, b: BlobRecord) -> Result<BlobRecord, GcError> {
+        let mut wait = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match self.store.delete_blob(&b.digest).await {
+                Ok(()) => return Ok(b),
+                Err(error) if attempt >= DELETE_ATTEMPTS => {
+                    return Err(GcError::Delete {
+                        digest: b.digest,
+                        error,
+                    })
+                }
+                Err(e) => {
+                    tracing::debug!(digest = %b.digest, error = %e, "deleting a blob failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    crate::meta::access::now_ms() / 1000
+}

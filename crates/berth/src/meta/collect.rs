@@ -1,0 +1,363 @@
+//! The statements of garbage collection, written once for both engines (with `$N` placeholders,
+//! rewritten for SQLite).
+//!
+//! The protocol they make up: a writer reserves a digest before it publishes the bytes and gives
+//! the reservation up in the transaction that links them; a collector claims a blob (state
+//! `deleting`) only in a transaction that sees nothing referencing or reserving it, deletes its
+//! bytes, then forgets it. Write transactions are serialized (SQLite's write lock, PostgreSQL's
+//! `berth_state` row), so a claim and a reservation or link of the same digest are ordered: a
+//! reservation after a claim fails with `BlobCollecting` until the blob is forgotten, and a claim
+//! after a reservation or link claims nothing. The bytes of a linked or reserved blob are never
+//! deleted.
+
+/// Nothing references or reserves the blob row of the enclosing statement (`blobs`).
+macro_rules! unreferenced {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM repo_blobs WHERE repo_blobs.digest = blobs.digest) \
+         AND NOT EXISTS (SELECT 1 FROM manifests WHERE manifests.digest = blobs.digest) \
+         AND NOT EXISTS (SELECT 1 FROM manifest_refs WHERE manifest_refs.target = blobs.digest) \
+         AND NOT EXISTS (SELECT 1 FROM blob_reservations \
+                         WHERE blob_reservations.digest = blobs.digest)"
+    };
+}
+
+/// $1 digest, $2 size, $3 now. Affects no row while the blob is being deleted.
+pub const RESERVE_RECORD: &str =
+    "INSERT INTO blobs (digest, size, state, created_at, last_referenced_at) \
+     VALUES ($1, $2, 'stored', $3, $3) ON CONFLICT (digest) DO UPDATE SET \
+     last_referenced_at = excluded.last_referenced_at WHERE blobs.state = 'stored'";
+
+/// $1 id, $2 digest, $3 now.
+pub const RESERVE: &str =
+    "INSERT INTO blob_reservations (id, digest, created_at) VALUES ($1, $2, $3)";
+
+/// $1 id.
+pub const RELEASE: &str = "DELETE FROM blob_reservations WHERE id = $1";
+
+/// $1 before.
+pub const EXPIRE: &str = "DELETE FROM blob_reservations WHERE created_at < $1";
+
+/// $1 digest, $2 before.
+pub const CLAIM: &str = concat!(
+    "UPDATE blobs SET state = 'deleting' WHERE digest = $1 AND state = 'stored' \
+     AND last_referenced_at < $2 AND ",
+    unreferenced!()
+);
+
+/// $1 digest.
+pub const FORGET: &str = "DELETE FROM blobs WHERE digest = $1 AND state = 'deleting'";
+
+/// $1 before, $2 after (digest, '' for the start), $3 limit.
+pub const COLLECTABLE: &str = concat!(
+    "SELECT digest, size, state, created_at, last_referenced_at FROM blobs \
+     WHERE state = 'stored' AND last_referenced_at < $1 AND digest > $2 AND ",
+    unreferenced!(),
+    " ORDER BY digest LIMIT $3"
+);
+
+/// $1 limit.
+pub const CLAIMED: &str = "SELECT digest, size, state, created_at, last_referenced_at FROM blobs \
+     WHERE state = 'deleting' ORDER BY digest LIMIT $1";
+
+/// $1 repo id, $2 digest, $3 before.
+pub const UNLINK_UNREFERENCED: &str = "DELETE FROM repo_blobs WHERE repo_id = $1 AND digest = $2 \
+     AND created_at < $3 AND NOT EXISTS (SELECT 1 FROM manifest_refs \
+     WHERE manifest_refs.repo_id = repo_blobs.repo_id AND manifest_refs.target = repo_blobs.digest)";
+
+/// $1 before, $2 limit.
+pub const UNREFERENCED_LINKS: &str = "SELECT repositories.name, repo_blobs.digest FROM repo_blobs \
+     JOIN repositories ON repositories.id = repo_blobs.repo_id \
+     WHERE repo_blobs.created_at < $1 AND NOT EXISTS (SELECT 1 FROM manifest_refs \
+     WHERE manifest_refs.repo_id = repo_blobs.repo_id AND manifest_refs.target = repo_blobs.digest) \
+     ORDER BY repo_blobs.repo_id, repo_blobs.digest LIMIT $2";
+
+/// The manifest rows (`manifests`) nothing keeps.
+macro_rules! unkept {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM tags WHERE tags.repo_id = manifests.repo_id \
+                     AND tags.digest = manifests.digest) \
+         AND NOT EXISTS (SELECT 1 FROM manifest_refs WHERE manifest_refs.repo_id = manifests.repo_id \
+                         AND manifest_refs.target = manifests.digest AND manifest_refs.kind = 'manifest') \
+         AND (manifests.subject IS NULL OR NOT EXISTS (SELECT 1 FROM manifests AS s \
+              WHERE s.repo_id = manifests.repo_id AND s.digest = manifests.subject))"
+    };
+}
+
+/// $1 before, $2 limit.
+pub const UNTAGGED: &str = concat!(
+    "SELECT repositories.name, manifests.digest FROM manifests \
+     JOIN repositories ON repositories.id = manifests.repo_id WHERE manifests.created_at < $1 AND ",
+    unkept!(),
+    " ORDER BY manifests.repo_id, manifests.digest LIMIT $2"
+);
+
+/// $1 repo id, $2 digest, $3 before.
+pub const IS_UNKEPT: &str = concat!(
+    "SELECT COUNT(*) FROM manifests WHERE repo_id = $1 AND digest = $2 AND created_at < $3 AND ",
+    unkept!()
+);
+
+/// $1 started_at … $9 detail.
+pub const RECORD_RUN: &str = "INSERT INTO gc_runs (started_at, finished_at, dry_run, status, \
+     blobs_deleted, manifests_deleted, links_removed, bytes_freed, detail) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// $1 limit.
+pub const RUNS: &str = "SELECT id, started_at, finished_at, dry_run, status, blobs_deleted, \
+     manifests_deleted, links_removed, bytes_freed, detail FROM gc_runs ORDER BY id DESC LIMIT $1";
+
+/// The engine's handling of the collection changes: `async fn apply_collection(tx, ids,
+/// change)`, for a transaction type `$tx` whose statements are `$sql(..)` of the ones above.
+/// The engine's `repo_id` and `now` must be in scope.
+macro_rules! collection_changes {
+    ($sql:path, $tx:ty) => {
+        /// Applies one of the garbage collection changes (any other change is not one).
+        async fn apply_collection(
+            tx: &mut $tx,
+            ids: &mut RepoIds,
+            change: $crate::meta::Change,
+        ) -> $crate::meta::Result<()> {
+            use $crate::meta::collect::*;
+            use $crate::meta::{Change, MetaError};
+            match change {
+                Change::ReserveBlob { id, digest, size } => {
+                    let t = now();
+                    let done = sqlx::query(&$sql(RESERVE_RECORD))
+                        .bind(digest.to_string())
+                        .bind(size as i64)
+                        .bind(t)
+                        .execute(&mut **tx)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(MetaError::BlobCollecting(digest));
+                    }
+                    sqlx::query(&$sql(RESERVE))
+                        .bind(&id)
+                        .bind(digest.to_string())
+                        .bind(t)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Change::ReleaseBlob { id } => {
+                    let done = sqlx::query(&$sql(RELEASE))
+                        .bind(&id)
+                        .execute(&mut **tx)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(MetaError::NotFound(format!("blob reservation {id}")));
+                    }
+                }
+                Change::ExpireReservations { before } => {
+                    sqlx::query(&$sql(EXPIRE))
+                        .bind(before)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Change::ClaimBlob { digest, before } => {
+                    sqlx::query(&$sql(CLAIM))
+                        .bind(digest.to_string())
+                        .bind(before)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Change::ForgetBlob { digest } => {
+                    sqlx::query(&$sql(FORGET))
+                        .bind(digest.to_string())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Change::UnlinkUnreferenced {
+                    repo,
+                    digest,
+                    before,
+                } => {
+                    let Some(id) = repo_id(tx, ids, &repo).await? else {
+                        return Ok(());
+                    };
+                    let done = sqlx::query(&$sql(UNLINK_UNREFERENCED))
+                        .bind(id)
+                        .bind(digest.to_string())
+                        .bind(before)
+                        .execute(&mut **tx)
+                        .await?;
+                    if done.rows_affected() > 0 {
+                        // Its grace period starts now.
+                        sqlx::query(&$sql(
+                            "UPDATE blobs SET last_referenced_at = $1 WHERE digest = $2",
+                        ))
+                        .bind(now())
+                        .bind(digest.to_string())
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                }
+                Change::RequireUnkeptManifest {
+                    repo,
+                    digest,
+                    before,
+                } => {
+                    let kept = MetaError::Conflict(format!(
+                        "manifest {digest} of {repo} is tagged, listed or recent"
+                    ));
+                    let Some(id) = repo_id(tx, ids, &repo).await? else {
+                        return Err(kept);
+                    };
+                    let unkept: i64 = sqlx::query_scalar(&$sql(IS_UNKEPT))
+                        .bind(id)
+                        .bind(digest.to_string())
+                        .bind(before)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    if unkept == 0 {
+                        return Err(kept);
+                    }
+                }
+                Change::RecordCollection(run) => {
+                    sqlx::query(&$sql(RECORD_RUN))
+                        .bind(run.started_at)
+                        .bind(run.finished_at)
+                        .bind(i64::from(run.dry_run))
+                        .bind(&run.status)
+                        .bind(run.blobs_deleted as i64)
+                        .bind(run.manifests_deleted as i64)
+                        .bind(run.links_removed as i64)
+                        .bind(run.bytes_freed as i64)
+                        .bind(&run.detail)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                other => {
+                    return Err(MetaError::Corrupt(format!(
+                        "not a collection change: {other:?}"
+                    )))
+                }
+            }
+            Ok(())
+        }
+    };
+}
+pub(crate) use collection_changes;
+
+/// The collection reads of [`MetaStore`](crate::meta::MetaStore) as inherent methods of
+/// `$store` (whose `reader()` pool takes `$sql(..)` of the statements above); its `impl
+/// MetaStore` calls them.
+macro_rules! collection_reads {
+    ($store:ty, $sql:path) => {
+        impl $store {
+        async fn read_collectable_blobs(
+            &self,
+            before: i64,
+            after: Option<&$crate::oci::digest::Digest>,
+            limit: u32,
+        ) -> $crate::meta::Result<Vec<$crate::meta::BlobRecord>> {
+            use $crate::meta::collect::*;
+            let after = after.map(|d| d.to_string()).unwrap_or_default();
+            let rows = sqlx::query(&$sql(COLLECTABLE))
+                .bind(before)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+            blob_rows(&rows)
+        }
+
+        async fn read_claimed_blobs(
+            &self,
+            limit: u32,
+        ) -> $crate::meta::Result<Vec<$crate::meta::BlobRecord>> {
+            use $crate::meta::collect::*;
+            let rows = sqlx::query(&$sql(CLAIMED))
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+            blob_rows(&rows)
+        }
+
+        async fn read_unreferenced_links(
+            &self,
+            before: i64,
+            limit: u32,
+        ) -> $crate::meta::Result<Vec<($crate::oci::name::RepoName, $crate::oci::digest::Digest)>>
+        {
+            use $crate::meta::collect::*;
+            let rows = sqlx::query(&$sql(UNREFERENCED_LINKS))
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+            repo_digest_rows(&rows)
+        }
+
+        async fn read_untagged_manifests(
+            &self,
+            before: i64,
+            limit: u32,
+        ) -> $crate::meta::Result<Vec<($crate::oci::name::RepoName, $crate::oci::digest::Digest)>>
+        {
+            use $crate::meta::collect::*;
+            let rows = sqlx::query(&$sql(UNTAGGED))
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+            repo_digest_rows(&rows)
+        }
+
+        async fn read_collection_runs(
+            &self,
+            limit: u32,
+        ) -> $crate::meta::Result<Vec<$crate::meta::CollectionRun>> {
+            use $crate::meta::collect::*;
+            let rows = sqlx::query(&$sql(RUNS))
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+            rows.iter().map(|r| run_row(r)).collect()
+        }
+        }
+    };
+}
+pub(crate) use collection_reads;
+
+use super::rows::{parse_digest, parse_repo, Columns};
+use super::{BlobRecord, CollectionRun, Result};
+use crate::oci::digest::Digest;
+use crate::oci::name::RepoName;
+
+pub fn blob_rows<R>(rows: &[R]) -> Result<Vec<BlobRecord>>
+where
+    for<'r> R: Columns<'r>,
+{
+    rows.iter()
+        .map(|r| super::rows::blob(&parse_digest(r.text("digest")?)?, r))
+        .collect()
+}
+
+pub fn repo_digest_rows<R>(rows: &[R]) -> Result<Vec<(RepoName, Digest)>>
+where
+    for<'r> R: Columns<'r>,
+{
+    rows.iter()
+        .map(|r| {
+            Ok((
+                parse_repo(r.text("name")?)?,
+                parse_digest(r.text("digest")?)?,
+            ))
+        })
+        .collect()
+}
+
+pub fn run_row<'r>(r: &'r impl Columns<'r>) -> Result<CollectionRun> {
+    Ok(CollectionRun {
+        id: r.int("id")?,
+        started_at: r.int("started_at")?,
+        finished_at: r.int("finished_at")?,
+        dry_run: r.int("dry_run")? != 0,
+        status: r.text("status")?.to_string(),
+        blobs_deleted: r.int("blobs_deleted")? as u64,
+        manifests_deleted: r.int("manifests_deleted")? as u64,
+        links_removed: r.int("links_removed")? as u64,
+        bytes_freed: r.int("bytes_freed")? as u64,
+        detail: r.text("detail")?.to_string(),
+    })
+}
