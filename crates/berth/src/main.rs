@@ -89,6 +89,9 @@ enum Command {
         /// Also delete untagged manifests (default: `gc.untagged`).
         #[arg(long)]
         untagged: bool,
+        /// Object deletes in flight at once (default: `gc.parallelism`).
+        #[arg(long, value_name = "N")]
+        parallelism: Option<usize>,
         /// Print the last runs instead of running.
         #[arg(long)]
         history: bool,
@@ -686,7 +689,7 @@ async fn collect(
     let ran = berth::meta::lease::run_once_leased(
         meta.clone(),
         berth::gc::LEASE,
-        std::time::Duration::from_secs(30),
+        std::time::Duration::from_secs(10),
         collector.run(&opts, &bar, &stop),
     )
     .await?;
@@ -694,7 +697,8 @@ async fn collect(
     let Some(report) = ran else {
         let holder = meta.lease_holder(berth::gc::LEASE).await?;
         anyhow::bail!(
-            "another collection is running (held by {}); try again when it is done",
+            "another collection is running (held by {}); try again when it is done, or within \
+             10 s if that process is gone",
             holder
                 .map(|l| l.holder)
                 .unwrap_or_else(|| "another instance".into())
@@ -816,6 +820,7 @@ fn run() -> anyhow::Result<()> {
             dry_run,
             grace,
             untagged,
+            parallelism,
             history,
             store,
         } => {
@@ -826,6 +831,9 @@ fn run() -> anyhow::Result<()> {
             opts.untagged |= untagged;
             if let Some(g) = grace {
                 opts.grace = g.0;
+            }
+            if let Some(p) = parallelism {
+                opts.parallelism = p;
             }
             runtime.block_on(collect(settings, opts, history))
         }
