@@ -172,13 +172,8 @@ impl Collector {
         report: &mut Report,
     ) -> Result<(), GcError> {
         if opts.dry_run {
-            for (repo, digest) in self.meta.untagged_manifests(before, u32::MAX).await? {
-                progress.inc(1);
-                report.manifests_deleted += 1;
-                report
-                    .would_delete
-                    .push(format!("manifest {repo}@{digest}"));
-            }
+            let found = self.meta.untagged_manifests(before, u32::MAX).await?;
+            report.manifests_deleted += would_delete(progress, report, "manifest", found);
             return Ok(());
         }
         // Deleting an index can leave its children unkept: repeat until nothing is left.
@@ -217,11 +212,8 @@ impl Collector {
         report: &mut Report,
     ) -> Result<(), GcError> {
         if opts.dry_run {
-            for (repo, digest) in self.meta.unreferenced_links(before, u32::MAX).await? {
-                progress.inc(1);
-                report.links_removed += 1;
-                report.would_delete.push(format!("link {repo}@{digest}"));
-            }
+            let found = self.meta.unreferenced_links(before, u32::MAX).await?;
+            report.links_removed += would_delete(progress, report, "link", found);
             return Ok(());
         }
         while !stop.is_cancelled() {
@@ -360,6 +352,23 @@ impl Collector {
             }
         }
     }
+}
+
+/// A dry run's account of what a step would remove (`what` in `repo@digest`): how many.
+fn would_delete(
+    progress: &ProgressBar,
+    report: &mut Report,
+    what: &str,
+    found: Vec<(crate::oci::name::RepoName, Digest)>,
+) -> u64 {
+    progress.inc(found.len() as u64);
+    let n = found.len() as u64;
+    report.would_delete.extend(
+        found
+            .into_iter()
+            .map(|(repo, digest)| format!("{what} {repo}@{digest}")),
+    );
+    n
 }
 
 fn now_secs() -> i64 {

@@ -449,16 +449,16 @@ pub fn build_core(
     if notifier.is_active() {
         registry = registry.with_events(Arc::new(notifier));
     }
-    let audit = settings
-        .config
-        .auth
-        .builtin
-        .as_ref()
-        .map(|b| b.audit.clone());
-    if let Some(audit) = &audit {
+    if let Some(audit) = audit_settings(settings) {
         registry = registry.with_events(Arc::new(crate::events::AuditTrail { pulls: audit.pulls }));
     }
     Ok(registry)
+}
+
+/// The audit log's settings, when the built-in token service (and so the audit log) is on.
+fn audit_settings(settings: &Settings) -> Option<crate::config::AuditSettings> {
+    let builtin = settings.config.auth.builtin.as_ref()?;
+    Some(builtin.audit.clone())
 }
 
 /// The collection options of the `gc` section.
@@ -482,12 +482,7 @@ pub async fn serve(
     import_if_needed(&store, meta.clone()).await?;
     let meta: Arc<dyn MetaStore> = Arc::new(crate::meta::cache::CachedMetaStore::new(meta));
     let notifications = &settings.config.notifications;
-    let audit = settings
-        .config
-        .auth
-        .builtin
-        .as_ref()
-        .map(|b| b.audit.clone());
+    let audit = audit_settings(&settings);
     let registry = Arc::new(build_core(
         &settings,
         meta.clone(),

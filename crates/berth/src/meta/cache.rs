@@ -192,31 +192,6 @@ impl MetaStore for CachedMetaStore {
         self.inner.idle_uploads(before, limit).await
     }
 
-    async fn collectable_blobs(
-        &self,
-        before: i64,
-        after: Option<&Digest>,
-        limit: u32,
-    ) -> Result<Vec<BlobRecord>> {
-        self.inner.collectable_blobs(before, after, limit).await
-    }
-
-    async fn claimed_blobs(&self, limit: u32) -> Result<Vec<BlobRecord>> {
-        self.inner.claimed_blobs(limit).await
-    }
-
-    async fn unreferenced_links(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>> {
-        self.inner.unreferenced_links(before, limit).await
-    }
-
-    async fn untagged_manifests(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>> {
-        self.inner.untagged_manifests(before, limit).await
-    }
-
-    async fn collection_runs(&self, limit: u32) -> Result<Vec<super::CollectionRun>> {
-        self.inner.collection_runs(limit).await
-    }
-
     async fn apply(&self, changes: Vec<Change>) -> Result<()> {
         self.inner.apply(changes).await
     }
@@ -256,5 +231,34 @@ impl MetaStore for CachedMetaStore {
 
     fn changed_since(&self, repo: Option<&RepoName>, point: u64) -> bool {
         self.inner.changed_since(repo, point)
+    }
+}
+
+/// Collection reads are never cached: a collector must see what is committed.
+#[async_trait]
+impl super::CollectionReads for CachedMetaStore {
+    async fn collectable_blobs(
+        &self,
+        before: i64,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<BlobRecord>> {
+        self.inner.collectable_blobs(before, after, limit).await
+    }
+
+    async fn claimed_blobs(&self, limit: u32) -> Result<Vec<BlobRecord>> {
+        self.inner.claimed_blobs(limit).await
+    }
+
+    async fn unreferenced_links(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>> {
+        self.inner.unreferenced_links(before, limit).await
+    }
+
+    async fn untagged_manifests(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>> {
+        self.inner.untagged_manifests(before, limit).await
+    }
+
+    async fn collection_runs(&self, limit: u32) -> Result<Vec<super::CollectionRun>> {
+        self.inner.collection_runs(limit).await
     }
 }

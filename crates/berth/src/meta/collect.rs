@@ -111,6 +111,30 @@ pub const RUNS: &str = "SELECT id, started_at, finished_at, dry_run, status, blo
 /// The engine's `repo_id` and `now` must be in scope.
 macro_rules! collection_changes {
     ($sql:path, $tx:ty) => {
+        /// `NotFound` unless `source` links `digest` as of this transaction: a mount links only
+        /// what its source links at that moment, so the bytes are there.
+        async fn check_mount_source(
+            tx: &mut $tx,
+            ids: &mut RepoIds,
+            source: &$crate::oci::name::RepoName,
+            digest: &$crate::oci::digest::Digest,
+        ) -> $crate::meta::Result<()> {
+            let source_id = repo_id(tx, ids, source).await?;
+            let linked: i64 = sqlx::query_scalar(&$sql(
+                "SELECT COUNT(*) FROM repo_blobs WHERE repo_id = $1 AND digest = $2",
+            ))
+            .bind(source_id)
+            .bind(digest.to_string())
+            .fetch_one(&mut **tx)
+            .await?;
+            if linked == 0 {
+                return Err($crate::meta::MetaError::NotFound(format!(
+                    "blob {digest} in {source}"
+                )));
+            }
+            Ok(())
+        }
+
         /// Applies one of the garbage collection changes (any other change is not one).
         async fn apply_collection(
             tx: &mut $tx,
@@ -238,13 +262,13 @@ macro_rules! collection_changes {
 }
 pub(crate) use collection_changes;
 
-/// The collection reads of [`MetaStore`](crate::meta::MetaStore) as inherent methods of
-/// `$store` (whose `reader()` pool takes `$sql(..)` of the statements above); its `impl
-/// MetaStore` calls them.
+/// [`CollectionReads`](crate::meta::CollectionReads) for `$store`, whose `reader()` pool takes
+/// `$sql(..)` of the statements above.
 macro_rules! collection_reads {
     ($store:ty, $sql:path) => {
-        impl $store {
-        async fn read_collectable_blobs(
+        #[async_trait::async_trait]
+        impl $crate::meta::CollectionReads for $store {
+        async fn collectable_blobs(
             &self,
             before: i64,
             after: Option<&$crate::oci::digest::Digest>,
@@ -261,7 +285,7 @@ macro_rules! collection_reads {
             blob_rows(&rows)
         }
 
-        async fn read_claimed_blobs(
+        async fn claimed_blobs(
             &self,
             limit: u32,
         ) -> $crate::meta::Result<Vec<$crate::meta::BlobRecord>> {
@@ -273,7 +297,7 @@ macro_rules! collection_reads {
             blob_rows(&rows)
         }
 
-        async fn read_unreferenced_links(
+        async fn unreferenced_links(
             &self,
             before: i64,
             limit: u32,
@@ -288,7 +312,7 @@ macro_rules! collection_reads {
             repo_digest_rows(&rows)
         }
 
-        async fn read_untagged_manifests(
+        async fn untagged_manifests(
             &self,
             before: i64,
             limit: u32,
@@ -303,7 +327,7 @@ macro_rules! collection_reads {
             repo_digest_rows(&rows)
         }
 
-        async fn read_collection_runs(
+        async fn collection_runs(
             &self,
             limit: u32,
         ) -> $crate::meta::Result<Vec<$crate::meta::CollectionRun>> {

@@ -278,9 +278,33 @@ pub struct OutboxEvent {
     pub payload: serde_json::Value,
 }
 
+/// What garbage collection reads from a metadata store (`collect.rs` implements it once for
+/// both engines).
+#[async_trait]
+pub trait CollectionReads: Send + Sync {
+    /// Up to `limit` blobs a collector may claim: stored, unreferenced (see
+    /// [`Change::ClaimBlob`]) and untouched since `before`, in digest order after `after`.
+    async fn collectable_blobs(
+        &self,
+        before: i64,
+        after: Option<&Digest>,
+        limit: u32,
+    ) -> Result<Vec<BlobRecord>>;
+    /// Up to `limit` blobs claimed by a collector and not yet forgotten.
+    async fn claimed_blobs(&self, limit: u32) -> Result<Vec<BlobRecord>>;
+    /// Up to `limit` repository links made before `before` that no manifest of their repository
+    /// names (layers pushed without a manifest, or whose manifests were deleted).
+    async fn unreferenced_links(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>>;
+    /// Up to `limit` manifests recorded before `before` that no tag points at, no index of their
+    /// repository lists, and whose subject (if any) is gone from the repository.
+    async fn untagged_manifests(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>>;
+    /// The last `limit` garbage collection runs, newest first.
+    async fn collection_runs(&self, limit: u32) -> Result<Vec<CollectionRun>>;
+}
+
 /// The metadata store interface.
 #[async_trait]
-pub trait MetaStore: Send + Sync + 'static {
+pub trait MetaStore: CollectionReads + Send + Sync + 'static {
     /// Whether a repository exists (has ever had a blob, manifest or upload).
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool>;
     /// The size of `digest` if it is linked in `repo`.
@@ -313,24 +337,6 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Applies `changes` in one transaction: all or nothing.
     async fn apply(&self, changes: Vec<Change>) -> Result<()>;
 
-    /// Up to `limit` blobs a collector may claim: stored, unreferenced (see
-    /// [`Change::ClaimBlob`]) and untouched since `before`, in digest order after `after`.
-    async fn collectable_blobs(
-        &self,
-        before: i64,
-        after: Option<&Digest>,
-        limit: u32,
-    ) -> Result<Vec<BlobRecord>>;
-    /// Up to `limit` blobs claimed by a collector and not yet forgotten.
-    async fn claimed_blobs(&self, limit: u32) -> Result<Vec<BlobRecord>>;
-    /// Up to `limit` repository links made before `before` that no manifest of their repository
-    /// names (layers pushed without a manifest, or whose manifests were deleted).
-    async fn unreferenced_links(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>>;
-    /// Up to `limit` manifests recorded before `before` that no tag points at, no index of their
-    /// repository lists, and whose subject (if any) is gone from the repository.
-    async fn untagged_manifests(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>>;
-    /// The last `limit` garbage collection runs, newest first.
-    async fn collection_runs(&self, limit: u32) -> Result<Vec<CollectionRun>>;
     /// The oldest `limit` events of `topic` in the outbox, in the order they were written.
     async fn outbox_peek(&self, topic: &str, limit: u32) -> Result<Vec<OutboxEvent>>;
     /// Removes the events of `topic` up to and including `seq` (delivered).

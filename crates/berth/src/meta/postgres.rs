@@ -488,18 +488,7 @@ async fn apply_one(tx: &mut Tx<'_>, ids: &mut RepoIds, change: Change) -> Result
             mounted_from,
         } => {
             if let Some(source) = &mounted_from {
-                // A mount links what the source links at this moment, so the bytes are there.
-                let source_id = repo_id(tx, ids, source).await?;
-                let linked: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM repo_blobs WHERE repo_id = $1 AND digest = $2",
-                )
-                .bind(source_id)
-                .bind(digest.to_string())
-                .fetch_one(&mut **tx)
-                .await?;
-                if linked == 0 {
-                    return Err(MetaError::NotFound(format!("blob {digest} in {source}")));
-                }
+                check_mount_source(tx, ids, source, &digest).await?;
             }
             let id = ensure_repo(tx, ids, &repo).await?;
             record_blob(tx, &digest, size).await?;
@@ -883,31 +872,6 @@ impl MetaStore for PgMetaStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(upload_row).collect()
-    }
-
-    async fn collectable_blobs(
-        &self,
-        before: i64,
-        after: Option<&Digest>,
-        limit: u32,
-    ) -> Result<Vec<BlobRecord>> {
-        self.read_collectable_blobs(before, after, limit).await
-    }
-
-    async fn claimed_blobs(&self, limit: u32) -> Result<Vec<BlobRecord>> {
-        self.read_claimed_blobs(limit).await
-    }
-
-    async fn unreferenced_links(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>> {
-        self.read_unreferenced_links(before, limit).await
-    }
-
-    async fn untagged_manifests(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>> {
-        self.read_untagged_manifests(before, limit).await
-    }
-
-    async fn collection_runs(&self, limit: u32) -> Result<Vec<super::CollectionRun>> {
-        self.read_collection_runs(limit).await
     }
 
     async fn apply(&self, changes: Vec<Change>) -> Result<()> {
