@@ -4,9 +4,11 @@
 
 mod client;
 mod data;
+mod gc;
 mod ops;
 mod report;
 mod runner;
+mod scale;
 mod scenarios;
 
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use serde_json::json;
 use crate::client::{DigestMismatch, Target};
 use crate::ops::PushMethod;
 use crate::runner::{CpuMeter, Row};
-use crate::scenarios::{Ctx, Knobs, ALL};
+use crate::scenarios::{Ctx, Knobs, ALL, OPT_IN};
 
 #[derive(Parser)]
 #[command(
@@ -98,6 +100,43 @@ struct RunArgs {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// gc_seed writes here what is live and what is garbage; gc_verify reads it.
+    #[arg(long, value_name = "FILE")]
+    state: Option<String>,
+    /// gc_load: a shell command that collects garbage (e.g. `berth gc --data DIR --grace 2s`),
+    /// run back to back during the second phase. Without it gc_load measures only idle.
+    #[arg(long, value_name = "CMD")]
+    gc_cmd: Option<String>,
+    /// gc_seed: live images kept (default 20; quick 4).
+    #[arg(long)]
+    gc_live: Option<u64>,
+    /// gc_seed: loose garbage blobs, pushed without a manifest (default 20000; quick 1000).
+    #[arg(long)]
+    gc_blobs: Option<u64>,
+    /// gc_seed: images pushed, then their manifests deleted (default 500; quick 20).
+    #[arg(long)]
+    gc_images: Option<u64>,
+    /// gc_load: garbage blobs seeded before each phase (default 10000; quick 500).
+    #[arg(long)]
+    gc_load_garbage: Option<u64>,
+    /// gc_load: seconds per phase (default 20; quick 3).
+    #[arg(long)]
+    gc_load_duration: Option<f64>,
+    /// scale_seed/scale_pages: repositories (default 100000; quick 1000).
+    #[arg(long)]
+    scale_repos: Option<u64>,
+    /// scale_seed: tags in each of those repositories (default 9; quick 1).
+    #[arg(long)]
+    scale_tags_per_repo: Option<u64>,
+    /// scale_seed/scale_pages: tags in bench-scale/big (default 100000; quick 2000).
+    #[arg(long)]
+    scale_big_tags: Option<u64>,
+    /// scale_pages: requests per page after the first (default 100; quick 20).
+    #[arg(long)]
+    page_requests: Option<u64>,
+    /// Workers that seed the opt-in scenarios' data (default 16).
+    #[arg(long)]
+    seed_concurrency: Option<usize>,
 }
 
 fn main() {
@@ -154,6 +193,9 @@ async fn run_cmd(args: RunArgs) -> Result<i32> {
                 }
             );
         }
+        for s in OPT_IN {
+            println!("{s}  (opt-in: only when named in --scenarios)");
+        }
         return Ok(0);
     }
     let url = args.url.clone().context("--url is required")?;
@@ -178,8 +220,29 @@ async fn run_cmd(args: RunArgs) -> Result<i32> {
             }
         }
     }
-    let knobs = Knobs::new(args.quick, args.duration, args.requests);
+    let mut knobs = Knobs::new(args.quick, args.duration, args.requests);
+    let set = |k: &mut u64, v: Option<u64>| {
+        if let Some(v) = v {
+            *k = v;
+        }
+    };
+    set(&mut knobs.gc_live, args.gc_live);
+    set(&mut knobs.gc_blobs, args.gc_blobs);
+    set(&mut knobs.gc_images, args.gc_images);
+    set(&mut knobs.gc_load_garbage, args.gc_load_garbage);
+    set(&mut knobs.scale_repos, args.scale_repos);
+    set(&mut knobs.scale_tags_per_repo, args.scale_tags_per_repo);
+    set(&mut knobs.scale_big_tags, args.scale_big_tags);
+    set(&mut knobs.page_requests, args.page_requests);
+    if let Some(d) = args.gc_load_duration {
+        knobs.gc_load_duration = std::time::Duration::from_secs_f64(d);
+    }
+    if let Some(n) = args.seed_concurrency {
+        knobs.seed_concurrency = n.max(1);
+    }
     let mut ctx = Ctx::new(target.clone(), cpu, knobs.clone(), args.read_only, forced);
+    ctx.state_file = args.state.clone();
+    ctx.gc_cmd = args.gc_cmd.clone();
 
     if !args.read_only {
         check_api(&target).await?;
@@ -208,11 +271,16 @@ async fn run_cmd(args: RunArgs) -> Result<i32> {
         ALL.iter().map(|s| s.to_string()).collect()
     } else {
         for s in &args.scenarios {
-            if !ALL.contains(&s.as_str()) {
-                bail!("unknown scenario {s:?}; known: {}", ALL.join(","));
+            if !ALL.contains(&s.as_str()) && !OPT_IN.contains(&s.as_str()) {
+                bail!(
+                    "unknown scenario {s:?}; known: {},{}",
+                    ALL.join(","),
+                    OPT_IN.join(",")
+                );
             }
         }
         ALL.iter()
+            .chain(OPT_IN)
             .filter(|a| args.scenarios.iter().any(|s| s == *a))
             .map(|s| s.to_string())
             .collect()
@@ -292,7 +360,18 @@ async fn run_cmd(args: RunArgs) -> Result<i32> {
                 "tags": knobs.tags,
                 "repos": knobs.repos,
                 "walks": knobs.walks,
+                "gc_live": knobs.gc_live,
+                "gc_blobs": knobs.gc_blobs,
+                "gc_images": knobs.gc_images,
+                "gc_load_garbage": knobs.gc_load_garbage,
+                "gc_load_duration_s": knobs.gc_load_duration.as_secs_f64(),
+                "scale_repos": knobs.scale_repos,
+                "scale_tags_per_repo": knobs.scale_tags_per_repo,
+                "scale_big_tags": knobs.scale_big_tags,
+                "page_requests": knobs.page_requests,
+                "seed_concurrency": knobs.seed_concurrency,
             },
+            "gc_cmd": ctx.gc_cmd,
             "results": rows,
         });
         std::fs::write(path, serde_json::to_string_pretty(&out)?)

@@ -184,6 +184,7 @@ pub fn combine(inputs: &[String], base: &str) -> Result<(String, Value)> {
     let order = |s: &str| {
         crate::scenarios::ALL
             .iter()
+            .chain(crate::scenarios::REPORT_ORDER)
             .position(|a| s.starts_with(a))
             .unwrap_or(usize::MAX)
     };

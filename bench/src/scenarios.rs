@@ -36,6 +36,29 @@ pub const ALL: &[&str] = &[
     "peak_rss",
 ];
 
+/// Scenarios run only when named in `--scenarios` (the garbage-collection and scale ones, which
+/// need a script around them: see `gc-scale.sh`), in the order they run.
+pub const OPT_IN: &[&str] = &[
+    "gc_seed",
+    "gc_verify",
+    "gc_load",
+    "scale_seed",
+    "scale_pages",
+];
+
+/// Every row name prefix, in report order: `ALL`, then the opt-in scenarios' rows (with those the
+/// script writes itself: `gc_delete*`, `scale_restart`).
+pub const REPORT_ORDER: &[&str] = &[
+    "gc_seed",
+    "gc_delete",
+    "gc_verify",
+    "gc_load",
+    "scale_seed",
+    "scale_restart",
+    "scale_catalog_page",
+    "scale_tags_page",
+];
+
 /// Scenarios that only read the fixed pull data set (all that nginx can serve).
 pub fn read_only(name: &str) -> bool {
     name.starts_with("pull_") || name.starts_with("manifest_") || name == "peak_rss"
@@ -55,6 +78,21 @@ pub struct Knobs {
     pub repos: u64,
     pub walks: u64,
     pub full_lists: u64,
+    /// gc_seed: live images, loose garbage blobs, images whose manifests are deleted.
+    pub gc_live: u64,
+    pub gc_blobs: u64,
+    pub gc_images: u64,
+    /// gc_load: garbage blobs seeded before each phase, phase length, workers per half.
+    pub gc_load_garbage: u64,
+    pub gc_load_duration: Duration,
+    pub load_workers: usize,
+    /// scale_seed / scale_pages.
+    pub scale_repos: u64,
+    pub scale_tags_per_repo: u64,
+    pub scale_big_tags: u64,
+    pub page_requests: u64,
+    /// Workers for the opt-in scenarios' seeding.
+    pub seed_concurrency: usize,
 }
 
 impl Knobs {
@@ -72,6 +110,17 @@ impl Knobs {
             repos: if quick { 1000 } else { 10_000 },
             walks: if quick { 2 } else { 5 },
             full_lists: if quick { 5 } else { 20 },
+            gc_live: if quick { 4 } else { 20 },
+            gc_blobs: if quick { 1000 } else { 20_000 },
+            gc_images: if quick { 20 } else { 500 },
+            gc_load_garbage: if quick { 500 } else { 10_000 },
+            gc_load_duration: Duration::from_secs(if quick { 3 } else { 20 }),
+            load_workers: 4,
+            scale_repos: if quick { 1000 } else { 100_000 },
+            scale_tags_per_repo: if quick { 1 } else { 9 },
+            scale_big_tags: if quick { 2000 } else { 100_000 },
+            page_requests: if quick { 20 } else { 100 },
+            seed_concurrency: 16,
         }
     }
 
@@ -95,6 +144,10 @@ pub struct Ctx {
     pub forced_method: Option<PushMethod>,
     pub nonce: u64,
     pub read_only: bool,
+    /// gc_seed writes, gc_verify reads: what is live and what is garbage (`--state`).
+    pub state_file: Option<String>,
+    /// gc_load: the collector command run in a loop during the second phase (`--gc-cmd`).
+    pub gc_cmd: Option<String>,
     pull: Option<Arc<PullSet>>,
     pull_seeded: bool,
 }
@@ -133,12 +186,14 @@ impl Ctx {
             forced_method: forced,
             nonce,
             read_only,
+            state_file: None,
+            gc_cmd: None,
             pull: None,
             pull_seeded: false,
         }
     }
 
-    fn conn(&self) -> Conn {
+    pub fn conn(&self) -> Conn {
         Conn::new(self.target.clone())
     }
 
@@ -248,6 +303,11 @@ impl Ctx {
             "tags_list_10k" => self.tags_list().await,
             "catalog_10k" => self.catalog().await,
             "peak_rss" => Ok(vec![self.peak_rss()]),
+            "gc_seed" => crate::gc::seed(self).await,
+            "gc_verify" => crate::gc::verify(self).await,
+            "gc_load" => crate::gc::load(self).await,
+            "scale_seed" => crate::scale::seed(self).await,
+            "scale_pages" => crate::scale::pages(self).await,
             _ => bail!("unknown scenario {name:?}"),
         }
     }
@@ -721,7 +781,7 @@ impl Ctx {
 }
 
 /// Cross-repo mount of `blob` from `from` into a new repository, uploading if the mount is refused.
-async fn mount_or_push(
+pub async fn mount_or_push(
     c: &mut Conn,
     method: PushMethod,
     repo: &str,

@@ -641,7 +641,8 @@ async fn collect(
 ) -> anyhow::Result<()> {
     use berth::meta::MetaStore;
     let (store, redirect) = server::open_blob_store(&settings).await?;
-    let meta: std::sync::Arc<dyn MetaStore> = server::open_databases(&settings.meta).await?.0;
+    let (meta, access) = server::open_databases(&settings.meta).await?;
+    let meta: std::sync::Arc<dyn MetaStore> = meta;
     if history {
         for r in meta.collection_runs(20).await? {
             println!(
@@ -659,9 +660,11 @@ async fn collect(
         }
         return Ok(());
     }
+    let projects = settings.config.auth.builtin.is_some().then_some(access);
     let core = std::sync::Arc::new(server::build_core(
         &settings,
         meta.clone(),
+        projects,
         store.clone(),
         redirect,
     )?);

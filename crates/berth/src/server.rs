@@ -432,9 +432,12 @@ pub async fn open_blob_store(settings: &Settings) -> anyhow::Result<(BlobStore, 
 /// The registry core over `meta` and `store` as configured: its validation, redirects and the
 /// sinks of its events (notifications, the audit trail). The server and the command line's
 /// maintenance (`berth gc`) build it alike, so what either changes is reported alike.
+/// `access` (the projects' store) is given when the built-in token service is on: its
+/// immutable tag rules and quotas then hold.
 pub fn build_core(
     settings: &Settings,
     meta: Arc<dyn MetaStore>,
+    access: Option<Arc<dyn AccessStore>>,
     store: BlobStore,
     redirect: bool,
 ) -> anyhow::Result<Registry> {
@@ -451,6 +454,9 @@ pub fn build_core(
     }
     if let Some(audit) = audit_settings(settings) {
         registry = registry.with_events(Arc::new(crate::events::AuditTrail { pulls: audit.pulls }));
+    }
+    if let Some(access) = access {
+        registry = registry.with_policy(Arc::new(crate::auth::policy::ProjectPolicy::new(access)));
     }
     Ok(registry)
 }
@@ -483,9 +489,16 @@ pub async fn serve(
     let meta: Arc<dyn MetaStore> = Arc::new(crate::meta::cache::CachedMetaStore::new(meta));
     let notifications = &settings.config.notifications;
     let audit = audit_settings(&settings);
+    let projects = settings
+        .config
+        .auth
+        .builtin
+        .is_some()
+        .then(|| access.clone());
     let registry = Arc::new(build_core(
         &settings,
         meta.clone(),
+        projects,
         store.clone(),
         redirect,
     )?);

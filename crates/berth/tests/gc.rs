@@ -63,7 +63,8 @@ impl Site {
             .0;
         let meta: Arc<dyn MetaStore> = Arc::new(berth::meta::cache::CachedMetaStore::new(meta));
         let core =
-            berth::server::build_core(&settings, meta.clone(), store.clone(), redirect).unwrap();
+            berth::server::build_core(&settings, meta.clone(), None, store.clone(), redirect)
+                .unwrap();
         let core = Arc::new(core);
         let collector = Collector::new(core.clone(), meta.clone(), store.clone());
         Site {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::builtin::{granted, token_from, BuiltinRegistry, ADMIN_PASSWORD};
+use common::builtin::{bearer, granted, push_image, token_from, BuiltinRegistry, ADMIN_PASSWORD};
 use common::oci::*;
 use common::pseudo_bytes;
 use serde_json::{json, Value};
@@ -46,10 +46,6 @@ fn setup() -> Setup {
     Setup { b, ci, reader }
 }
 
-fn bearer(req: reqwest::RequestBuilder, token: &str) -> reqwest::RequestBuilder {
-    req.header("Authorization", format!("Bearer {token}"))
-}
-
 /// Pushes a blob with `token`; the status of the upload's start.
 async fn start_upload_with(reg: &common::Registry, repo: &str, token: &str) -> reqwest::Response {
     bearer(
@@ -59,58 +55,6 @@ async fn start_upload_with(reg: &common::Registry, repo: &str, token: &str) -> r
     .send()
     .await
     .unwrap()
-}
-
-/// Pushes a small image (config + one layer + manifest) to `repo:tag` with `token`; the
-/// manifest's digest.
-async fn push_image(
-    reg: &common::Registry,
-    repo: &str,
-    tag: &str,
-    token: &str,
-    seed: &str,
-) -> String {
-    let c = client();
-    let mut descriptors = Vec::new();
-    for (i, media) in [
-        "application/vnd.oci.image.config.v1+json",
-        "application/vnd.oci.image.layer.v1.tar",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let data = pseudo_bytes(&format!("{seed}-{i}"), 1000 + i);
-        let digest = common::sha256(&data);
-        let resp = bearer(
-            c.post(reg.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}"))),
-            token,
-        )
-        .header("Content-Type", "application/octet-stream")
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
-        assert_eq!(resp.status(), 201, "blob push to {repo}");
-        descriptors.push(json!({"mediaType": media, "digest": digest, "size": data.len()}));
-    }
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": descriptors[0],
-        "layers": [descriptors[1]],
-    });
-    let body = serde_json::to_vec(&manifest).unwrap();
-    let resp = bearer(
-        c.put(reg.url(&format!("/v2/{repo}/manifests/{tag}"))),
-        token,
-    )
-    .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-    .body(body.clone())
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(resp.status(), 201, "manifest push to {repo}:{tag}");
-    common::sha256(&body)
 }
 
 /// The challenge of a 401: its `WWW-Authenticate` value.

@@ -17,8 +17,8 @@ use super::secret;
 use crate::meta::access::{now_ms, AccessStore, NewUser, UserSource};
 /// The records the account operations hand to their callers (the management API among them).
 pub use crate::meta::access::{
-    ArtifactSelection, ArtifactSummary, AuditEntry, AuditQuery, Group, Listing, Member,
-    MemberEntity, PageRequest, Project, RepositorySummary, Robot, User, UserUpdate,
+    ArtifactSelection, ArtifactSummary, AuditEntry, AuditQuery, Group, ImmutableRule, Listing,
+    Member, MemberEntity, PageRequest, Project, RepositorySummary, Robot, User, UserUpdate,
 };
 use crate::meta::MetaError;
 
@@ -442,6 +442,55 @@ impl Accounts {
             .await
     }
 
+    /// Sets a project's storage quota (`-1`: none).
+    pub async fn set_storage_limit(&self, project: &Project, bytes: i64) -> Result<()> {
+        if bytes < -1 {
+            return Err(AccountError::Invalid(
+                "a storage limit is a number of bytes, or -1 for none".into(),
+            ));
+        }
+        let done = self
+            .store
+            .set_project_storage_limit(project.id, bytes)
+            .await;
+        self.recorded(done.map_err(Into::into), "update", "quota", &project.name)
+            .await
+    }
+
+    pub async fn immutable_rules(&self, project: &Project) -> Result<Vec<ImmutableRule>> {
+        Ok(self.store.immutable_rules(project.id).await?)
+    }
+
+    /// Adds an immutable tag rule to `project` (checked: patterns and decorations); its id.
+    pub async fn add_immutable_rule(&self, project: &Project, rule: ImmutableRule) -> Result<i64> {
+        let rule = check_rule(project, rule)?;
+        let made = self.store.create_immutable_rule(&rule).await;
+        let what = |id: &i64| format!("{}/immutable/{id}", project.name);
+        if let Ok(id) = &made {
+            self.record("create", "immutable_rule", &what(id)).await;
+        }
+        Ok(made?)
+    }
+
+    pub async fn update_immutable_rule(
+        &self,
+        project: &Project,
+        rule: ImmutableRule,
+    ) -> Result<()> {
+        let rule = check_rule(project, rule)?;
+        let done = self.store.update_immutable_rule(&rule).await;
+        let what = format!("{}/immutable/{}", project.name, rule.id);
+        self.recorded(done.map_err(Into::into), "update", "immutable_rule", &what)
+            .await
+    }
+
+    pub async fn remove_immutable_rule(&self, project: &Project, id: i64) -> Result<()> {
+        let done = self.store.delete_immutable_rule(project.id, id).await;
+        let what = format!("{}/immutable/{id}", project.name);
+        self.recorded(done.map_err(Into::into), "delete", "immutable_rule", &what)
+            .await
+    }
+
     /// Projects in name order: all of them (`visible_to` `None`), or the public ones and those
     /// the user (with these groups) is a member of.
     pub async fn projects(
@@ -518,6 +567,27 @@ async fn hash(password: String) -> Result<String> {
     tokio::task::spawn_blocking(move || secret::hash_password(&password))
         .await
         .map_err(|e| AccountError::Unavailable(format!("hashing a password: {e}")))
+}
+
+/// A rule of `project` with valid patterns and decorations.
+fn check_rule(project: &Project, mut rule: ImmutableRule) -> Result<ImmutableRule> {
+    use super::policy::{pattern, REPO_DECORATIONS, TAG_DECORATIONS};
+    pattern(&rule.tag_pattern).map_err(AccountError::Invalid)?;
+    pattern(&rule.repo_pattern).map_err(AccountError::Invalid)?;
+    if !TAG_DECORATIONS.contains(&rule.tag_decoration.as_str()) {
+        return Err(AccountError::Invalid(format!(
+            "a tag selector's decoration is matches or excludes, not {:?}",
+            rule.tag_decoration
+        )));
+    }
+    if !REPO_DECORATIONS.contains(&rule.repo_decoration.as_str()) {
+        return Err(AccountError::Invalid(format!(
+            "a repository selector's decoration is repoMatches or repoExcludes, not {:?}",
+            rule.repo_decoration
+        )));
+    }
+    rule.project_id = project.id;
+    Ok(rule)
 }
 
 fn check_role(role: i64) -> Result<Role> {

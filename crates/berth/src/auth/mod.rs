@@ -25,6 +25,7 @@ pub mod htpasswd;
 pub mod keyring;
 mod keys;
 pub mod ldap;
+pub mod policy;
 pub mod rbac;
 pub mod scope;
 pub mod secret;

@@ -275,6 +275,7 @@ impl From<RegistryError> for ApiError {
             E::ManifestBlobUnknown(_) => C::ManifestBlobUnknown,
             E::ManifestUnknown(_) => C::ManifestUnknown,
             E::NameUnknown(_) => C::NameUnknown,
+            E::Denied(_) => C::Denied,
             E::ManifestTooLarge(_) => {
                 return ApiError::new(C::SizeInvalid, message)
                     .with_status(StatusCode::PAYLOAD_TOO_LARGE)

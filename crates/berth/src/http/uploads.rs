@@ -85,6 +85,9 @@ pub async fn start(reg: &AppState, repo: &RepoName, req: &Parts, body: Body) -> 
         }
         // Not mountable: fall back to a new upload session, as the spec asks.
     } else if let Some(digest) = digest_param(&q)? {
+        // Over a quota, refused before a byte is read.
+        let len = content_length(req).unwrap_or(0);
+        reg.core.admit(repo, Some(&digest), len).await?;
         reg.core.push_blob(repo, &digest, body_stream(body)).await?;
         return created(reg, req, repo, &digest);
     }
@@ -103,6 +106,11 @@ pub async fn status(reg: &AppState, repo: &RepoName, id: &str, req: &Parts) -> A
         &session_headers(reg, req, repo, id, up.size),
         Body::empty(),
     )
+}
+
+/// The request's `Content-Length`, when it has a valid one.
+fn content_length(req: &Parts) -> Option<u64> {
+    header_str(&req.headers, header::CONTENT_LENGTH).and_then(|l| l.trim().parse().ok())
 }
 
 /// Parses `Content-Range: <start>-<end>` (the spec's form; a `bytes ` prefix is tolerated).
@@ -129,9 +137,7 @@ fn chunk_start(req: &Parts) -> Result<Option<u64>, ApiError> {
                     format!("Content-Range {v:?} is not of the form <start>-<end>"),
                 )
             })?;
-            if let Some(len) =
-                header_str(&req.headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
-            {
+            if let Some(len) = content_length(req) {
                 if len != b - a + 1 {
                     return Err(ApiError::new(
                         ErrorCode::BlobUploadInvalid,
@@ -155,6 +161,13 @@ pub async fn patch(
     body: Body,
 ) -> ApiResult {
     let start = chunk_start(req)?;
+    if let Some(len) = content_length(req) {
+        let so_far = start.unwrap_or(0);
+        reg.core
+            .admit(repo, None, so_far.saturating_add(len))
+            .await
+            .map_err(|e| with_location(reg, req, e.into(), repo, id))?;
+    }
     let up = reg
         .core
         .write_chunk(repo, id, actor(req), start, body_stream(body))

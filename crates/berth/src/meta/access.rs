@@ -123,6 +123,24 @@ pub struct Project {
     pub owner_id: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Bytes the project may store; -1 without a quota.
+    pub storage_limit: i64,
+}
+
+/// An immutable tag rule of a project (Harbor's shape: one tag selector, one repository
+/// selector, doublestar patterns).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImmutableRule {
+    pub id: i64,
+    pub project_id: i64,
+    pub priority: i64,
+    pub disabled: bool,
+    pub tag_pattern: String,
+    /// `matches` or `excludes`.
+    pub tag_decoration: String,
+    pub repo_pattern: String,
+    /// `repoMatches` or `repoExcludes`.
+    pub repo_decoration: String,
 }
 
 /// Who a membership is for.
@@ -320,6 +338,15 @@ pub trait AccessStore: Send + Sync + 'static {
         page: PageRequest,
     ) -> Result<Listing<Project>>;
     async fn set_project_public(&self, id: i64, public: bool) -> Result<()>;
+    /// Sets a project's storage quota in bytes (-1: none).
+    async fn set_project_storage_limit(&self, id: i64, bytes: i64) -> Result<()>;
+    /// A project's immutable tag rules, by priority then id.
+    async fn immutable_rules(&self, project_id: i64) -> Result<Vec<ImmutableRule>>;
+    /// Adds a rule (its `id` is ignored) and returns its id.
+    async fn create_immutable_rule(&self, rule: &ImmutableRule) -> Result<i64>;
+    /// Replaces the rule `rule.id` of `rule.project_id`; `NotFound` if there is none.
+    async fn update_immutable_rule(&self, rule: &ImmutableRule) -> Result<()>;
+    async fn delete_immutable_rule(&self, project_id: i64, id: i64) -> Result<()>;
     /// Deletes a project, its members and its robots; `NotFound` if absent.
     async fn delete_project(&self, id: i64) -> Result<()>;
 
@@ -428,7 +455,11 @@ pub(crate) fn conflict_or(e: sqlx::Error, what: &str) -> MetaError {
 
 pub(crate) const USER_COLUMNS: &str = "id, username, email, realname, comment, password, source, \
      ldap_dn, sysadmin, created_at, updated_at";
-pub(crate) const PROJECT_COLUMNS: &str = "id, name, public, owner_id, created_at, updated_at";
+pub(crate) const PROJECT_COLUMNS: &str =
+    "id, name, public, owner_id, created_at, updated_at, storage_limit";
+
+pub(crate) const RULE_COLUMNS: &str = "id, project_id, priority, disabled, tag_pattern, \
+     tag_decoration, repo_pattern, repo_decoration";
 pub(crate) const ROBOT_COLUMNS: &str = "id, name, description, secret, level, project_id, \
      duration, expires_at, disabled, permissions, creator, created_at, updated_at";
 pub(crate) const AUDIT_COLUMNS: &str =
@@ -468,6 +499,20 @@ pub(crate) fn project_row<'r>(r: &'r impl Columns<'r>) -> Result<Project> {
         owner_id: owner,
         created_at: r.int("created_at")?,
         updated_at: r.int("updated_at")?,
+        storage_limit: r.int("storage_limit")?,
+    })
+}
+
+pub(crate) fn rule_row<'r>(r: &'r impl Columns<'r>) -> Result<ImmutableRule> {
+    Ok(ImmutableRule {
+        id: r.int("id")?,
+        project_id: r.int("project_id")?,
+        priority: r.int("priority")?,
+        disabled: r.int("disabled")? != 0,
+        tag_pattern: r.text("tag_pattern")?.to_string(),
+        tag_decoration: r.text("tag_decoration")?.to_string(),
+        repo_pattern: r.text("repo_pattern")?.to_string(),
+        repo_decoration: r.text("repo_decoration")?.to_string(),
     })
 }
 
@@ -942,8 +987,8 @@ macro_rules! access_store {
                      {group_clause})))"
                 );
                 let sql = $sql(&format!(
-                    "SELECT p.id, p.name, p.public, p.owner_id, p.created_at, p.updated_at \
-                     {filter} ORDER BY p.name LIMIT $5 OFFSET $6"
+                    "SELECT p.id, p.name, p.public, p.owner_id, p.created_at, p.updated_at, \
+                     p.storage_limit {filter} ORDER BY p.name LIMIT $5 OFFSET $6"
                 ));
                 let rows = sqlx::query(&sql)
                     .bind(&pattern)
@@ -983,10 +1028,102 @@ macro_rules! access_store {
                 found(done.rows_affected(), "project")
             }
 
+            async fn set_project_storage_limit(
+                &self,
+                id: i64,
+                bytes: i64,
+            ) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let sql = $sql("UPDATE projects SET storage_limit = $1, updated_at = $2 WHERE id = $3");
+                let done = sqlx::query(&sql)
+                    .bind(bytes)
+                    .bind(now_ms())
+                    .bind(id)
+                    .execute(self.writer())
+                    .await?;
+                found(done.rows_affected(), "project")
+            }
+
+            async fn immutable_rules(
+                &self,
+                project_id: i64,
+            ) -> $crate::meta::Result<Vec<$crate::meta::access::ImmutableRule>> {
+                use $crate::meta::access::*;
+                let sql = $sql(&format!(
+                    "SELECT {RULE_COLUMNS} FROM immutable_rules WHERE project_id = $1 \
+                     ORDER BY priority, id"
+                ));
+                let rows = sqlx::query(&sql).bind(project_id).fetch_all(self.reader()).await?;
+                rows.iter().map(|r| rule_row(r)).collect()
+            }
+
+            async fn create_immutable_rule(
+                &self,
+                rule: &$crate::meta::access::ImmutableRule,
+            ) -> $crate::meta::Result<i64> {
+                use $crate::meta::access::*;
+                let sql = $sql(
+                    "INSERT INTO immutable_rules (project_id, priority, disabled, tag_pattern, \
+                     tag_decoration, repo_pattern, repo_decoration, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
+                );
+                Ok(sqlx::query_scalar(&sql)
+                    .bind(rule.project_id)
+                    .bind(rule.priority)
+                    .bind(i64::from(rule.disabled))
+                    .bind(&rule.tag_pattern)
+                    .bind(&rule.tag_decoration)
+                    .bind(&rule.repo_pattern)
+                    .bind(&rule.repo_decoration)
+                    .bind(now_ms())
+                    .fetch_one(self.writer())
+                    .await?)
+            }
+
+            async fn update_immutable_rule(
+                &self,
+                rule: &$crate::meta::access::ImmutableRule,
+            ) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let sql = $sql(
+                    "UPDATE immutable_rules SET priority = $1, disabled = $2, tag_pattern = $3, \
+                     tag_decoration = $4, repo_pattern = $5, repo_decoration = $6, updated_at = $7 \
+                     WHERE id = $8 AND project_id = $9",
+                );
+                let done = sqlx::query(&sql)
+                    .bind(rule.priority)
+                    .bind(i64::from(rule.disabled))
+                    .bind(&rule.tag_pattern)
+                    .bind(&rule.tag_decoration)
+                    .bind(&rule.repo_pattern)
+                    .bind(&rule.repo_decoration)
+                    .bind(now_ms())
+                    .bind(rule.id)
+                    .bind(rule.project_id)
+                    .execute(self.writer())
+                    .await?;
+                found(done.rows_affected(), "immutable tag rule")
+            }
+
+            async fn delete_immutable_rule(
+                &self,
+                project_id: i64,
+                id: i64,
+            ) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let sql = $sql("DELETE FROM immutable_rules WHERE id = $1 AND project_id = $2");
+                let done = sqlx::query(&sql)
+                    .bind(id)
+                    .bind(project_id)
+                    .execute(self.writer())
+                    .await?;
+                found(done.rows_affected(), "immutable tag rule")
+            }
+
             async fn delete_project(&self, id: i64) -> $crate::meta::Result<()> {
                 use $crate::meta::access::*;
                 let mut tx = self.writer().begin().await?;
-                for table in ["project_members", "robots"] {
+                for table in ["project_members", "robots", "immutable_rules"] {
                     sqlx::query(&$sql(&format!("DELETE FROM {table} WHERE project_id = $1")))
                         .bind(id)
                         .execute(&mut *tx)

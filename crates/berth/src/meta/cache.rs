@@ -234,9 +234,25 @@ impl MetaStore for CachedMetaStore {
     }
 }
 
-/// Collection reads are never cached: a collector must see what is committed.
+/// Never cached (see [`super::UncachedReads`]).
 #[async_trait]
-impl super::CollectionReads for CachedMetaStore {
+impl super::UncachedReads for CachedMetaStore {
+    async fn tags_of(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Vec<crate::oci::name::Tag>> {
+        self.inner.tags_of(repo, digest).await
+    }
+
+    async fn namespace_usage(&self, namespace: &str) -> Result<u64> {
+        self.inner.namespace_usage(namespace).await
+    }
+
+    async fn namespace_holds(&self, namespace: &str, digest: &Digest) -> Result<bool> {
+        self.inner.namespace_holds(namespace, digest).await
+    }
+
     async fn collectable_blobs(
         &self,
         before: i64,

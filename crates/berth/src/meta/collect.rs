@@ -102,6 +102,29 @@ pub const RECORD_RUN: &str = "INSERT INTO gc_runs (started_at, finished_at, dry_
      blobs_deleted, manifests_deleted, links_removed, bytes_freed, detail) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
+/// $1 repository name, $2 digest.
+pub const TAGS_OF: &str =
+    "SELECT tags.name FROM tags JOIN repositories ON repositories.id = tags.repo_id \
+     WHERE repositories.name = $1 AND tags.digest = $2 ORDER BY tags.name";
+
+/// $1 `<namespace>/`, $2 the first name past the namespace (`<namespace>0`).
+pub const NAMESPACE_USAGE: &str = "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM (\
+     SELECT repo_blobs.digest, MAX(repo_blobs.size) AS size FROM repo_blobs \
+     JOIN repositories ON repositories.id = repo_blobs.repo_id \
+     WHERE repositories.name >= $1 AND repositories.name < $2 GROUP BY repo_blobs.digest \
+     UNION \
+     SELECT manifests.digest, MAX(manifests.size) AS size FROM manifests \
+     JOIN repositories ON repositories.id = manifests.repo_id \
+     WHERE repositories.name >= $1 AND repositories.name < $2 GROUP BY manifests.digest) AS used";
+
+/// $1 `<namespace>/`, $2 `<namespace>0`, $3 digest.
+pub const NAMESPACE_HOLDS: &str = "SELECT COUNT(*) FROM (\
+     SELECT 1 AS one FROM repo_blobs JOIN repositories ON repositories.id = repo_blobs.repo_id \
+     WHERE repositories.name >= $1 AND repositories.name < $2 AND repo_blobs.digest = $3 \
+     UNION ALL \
+     SELECT 1 AS one FROM manifests JOIN repositories ON repositories.id = manifests.repo_id \
+     WHERE repositories.name >= $1 AND repositories.name < $2 AND manifests.digest = $3) AS held";
+
 /// $1 limit.
 pub const RUNS: &str = "SELECT id, started_at, finished_at, dry_run, status, blobs_deleted, \
      manifests_deleted, links_removed, bytes_freed, detail FROM gc_runs ORDER BY id DESC LIMIT $1";
@@ -236,6 +259,24 @@ macro_rules! collection_changes {
                         return Err(kept);
                     }
                 }
+                Change::RequireTagUnmoved { repo, tag, digest } => {
+                    let Some(id) = repo_id(tx, ids, &repo).await? else {
+                        return Ok(());
+                    };
+                    let elsewhere: i64 = sqlx::query_scalar(&$sql(
+                        "SELECT COUNT(*) FROM tags WHERE repo_id = $1 AND name = $2 AND digest <> $3",
+                    ))
+                    .bind(id)
+                    .bind(tag.as_str())
+                    .bind(digest.to_string())
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    if elsewhere > 0 {
+                        return Err(MetaError::Conflict(format!(
+                            "tag {tag} of {repo} points at another manifest"
+                        )));
+                    }
+                }
                 Change::RecordCollection(run) => {
                     sqlx::query(&$sql(RECORD_RUN))
                         .bind(run.started_at)
@@ -262,12 +303,58 @@ macro_rules! collection_changes {
 }
 pub(crate) use collection_changes;
 
-/// [`CollectionReads`](crate::meta::CollectionReads) for `$store`, whose `reader()` pool takes
+/// [`UncachedReads`](crate::meta::UncachedReads) for `$store`, whose `reader()` pool takes
 /// `$sql(..)` of the statements above.
 macro_rules! collection_reads {
     ($store:ty, $sql:path) => {
         #[async_trait::async_trait]
-        impl $crate::meta::CollectionReads for $store {
+        impl $crate::meta::UncachedReads for $store {
+        async fn tags_of(
+            &self,
+            repo: &$crate::oci::name::RepoName,
+            digest: &$crate::oci::digest::Digest,
+        ) -> $crate::meta::Result<Vec<$crate::oci::name::Tag>> {
+            use $crate::meta::collect::*;
+            let names: Vec<String> = sqlx::query_scalar(&$sql(TAGS_OF))
+                .bind(repo.as_str())
+                .bind(digest.to_string())
+                .fetch_all(self.reader())
+                .await?;
+            names
+                .iter()
+                .map(|n| {
+                    n.parse().map_err(|e| {
+                        $crate::meta::MetaError::Corrupt(format!("stored tag {n:?}: {e}"))
+                    })
+                })
+                .collect()
+        }
+
+        async fn namespace_holds(
+            &self,
+            namespace: &str,
+            digest: &$crate::oci::digest::Digest,
+        ) -> $crate::meta::Result<bool> {
+            use $crate::meta::collect::*;
+            let held: i64 = sqlx::query_scalar(&$sql(NAMESPACE_HOLDS))
+                .bind(format!("{namespace}/"))
+                .bind(format!("{namespace}0"))
+                .bind(digest.to_string())
+                .fetch_one(self.reader())
+                .await?;
+            Ok(held > 0)
+        }
+
+        async fn namespace_usage(&self, namespace: &str) -> $crate::meta::Result<u64> {
+            use $crate::meta::collect::*;
+            let used: i64 = sqlx::query_scalar(&$sql(NAMESPACE_USAGE))
+                .bind(format!("{namespace}/"))
+                .bind(format!("{namespace}0"))
+                .fetch_one(self.reader())
+                .await?;
+            Ok(used.max(0) as u64)
+        }
+
         async fn collectable_blobs(
             &self,
             before: i64,

@@ -249,6 +249,13 @@ pub enum Change {
         digest: Digest,
         before: i64,
     },
+    /// Fails the transaction with `Conflict` if `tag` of `repo` points at a manifest other
+    /// than `digest` (an immutable tag may be set once, never moved).
+    RequireTagUnmoved {
+        repo: RepoName,
+        tag: Tag,
+        digest: Digest,
+    },
     /// Records a finished garbage collection run.
     RecordCollection(CollectionRun),
 }
@@ -278,10 +285,18 @@ pub struct OutboxEvent {
     pub payload: serde_json::Value,
 }
 
-/// What garbage collection reads from a metadata store (`collect.rs` implements it once for
-/// both engines).
+/// Reads that are never cached, because what asks must see what is committed: garbage
+/// collection, quotas and tag rules (`collect.rs` implements them once for both engines).
 #[async_trait]
-pub trait CollectionReads: Send + Sync {
+pub trait UncachedReads: Send + Sync {
+    /// The tags of `repo` pointing at the manifest `digest`.
+    async fn tags_of(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>>;
+    /// The bytes stored for repositories named `<namespace>/...`: each blob and manifest once,
+    /// however many of them link it.
+    async fn namespace_usage(&self, namespace: &str) -> Result<u64>;
+    /// Whether a repository named `<namespace>/...` links the blob or records the manifest
+    /// `digest`.
+    async fn namespace_holds(&self, namespace: &str, digest: &Digest) -> Result<bool>;
     /// Up to `limit` blobs a collector may claim: stored, unreferenced (see
     /// [`Change::ClaimBlob`]) and untouched since `before`, in digest order after `after`.
     async fn collectable_blobs(
@@ -304,7 +319,7 @@ pub trait CollectionReads: Send + Sync {
 
 /// The metadata store interface.
 #[async_trait]
-pub trait MetaStore: CollectionReads + Send + Sync + 'static {
+pub trait MetaStore: UncachedReads + Send + Sync + 'static {
     /// Whether a repository exists (has ever had a blob, manifest or upload).
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool>;
     /// The size of `digest` if it is linked in `repo`.
@@ -407,6 +422,7 @@ pub fn affected(changes: &[Change]) -> (Vec<&RepoName>, bool) {
             | Change::ForgetBlob { .. }
             | Change::ExpireReservations { .. }
             | Change::RequireUnkeptManifest { .. }
+            | Change::RequireTagUnmoved { .. }
             | Change::RecordCollection(_) => continue,
         };
         if !repos.contains(&repo) {

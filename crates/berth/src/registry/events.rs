@@ -224,6 +224,7 @@ pub fn from_changes(changes: &[Change]) -> Vec<RegistryEvent> {
             | Change::ExpireReservations { .. }
             | Change::UnlinkUnreferenced { .. }
             | Change::RequireUnkeptManifest { .. }
+            | Change::RequireTagUnmoved { .. }
             | Change::RecordCollection(_) => {}
         }
     }

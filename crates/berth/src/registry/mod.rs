@@ -9,6 +9,7 @@
 //! between leaves unreferenced bytes, never a visible reference to missing or partial bytes.
 
 pub mod events;
+pub mod policy;
 
 use std::collections::HashMap;
 use std::io;
@@ -59,6 +60,9 @@ pub enum RegistryError {
     /// A store the registry depends on cannot be reached; nothing was changed.
     #[error("{0}; nothing was changed. Retry once it is back")]
     Unavailable(String),
+    /// A rule of the registry's owners forbids the change (an immutable tag, a full quota).
+    #[error("{0}")]
+    Denied(String),
     #[error(transparent)]
     Storage(StorageError),
     #[error(transparent)]
@@ -85,6 +89,12 @@ impl From<StorageError> for RegistryError {
             }
             e => RegistryError::Storage(e),
         }
+    }
+}
+
+impl From<policy::PolicyError> for RegistryError {
+    fn from(e: policy::PolicyError) -> Self {
+        RegistryError::Unavailable(e.to_string())
     }
 }
 
@@ -210,6 +220,8 @@ pub struct Registry {
     store: BlobStore,
     hashers: Mutex<HashMap<String, (u64, Hasher)>>,
     sinks: Vec<Arc<dyn EventSink>>,
+    /// Immutable tags and storage limits; none without one.
+    policy: Option<Arc<dyn policy::Policy>>,
     index_children: IndexChildren,
     /// Manifest bytes by digest. Content-addressed, so never stale: which repository may see
     /// a manifest is still decided by the metadata store on every request.
@@ -239,6 +251,7 @@ impl Registry {
             store,
             hashers: Mutex::new(HashMap::new()),
             sinks: Vec::new(),
+            policy: None,
             index_children: IndexChildren::All,
             manifest_bytes: quick_cache::sync::Cache::with_weighter(
                 16_384,
@@ -252,6 +265,12 @@ impl Registry {
     /// Reports every change (and pull) to `sink`; a change's entries commit with the change.
     pub fn with_events(mut self, sink: Arc<dyn EventSink>) -> Registry {
         self.sinks.push(sink);
+        self
+    }
+
+    /// Asks `policy` before tags move or are deleted and before bytes are stored.
+    pub fn with_policy(mut self, policy: Arc<dyn policy::Policy>) -> Registry {
+        self.policy = Some(policy);
         self
     }
 
@@ -334,6 +353,65 @@ impl Registry {
             Err(MetaError::Conflict(_) | MetaError::NotFound(_)) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The guards that keep immutable tags among `tags` from moving off `digest`, in the
+    /// commit that sets them.
+    async fn tag_guards(
+        &self,
+        repo: &RepoName,
+        tags: &[Tag],
+        digest: &Digest,
+    ) -> Result<Vec<Change>> {
+        let Some(policy) = &self.policy else {
+            return Ok(Vec::new());
+        };
+        let mut guards = Vec::new();
+        for tag in tags {
+            if policy.immutable(repo, tag).await?.is_some() {
+                guards.push(Change::RequireTagUnmoved {
+                    repo: repo.clone(),
+                    tag: tag.clone(),
+                    digest: digest.clone(),
+                });
+            }
+        }
+        Ok(guards)
+    }
+
+    /// The bytes a namespace stores, each blob and manifest once.
+    pub async fn namespace_usage(&self, namespace: &str) -> Result<u64> {
+        Ok(self.meta.namespace_usage(namespace).await?)
+    }
+
+    /// Refuses to store `incoming` more bytes (of `digest`, when known) in `repo` if that would
+    /// take its namespace past its storage limit. Content the namespace already holds is free.
+    pub async fn admit(
+        &self,
+        repo: &RepoName,
+        digest: Option<&Digest>,
+        incoming: u64,
+    ) -> Result<()> {
+        let Some(policy) = &self.policy else {
+            return Ok(());
+        };
+        let Some(limit) = policy.storage_limit(repo).await? else {
+            return Ok(());
+        };
+        if let Some(d) = digest {
+            if self.meta.namespace_holds(&limit.namespace, d).await? {
+                return Ok(());
+            }
+        }
+        let used = self.meta.namespace_usage(&limit.namespace).await?;
+        if used.saturating_add(incoming) > limit.bytes {
+            return Err(RegistryError::Denied(format!(
+                "storing {incoming} more bytes in {} would exceed its quota: {used} of {} bytes are \
+                 used. Delete images (and collect garbage) or ask for a larger quota",
+                limit.namespace, limit.bytes
+            )));
+        }
+        Ok(())
     }
 
     /// Reserves `digest` (`size` bytes) before its bytes are published, so that no collector
@@ -466,6 +544,7 @@ impl Registry {
             tracing::error!(%digest, "blob is linked but missing from storage; not mounting");
             return Ok(false);
         }
+        self.admit(repo, Some(digest), size).await?;
         let linked = self
             .commit(vec![Change::LinkBlob {
                 repo: repo.clone(),
@@ -495,6 +574,7 @@ impl Registry {
                 .write_part(&id, &part, body, Some(&mut hasher))
                 .await?;
             let parts = if size == 0 { Vec::new() } else { vec![part] };
+            self.admit(repo, Some(digest), size).await?;
             let reservation = self.reserve(digest, size).await?;
             let linked = async {
                 self.store
@@ -682,6 +762,11 @@ impl Registry {
             None => self.upload_record(repo, id, owner).await?,
         };
         let known = self.take_hasher(id, up.size).map(Hasher::finish);
+        if let Err(e) = self.admit(repo, Some(digest), up.size).await {
+            // Refused for good: nothing of the session is kept.
+            let _ = self.cancel_upload(repo, id, owner).await;
+            return Err(e);
+        }
         let reservation = self.reserve(digest, up.size).await?;
         let committed: Result<()> = async {
             self.store
@@ -848,6 +933,8 @@ impl Registry {
             subject: parsed.subject.clone(),
             annotations: parsed.annotations,
         };
+        let guards = self.tag_guards(repo, &all_tags, &digest).await?;
+        self.admit(repo, Some(&digest), body.len() as u64).await?;
         // Reserved, the bytes found at the blob path stay there until the commit below.
         let reservation = self.reserve(&digest, body.len() as u64).await?;
         if let Err(e) = self.store.put_blob_bytes(&digest, body.clone()).await {
@@ -855,12 +942,13 @@ impl Registry {
             return Err(e.into());
         }
         self.manifest_bytes.insert(digest.clone(), body);
-        let mut changes = vec![Change::PutManifest {
+        let mut changes = guards;
+        changes.push(Change::PutManifest {
             repo: repo.clone(),
             manifest: record,
             blobs,
             children,
-        }];
+        });
         changes.extend(all_tags.iter().map(|tag| Change::SetTag {
             repo: repo.clone(),
             tag: tag.clone(),
@@ -873,6 +961,10 @@ impl Registry {
         }
         match committed {
             Err(MetaError::MissingReference(d)) => Err(RegistryError::ManifestBlobUnknown(d)),
+            // Only a guard of an immutable tag conflicts here.
+            Err(MetaError::Conflict(why)) => Err(RegistryError::Denied(format!(
+                "{why}, and the tag is immutable: it cannot be moved; push under a new tag"
+            ))),
             other => other.map_err(RegistryError::from),
         }?;
         Ok(PushedManifest {
@@ -959,6 +1051,21 @@ impl Registry {
 
     /// Deletes a manifest (by digest: with every tag pointing at it) or just a tag.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let tags = match reference {
+            Reference::Tag(t) => vec![t.clone()],
+            Reference::Digest(d) if self.policy.is_some() => self.meta.tags_of(repo, d).await?,
+            Reference::Digest(_) => Vec::new(),
+        };
+        if let Some(policy) = &self.policy {
+            for tag in &tags {
+                if let Some(rule) = policy.immutable(repo, tag).await? {
+                    return Err(RegistryError::Denied(format!(
+                        "tag {tag} of {repo} is immutable ({rule}): it cannot be deleted, nor \
+                         the manifest it points at"
+                    )));
+                }
+            }
+        }
         let change = match reference {
             Reference::Digest(d) => Change::DeleteManifest {
                 repo: repo.clone(),

@@ -185,3 +185,73 @@ pub fn granted(token: &str, repository: &str) -> Vec<String> {
     out.sort();
     out
 }
+
+/// `req` with `token` as its bearer credentials.
+pub fn bearer(req: reqwest::RequestBuilder, token: &str) -> reqwest::RequestBuilder {
+    req.header("Authorization", format!("Bearer {token}"))
+}
+
+/// Pushes the blobs of a small image made from `seed` (a config and one layer) to `repo` with
+/// `token`; the manifest that names them, not pushed.
+pub async fn push_image_blobs(reg: &Registry, repo: &str, token: &str, seed: &str) -> Vec<u8> {
+    let c = super::oci::client();
+    let mut descriptors = Vec::new();
+    for (i, media) in [
+        "application/vnd.oci.image.config.v1+json",
+        "application/vnd.oci.image.layer.v1.tar",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let data = super::pseudo_bytes(&format!("{seed}-{i}"), 1000 + i);
+        let digest = super::sha256(&data);
+        let resp = bearer(
+            c.post(reg.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}"))),
+            token,
+        )
+        .header("Content-Type", "application/octet-stream")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 201, "blob push to {repo}");
+        descriptors
+            .push(serde_json::json!({"mediaType": media, "digest": digest, "size": data.len()}));
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": descriptors[0],
+        "layers": [descriptors[1]],
+    });
+    serde_json::to_vec(&manifest).unwrap()
+}
+
+/// PUTs `manifest` (an OCI image manifest) as `repo:reference` with `token`.
+pub async fn put_manifest(
+    reg: &Registry,
+    repo: &str,
+    reference: &str,
+    token: &str,
+    manifest: Vec<u8>,
+) -> reqwest::Response {
+    bearer(
+        super::oci::client().put(reg.url(&format!("/v2/{repo}/manifests/{reference}"))),
+        token,
+    )
+    .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+    .body(manifest)
+    .send()
+    .await
+    .unwrap()
+}
+
+/// Pushes a small image (config + one layer + manifest) to `repo:tag` with `token`; the
+/// manifest's digest.
+pub async fn push_image(reg: &Registry, repo: &str, tag: &str, token: &str, seed: &str) -> String {
+    let manifest = push_image_blobs(reg, repo, token, seed).await;
+    let digest = super::sha256(&manifest);
+    let resp = put_manifest(reg, repo, tag, token, manifest).await;
+    assert_eq!(resp.status(), 201, "manifest push to {repo}:{tag}");
+    digest
+}

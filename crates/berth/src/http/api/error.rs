@@ -120,6 +120,8 @@ impl From<RegistryError> for ApiError {
             RegistryError::NameUnknown(_) | RegistryError::ManifestUnknown(_) => Code::NOT_FOUND,
             RegistryError::Unavailable(_) => Code::UNAVAILABLE,
             RegistryError::ManifestInvalid(_) => Code::BAD_REQUEST,
+            // Harbor's answer to a change an immutable tag rule or a quota forbids.
+            RegistryError::Denied(_) => Code::PRECONDITION,
             _ => Code::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(code, e.to_string())

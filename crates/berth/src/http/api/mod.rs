@@ -18,6 +18,7 @@ mod audit;
 pub mod error;
 mod projects;
 mod robots;
+mod rules;
 mod system;
 mod users;
 
@@ -112,6 +113,17 @@ pub fn router(core: Arc<Registry>, builtin: Arc<Builtin>, settings: super::EdgeS
                 .delete(projects::delete_member),
         )
         .route(&format!("{project}/logs"), get(audit::project_logs))
+        .route(&format!("{project}/summary"), get(rules::summary))
+        .route(
+            &format!("{project}/immutabletagrules"),
+            get(rules::list).post(rules::create),
+        )
+        .route(
+            &format!("{project}/immutabletagrules/{{immutable_rule_id}}"),
+            put(rules::update).delete(rules::delete),
+        )
+        .route("/quotas", get(rules::quotas))
+        .route("/quotas/{id}", get(rules::quota).put(rules::set_quota))
         .route("/audit-logs", get(audit::list))
         .route("/robots", get(robots::list).post(robots::create))
         .route(

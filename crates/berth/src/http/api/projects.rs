@@ -69,7 +69,7 @@ struct ProjectReq {
     project_name: Option<String>,
     public: Option<bool>,
     metadata: Option<Metadata>,
-    #[allow(dead_code)]
+    /// Bytes the project may store (-1: no quota); only system administrators set one.
     storage_limit: Option<i64>,
     registry_id: Option<i64>,
 }
@@ -110,10 +110,15 @@ pub async fn create(State(api): State<Api>, caller: Caller, parts: Parts, raw: B
     };
     check_project_name(name)?;
     let public = req.public()?.unwrap_or(false);
-    let project = caller
-        .accounts(&api)
-        .add_project(name, public, Some(owner.id))
-        .await?;
+    let limit = req.storage_limit.filter(|l| *l != -1);
+    if limit.is_some() {
+        caller.sysadmin()?;
+    }
+    let accounts = caller.accounts(&api);
+    let project = accounts.add_project(name, public, Some(owner.id)).await?;
+    if let Some(limit) = limit {
+        accounts.set_storage_limit(&project, limit).await?;
+    }
     let by_name = super::super::header_str(&parts.headers, "x-resource-name-in-location")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let id = if by_name {

@@ -1,0 +1,31 @@
+//! What the owners of a registry decide about its content, asked by the core before it moves or
+//! deletes a tag or stores bytes: which tags are immutable, how much a namespace (the first path
+//! component of repository names: a project) may store. The core defines the question;
+//! whoever keeps the rules (the built-in token service's projects) answers it.
+
+use async_trait::async_trait;
+
+use crate::oci::name::{RepoName, Tag};
+
+/// A namespace's storage limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageLimit {
+    /// The namespace (`team` for `team/app`).
+    pub namespace: String,
+    /// Bytes it may hold, each blob and manifest counted once however many of its repositories
+    /// link it.
+    pub bytes: u64,
+}
+
+/// The rules could not be read: nothing is changed.
+#[derive(Debug, thiserror::Error)]
+#[error("the content rules cannot be read: {0}")]
+pub struct PolicyError(pub String);
+
+#[async_trait]
+pub trait Policy: Send + Sync {
+    /// Why `tag` of `repo` may never be moved or deleted (the rule that says so), if it may not.
+    async fn immutable(&self, repo: &RepoName, tag: &Tag) -> Result<Option<String>, PolicyError>;
+    /// The storage limit of the namespace of `repo`, if it has one.
+    async fn storage_limit(&self, repo: &RepoName) -> Result<Option<StorageLimit>, PolicyError>;
+}

@@ -1,0 +1,395 @@
+//! Projects' content rules against the real server: immutable tag rules (Harbor's
+//! `/immutabletagrules`) hold for everyone, through the registry API and the management API;
+//! storage quotas (`/quotas`, `storage_limit`) refuse a push before its bytes are stored and
+//! count a blob once per project.
+
+mod common;
+#[path = "common/harbor.rs"]
+mod harbor;
+
+use common::builtin::ADMIN_PASSWORD;
+use common::builtin::{bearer, push_image, push_image_blobs, put_manifest, BuiltinRegistry};
+use common::oci::{client, expect_error};
+use common::pseudo_bytes;
+use harbor::{call, Answer, Who};
+use serde_json::json;
+
+const PW: &str = "Passw0rdX";
+const ADMIN: Who<'static> = Some(("admin", ADMIN_PASSWORD));
+
+fn refused(a: &Answer, status: u16, code: &str, what: &str) {
+    assert_eq!(a.status, status, "{what}: {}", a.body);
+    assert_eq!(a.code(), code, "{what}: {}", a.body);
+    assert!(!a.message().is_empty(), "{what}: an error says why");
+}
+
+/// Project `team` with `lead` (project admin), `dev` (developer), and `stranger` (no role).
+fn setup() -> BuiltinRegistry {
+    let b = BuiltinRegistry::start();
+    b.add_project("team", false);
+    for (user, role) in [("lead", "projectAdmin"), ("dev", "developer")] {
+        b.add_user(user, PW);
+        b.add_member("team", user, role);
+    }
+    b.add_user("stranger", PW);
+    b
+}
+
+fn rule(tag: &str, tag_decoration: &str, repo: &str, repo_decoration: &str) -> String {
+    json!({
+        "disabled": false,
+        "action": "immutable",
+        "template": "immutable_template",
+        "tag_selectors": [{"kind": "doublestar", "decoration": tag_decoration, "pattern": tag}],
+        "scope_selectors": {"repository": [
+            {"kind": "doublestar", "decoration": repo_decoration, "pattern": repo}]},
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_immutable_tag_is_never_moved_or_deleted_by_anyone() {
+    let b = setup();
+    let u = b.reg.url("");
+    let reg = &b.reg;
+    let admin = b
+        .token_ok(
+            Some(("admin", ADMIN_PASSWORD)),
+            &[
+                "repository:team/app:pull,push,delete",
+                "repository:team/tmp/x:pull,push,delete",
+            ],
+        )
+        .await;
+    let v1 = push_image(reg, "team/app", "v1", &admin, "first").await;
+
+    // Only project admins and maintainers (and system administrators) make rules.
+    let rules = "/projects/team/immutabletagrules";
+    let releases = rule("v*", "matches", "tmp/**", "repoExcludes");
+    refused(
+        &call(&u, Some(("dev", PW)), "POST", rules, Some(&releases), &[]).await,
+        403,
+        "FORBIDDEN",
+        "a developer makes a rule",
+    );
+    refused(
+        &call(&u, Some(("stranger", PW)), "GET", rules, None, &[]).await,
+        403,
+        "FORBIDDEN",
+        "a stranger lists the rules",
+    );
+    refused(
+        &call(
+            &u,
+            Some(("lead", PW)),
+            "POST",
+            rules,
+            Some(&rule("[", "matches", "**", "repoMatches")),
+            &[],
+        )
+        .await,
+        400,
+        "BAD_REQUEST",
+        "an invalid pattern",
+    );
+    let made = call(&u, Some(("lead", PW)), "POST", rules, Some(&releases), &[]).await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let id = made
+        .header("location")
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let listed = call(&u, Some(("dev", PW)), "GET", rules, None, &[]).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body[0]["tag_selectors"][0]["pattern"], "v*");
+    assert_eq!(
+        listed.body[0]["scope_selectors"]["repository"][0]["decoration"],
+        "repoExcludes"
+    );
+
+    // The same manifest again is no move; another one is refused, and v1 stays.
+    let again = push_image(reg, "team/app", "v1", &admin, "first").await;
+    assert_eq!(again, v1);
+    let other = push_image_blobs(reg, "team/app", &admin, "second").await;
+    let resp = put_manifest(reg, "team/app", "v1", &admin, other.clone()).await;
+    let errors = expect_error(resp, 403, "DENIED").await;
+    assert!(
+        errors[0]
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("immutable"),
+        "{errors:?}"
+    );
+    let resp = bearer(client().head(reg.url("/v2/team/app/manifests/v1")), &admin)
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["docker-content-digest"].to_str().unwrap(),
+        v1
+    );
+    // A push by digest with ?tag=v1 is a move too.
+    let other_digest = common::sha256(&other);
+    let resp = put_manifest(
+        reg,
+        "team/app",
+        &format!("{other_digest}?tag=v1"),
+        &admin,
+        other.clone(),
+    )
+    .await;
+    expect_error(resp, 403, "DENIED").await;
+    // Tags the rule does not match move freely, in repositories it excludes too.
+    push_image(reg, "team/app", "latest", &admin, "first").await;
+    push_image(reg, "team/app", "latest", &admin, "second").await;
+    push_image(reg, "team/tmp/x", "v1", &admin, "first").await;
+    push_image(reg, "team/tmp/x", "v1", &admin, "second").await;
+
+    // Neither the tag nor the manifest it points at can be deleted, by the system
+    // administrator either, through either API.
+    for reference in ["v1", v1.as_str()] {
+        let resp = bearer(
+            client().delete(reg.url(&format!("/v2/team/app/manifests/{reference}"))),
+            &admin,
+        )
+        .send()
+        .await
+        .unwrap();
+        expect_error(resp, 403, "DENIED").await;
+    }
+    let artifact = format!("/projects/team/repositories/app/artifacts/{v1}");
+    refused(
+        &call(
+            &u,
+            ADMIN,
+            "DELETE",
+            &format!("{artifact}/tags/v1"),
+            None,
+            &[],
+        )
+        .await,
+        412,
+        "PRECONDITION",
+        "deleting an immutable tag through the API",
+    );
+    refused(
+        &call(&u, ADMIN, "DELETE", &artifact, None, &[]).await,
+        412,
+        "PRECONDITION",
+        "deleting the artifact of an immutable tag through the API",
+    );
+
+    // Disabled, the rule protects nothing; deleted, it is gone.
+    let disabled = releases.replace("\"disabled\":false", "\"disabled\":true");
+    let path = format!("{rules}/{id}");
+    let a = call(&u, Some(("lead", PW)), "PUT", &path, Some(&disabled), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let resp = put_manifest(reg, "team/app", "v1", &admin, other).await;
+    assert_eq!(resp.status(), 201);
+    refused(
+        &call(&u, Some(("dev", PW)), "DELETE", &path, None, &[]).await,
+        403,
+        "FORBIDDEN",
+        "a developer deletes a rule",
+    );
+    let a = call(&u, Some(("lead", PW)), "DELETE", &path, None, &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let listed = call(&u, Some(("lead", PW)), "GET", rules, None, &[]).await;
+    assert_eq!(listed.body, json!([]));
+    let log = b.berth(&["audit", "--json", "--resource", "team/immutable"], None);
+    assert_eq!(log.lines().count(), 3, "create, update, delete: {log}");
+}
+
+/// The number of files below `dir`.
+fn files(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_over_quota_is_refused_before_its_bytes_are_stored() {
+    let b = setup();
+    let u = b.reg.url("");
+    let reg = &b.reg;
+    // Only system administrators give a project a quota.
+    let small = json!({"project_name": "small", "storage_limit": 4000}).to_string();
+    refused(
+        &call(
+            &u,
+            Some(("dev", PW)),
+            "POST",
+            "/projects",
+            Some(&small),
+            &[],
+        )
+        .await,
+        403,
+        "FORBIDDEN",
+        "a user asks for a quota",
+    );
+    let a = call(&u, ADMIN, "POST", "/projects", Some(&small), &[]).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let id: i64 = a
+        .header("location")
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let token = b
+        .token_ok(
+            Some(("admin", ADMIN_PASSWORD)),
+            &[
+                "repository:small/app:pull,push",
+                "repository:small/copy:pull,push",
+                "repository:team/app:pull,push",
+            ],
+        )
+        .await;
+    // About 2.4 kB: within the quota.
+    push_image(reg, "small/app", "v1", &token, "fits").await;
+    let quota = call(&u, ADMIN, "GET", &format!("/quotas/{id}"), None, &[]).await;
+    assert_eq!(quota.status, 200, "{}", quota.body);
+    assert_eq!(quota.body["hard"]["storage"], 4000);
+    let used = quota.body["used"]["storage"].as_i64().unwrap();
+    assert!(used > 2000 && used < 4000, "{}", quota.body);
+    refused(
+        &call(
+            &u,
+            Some(("lead", PW)),
+            "GET",
+            &format!("/quotas/{id}"),
+            None,
+            &[],
+        )
+        .await,
+        403,
+        "FORBIDDEN",
+        "a project admin reads quotas",
+    );
+
+    let blobs = reg.data.join("docker/registry/v2/blobs");
+    let stored = files(&blobs);
+    // A monolithic push past the quota: refused, nothing stored.
+    let big = pseudo_bytes("too big", 3000);
+    let digest = common::sha256(&big);
+    let resp = bearer(
+        client().post(reg.url(&format!("/v2/small/app/blobs/uploads/?digest={digest}"))),
+        &token,
+    )
+    .header("Content-Type", "application/octet-stream")
+    .body(big.clone())
+    .send()
+    .await
+    .unwrap();
+    let errors = expect_error(resp, 403, "DENIED").await;
+    assert!(
+        errors[0].message.as_deref().unwrap_or("").contains("quota"),
+        "{errors:?}"
+    );
+    // A chunk past the quota: refused, nothing stored.
+    let resp = bearer(
+        client().post(reg.url("/v2/small/app/blobs/uploads/")),
+        &token,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 202);
+    let location = common::oci::resolve(reg, &common::oci::must_header(&resp, "location"));
+    let resp = bearer(client().patch(&location), &token)
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Range", format!("0-{}", big.len() - 1))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 403, "DENIED").await;
+    assert_eq!(files(&blobs), stored, "a refused push stores nothing");
+    let after = call(&u, ADMIN, "GET", &format!("/quotas/{id}"), None, &[]).await;
+    assert_eq!(after.body["used"]["storage"], used);
+
+    // What the project already holds is free in another of its repositories; the same blob in
+    // another project counts there.
+    let a = call(
+        &u,
+        ADMIN,
+        "PUT",
+        &format!("/quotas/{id}"),
+        Some(&json!({"hard": {"storage": used}}).to_string()),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    push_image(reg, "small/copy", "v1", &token, "fits").await;
+    push_image(reg, "team/app", "v1", &token, "fits").await;
+    let quotas = call(&u, ADMIN, "GET", "/quotas?reference=project", None, &[]).await;
+    let of = |name: &str| {
+        quotas
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["ref"]["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(of("small")["used"]["storage"], used);
+    assert_eq!(
+        of("team")["used"]["storage"],
+        used,
+        "counted for each project"
+    );
+    assert_eq!(of("team")["hard"]["storage"], -1);
+    let summary = call(
+        &u,
+        Some(("lead", PW)),
+        "GET",
+        "/projects/team/summary",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        summary.body["quota"]["used"]["storage"], used,
+        "{}",
+        summary.body
+    );
+    assert_eq!(summary.body["repo_count"], 1);
+
+    // Raised, the push goes through.
+    let a = call(
+        &u,
+        ADMIN,
+        "PUT",
+        &format!("/quotas/{id}"),
+        Some(&json!({"hard": {"storage": -1}}).to_string()),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let resp = bearer(
+        client().post(reg.url(&format!("/v2/small/app/blobs/uploads/?digest={digest}"))),
+        &token,
+    )
+    .header("Content-Type", "application/octet-stream")
+    .body(big)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 201);
+}
