@@ -52,6 +52,8 @@ pub struct Options {
     pub dry_run: bool,
     /// Object deletes in flight at once.
     pub parallelism: usize,
+    /// Run by the schedule (else asked for).
+    pub scheduled: bool,
 }
 
 impl Default for Options {
@@ -61,6 +63,7 @@ impl Default for Options {
             untagged: false,
             dry_run: false,
             parallelism: 8,
+            scheduled: false,
         }
     }
 }
@@ -101,6 +104,30 @@ impl Collector {
         Collector { core, meta, store }
     }
 
+    /// Takes the oldest collection asked for, if any: the options to run it with (`base` with
+    /// its dry run and untagged settings).
+    pub async fn take_request(&self, base: &Options) -> Result<Option<Options>, GcError> {
+        let Some(req) = self.meta.collection_requests(1).await?.pop() else {
+            return Ok(None);
+        };
+        match self
+            .meta
+            .apply(vec![Change::TakeCollectionRequest { id: req.id }])
+            .await
+        {
+            Ok(()) => {}
+            Err(MetaError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(by = %req.requested_by, dry_run = req.dry_run, "running a collection asked for");
+        Ok(Some(Options {
+            dry_run: req.dry_run,
+            untagged: req.untagged,
+            scheduled: false,
+            ..base.clone()
+        }))
+    }
+
     /// One run, until done or `stop`. `progress` counts what is examined. The run is recorded
     /// in the collection history whatever its outcome.
     pub async fn run(
@@ -125,6 +152,7 @@ impl Collector {
             started_at,
             finished_at: crate::meta::access::now_ms(),
             dry_run: opts.dry_run,
+            kind: if opts.scheduled { "schedule" } else { "manual" }.into(),
             status: status.into(),
             blobs_deleted: report.blobs_deleted,
             manifests_deleted: report.manifests_deleted,

@@ -184,6 +184,7 @@ impl Settings {
                 headers: headers.clone(),
                 access_log: !config.log.accesslog.disabled,
                 metrics: false,
+                gc_interval: config.gc.interval.0,
             },
             tls,
             debug: h.debug.addr.as_ref().map(|addr| DebugServer {
@@ -475,6 +476,7 @@ pub fn gc_options(settings: &Settings) -> crate::gc::Options {
         untagged: gc.untagged,
         dry_run: false,
         parallelism: gc.parallelism,
+        scheduled: false,
     }
 }
 
@@ -530,8 +532,10 @@ pub async fn serve(
             move |stop| prune_audit_loop(access.clone(), audit.retention.0, stop),
         )));
     }
+    // Collections asked for through the API run on whichever instance holds the lease, and so
+    // do scheduled ones.
     let interval = settings.config.gc.interval.0;
-    if !interval.is_zero() {
+    {
         let collector = Arc::new(crate::gc::Collector::new(
             registry.clone(),
             meta.clone(),
@@ -719,20 +723,43 @@ async fn purge_loop(registry: Arc<Registry>, p: Purging, stop: CancellationToken
     }
 }
 
-/// Collects garbage every `interval`, until `stop`.
+/// How often the holder of the collection lease looks for collections asked for.
+const GC_REQUEST_POLL: Duration = Duration::from_secs(2);
+
+/// Runs the collections asked for as they come, and one every `interval` (never when zero),
+/// until `stop`.
 async fn gc_loop(
     collector: Arc<crate::gc::Collector>,
     opts: crate::gc::Options,
     interval: Duration,
     stop: CancellationToken,
 ) {
+    let scheduled = crate::gc::Options {
+        scheduled: true,
+        ..opts.clone()
+    };
+    let mut next = (!interval.is_zero()).then(|| tokio::time::Instant::now() + interval);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(GC_REQUEST_POLL) => {}
             _ = stop.cancelled() => return,
         }
+        let run = match collector.take_request(&opts).await {
+            Ok(Some(asked)) => asked,
+            Ok(None) => match next {
+                Some(at) if tokio::time::Instant::now() >= at => {
+                    next = Some(tokio::time::Instant::now() + interval);
+                    scheduled.clone()
+                }
+                _ => continue,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the collections asked for failed");
+                continue;
+            }
+        };
         let hidden = indicatif::ProgressBar::hidden();
-        match collector.run(&opts, &hidden, &stop).await {
+        match collector.run(&run, &hidden, &stop).await {
             Ok(r) => tracing::info!(
                 blobs = r.blobs_deleted,
                 manifests = r.manifests_deleted,

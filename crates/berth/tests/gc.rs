@@ -8,6 +8,10 @@
 //! pushed again survives; a collector killed mid-run loses nothing and the next run finishes.
 
 mod common;
+// Only its API client (`call`) serves here; the harborapi driver is harbor_api.rs's.
+#[allow(dead_code)]
+#[path = "common/harbor.rs"]
+mod harbor;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -718,4 +722,110 @@ fn walk(dir: &std::path::Path) -> usize {
             }
         })
         .sum()
+}
+
+// ---- the management API ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collection_asked_for_through_the_api_runs_and_is_in_its_history() {
+    use common::builtin::{bearer, BuiltinRegistry, ADMIN_PASSWORD};
+    use harbor::call;
+    let b = BuiltinRegistry::start_with("", "gc:\n  grace: 0s\n");
+    let u = b.reg.url("");
+    let admin = Some(("admin", ADMIN_PASSWORD));
+    b.add_project("team", false);
+    b.add_user("dev", "Passw0rdX");
+    b.add_member("team", "dev", "projectAdmin");
+    let token = b
+        .token_ok(
+            Some(("admin", ADMIN_PASSWORD)),
+            &["repository:team/app:pull,push"],
+        )
+        .await;
+    // A blob pushed without a manifest: garbage once its link goes.
+    let data = pseudo_bytes("api garbage", 4000);
+    let digest = common::sha256(&data);
+    let resp = bearer(
+        common::oci::client().post(
+            b.reg
+                .url(&format!("/v2/team/app/blobs/uploads/?digest={digest}")),
+        ),
+        &token,
+    )
+    .body(data)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 201);
+    let blob = b.data().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{}/data",
+        &digest[7..9],
+        &digest[7..]
+    ));
+    assert!(blob.exists());
+
+    let manual = serde_json::json!({"schedule": {"type": "Manual"},
+        "parameters": {"delete_untagged": false, "dry_run": false}})
+    .to_string();
+    let a = call(
+        &u,
+        Some(("dev", "Passw0rdX")),
+        "POST",
+        "/system/gc/schedule",
+        Some(&manual),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 403, "only system administrators: {}", a.body);
+    let daily = manual.replace("Manual", "Daily");
+    let a = call(&u, admin, "PUT", "/system/gc/schedule", Some(&daily), &[]).await;
+    assert_eq!(a.status, 400, "the schedule is config.yml's: {}", a.body);
+    let schedule = call(&u, admin, "GET", "/system/gc/schedule", None, &[]).await;
+    assert_eq!(
+        schedule.body["schedule"]["type"], "None",
+        "{}",
+        schedule.body
+    );
+
+    // The link goes in a first run, the blob one grace period (none) later in a second.
+    let mut runs = 0;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let a = call(&u, admin, "POST", "/system/gc/schedule", Some(&manual), &[]).await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        runs += 1;
+        let mut done = false;
+        for _ in 0..100 {
+            let history = call(&u, admin, "GET", "/system/gc", None, &[]).await;
+            assert_eq!(history.status, 200, "{}", history.body);
+            if history.body.as_array().unwrap().len() == runs {
+                assert_eq!(history.body[0]["job_status"], "Success", "{}", history.body);
+                assert_eq!(history.body[0]["job_kind"], "MANUAL");
+                done = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(done, "run {runs} did not happen");
+    }
+    assert!(
+        !blob.exists(),
+        "the collection asked for deleted the garbage"
+    );
+    let history = call(&u, admin, "GET", "/system/gc", None, &[]).await;
+    assert_eq!(history.body[0]["blobs_deleted"], 1, "{}", history.body);
+    assert_eq!(history.body[1]["links_removed"], 1, "{}", history.body);
+    let id = history.body[0]["id"].as_i64().unwrap();
+    let log = common::oci::client()
+        .get(b.reg.url(&format!("/api/v2.0/system/gc/{id}/log")))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(log.status(), 200);
+    let text = log.text().await.unwrap();
+    assert!(
+        text.contains("deleted 0 manifests, 0 links, 1 blobs"),
+        "{text}"
+    );
 }

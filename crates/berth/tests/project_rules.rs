@@ -284,8 +284,9 @@ async fn a_push_over_quota_is_refused_before_its_bytes_are_stored() {
         "a project admin reads quotas",
     );
 
-    let blobs = reg.data.join("docker/registry/v2/blobs");
+    let blobs = b.data().join("docker/registry/v2/blobs");
     let stored = files(&blobs);
+    assert_eq!(stored, 3, "the image's config, layer and manifest");
     // A monolithic push past the quota: refused, nothing stored.
     let big = pseudo_bytes("too big", 3000);
     let digest = common::sha256(&big);

@@ -19,10 +19,21 @@ CREATE TABLE gc_runs (
     started_at         BIGINT NOT NULL,
     finished_at        BIGINT,
     dry_run            BIGINT NOT NULL,
+    kind               TEXT NOT NULL,
     status             TEXT NOT NULL,
     blobs_deleted      BIGINT NOT NULL DEFAULT 0,
     manifests_deleted  BIGINT NOT NULL DEFAULT 0,
     links_removed      BIGINT NOT NULL DEFAULT 0,
     bytes_freed        BIGINT NOT NULL DEFAULT 0,
     detail             TEXT NOT NULL DEFAULT ''
+);
+
+-- Collections asked for (through the API of any instance), run by whichever instance holds the
+-- collection lease, oldest first.
+CREATE TABLE gc_requests (
+    id            BIGSERIAL PRIMARY KEY,
+    requested_at  BIGINT NOT NULL,
+    requested_by  TEXT NOT NULL,
+    dry_run       BIGINT NOT NULL,
+    untagged      BIGINT NOT NULL
 );

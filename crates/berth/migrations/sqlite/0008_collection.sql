@@ -19,10 +19,21 @@ CREATE TABLE gc_runs (
     started_at         INTEGER NOT NULL,
     finished_at        INTEGER,
     dry_run            INTEGER NOT NULL,
+    kind               TEXT NOT NULL,
     status             TEXT NOT NULL,
     blobs_deleted      INTEGER NOT NULL DEFAULT 0,
     manifests_deleted  INTEGER NOT NULL DEFAULT 0,
     links_removed      INTEGER NOT NULL DEFAULT 0,
     bytes_freed        INTEGER NOT NULL DEFAULT 0,
     detail             TEXT NOT NULL DEFAULT ''
+);
+
+-- Collections asked for (through the API of any instance), run by whichever instance holds the
+-- collection lease, oldest first.
+CREATE TABLE gc_requests (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    requested_at  INTEGER NOT NULL,
+    requested_by  TEXT NOT NULL,
+    dry_run       INTEGER NOT NULL,
+    untagged      INTEGER NOT NULL
 );

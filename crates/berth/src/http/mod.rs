@@ -69,6 +69,8 @@ pub struct EdgeSettings {
     pub access_log: bool,
     /// Whether request metrics are recorded (a Prometheus endpoint is configured).
     pub metrics: bool,
+    /// How often garbage is collected on schedule (`gc.interval`); zero for never.
+    pub gc_interval: std::time::Duration,
 }
 
 impl Default for EdgeSettings {
@@ -84,6 +86,7 @@ impl Default for EdgeSettings {
             headers: Vec::new(),
             access_log: false,
             metrics: false,
+            gc_interval: std::time::Duration::ZERO,
         }
     }
 }

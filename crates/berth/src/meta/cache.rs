@@ -277,4 +277,8 @@ impl super::UncachedReads for CachedMetaStore {
     async fn collection_runs(&self, limit: u32) -> Result<Vec<super::CollectionRun>> {
         self.inner.collection_runs(limit).await
     }
+
+    async fn collection_requests(&self, limit: u32) -> Result<Vec<super::CollectionRequest>> {
+        self.inner.collection_requests(limit).await
+    }
 }

@@ -97,10 +97,21 @@ pub const IS_UNKEPT: &str = concat!(
     unkept!()
 );
 
-/// $1 started_at … $9 detail.
-pub const RECORD_RUN: &str = "INSERT INTO gc_runs (started_at, finished_at, dry_run, status, \
+/// $1 started_at … $10 detail.
+pub const RECORD_RUN: &str =
+    "INSERT INTO gc_runs (started_at, finished_at, dry_run, kind, status, \
      blobs_deleted, manifests_deleted, links_removed, bytes_freed, detail) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// $1 requested_at, $2 requested_by, $3 dry_run, $4 untagged.
+pub const REQUEST: &str =
+    "INSERT INTO gc_requests (requested_at, requested_by, dry_run, untagged) \
+     VALUES ($1, $2, $3, $4)";
+
+/// $1 limit.
+pub const REQUESTS: &str =
+    "SELECT id, requested_at, requested_by, dry_run, untagged FROM gc_requests \
+     ORDER BY id LIMIT $1";
 
 /// $1 repository name, $2 digest.
 pub const TAGS_OF: &str =
@@ -126,7 +137,7 @@ pub const NAMESPACE_HOLDS: &str = "SELECT COUNT(*) FROM (\
      WHERE repositories.name >= $1 AND repositories.name < $2 AND manifests.digest = $3) AS held";
 
 /// $1 limit.
-pub const RUNS: &str = "SELECT id, started_at, finished_at, dry_run, status, blobs_deleted, \
+pub const RUNS: &str = "SELECT id, started_at, finished_at, dry_run, kind, status, blobs_deleted, \
      manifests_deleted, links_removed, bytes_freed, detail FROM gc_runs ORDER BY id DESC LIMIT $1";
 
 /// The engine's handling of the collection changes: `async fn apply_collection(tx, ids,
@@ -282,6 +293,7 @@ macro_rules! collection_changes {
                         .bind(run.started_at)
                         .bind(run.finished_at)
                         .bind(i64::from(run.dry_run))
+                        .bind(&run.kind)
                         .bind(&run.status)
                         .bind(run.blobs_deleted as i64)
                         .bind(run.manifests_deleted as i64)
@@ -290,6 +302,24 @@ macro_rules! collection_changes {
                         .bind(&run.detail)
                         .execute(&mut **tx)
                         .await?;
+                }
+                Change::RequestCollection(r) => {
+                    sqlx::query(&$sql(REQUEST))
+                        .bind(r.requested_at)
+                        .bind(&r.requested_by)
+                        .bind(i64::from(r.dry_run))
+                        .bind(i64::from(r.untagged))
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Change::TakeCollectionRequest { id } => {
+                    let done = sqlx::query(&$sql("DELETE FROM gc_requests WHERE id = $1"))
+                        .bind(id)
+                        .execute(&mut **tx)
+                        .await?;
+                    if done.rows_affected() == 0 {
+                        return Err(MetaError::NotFound(format!("collection request {id}")));
+                    }
                 }
                 other => {
                     return Err(MetaError::Corrupt(format!(
@@ -425,13 +455,35 @@ macro_rules! collection_reads {
                 .await?;
             rows.iter().map(|r| run_row(r)).collect()
         }
+
+        async fn collection_requests(
+            &self,
+            limit: u32,
+        ) -> $crate::meta::Result<Vec<$crate::meta::CollectionRequest>> {
+            use $crate::meta::collect::*;
+            let rows = sqlx::query(&$sql(REQUESTS))
+                .bind(i64::from(limit))
+                .fetch_all(self.reader())
+                .await?;
+            rows.iter().map(|r| request_row(r)).collect()
+        }
         }
     };
 }
 pub(crate) use collection_reads;
 
 use super::rows::{parse_digest, parse_repo, Columns};
-use super::{BlobRecord, CollectionRun, Result};
+use super::{BlobRecord, CollectionRequest, CollectionRun, Result};
+
+pub fn request_row<'r>(r: &'r impl Columns<'r>) -> Result<CollectionRequest> {
+    Ok(CollectionRequest {
+        id: r.int("id")?,
+        requested_at: r.int("requested_at")?,
+        requested_by: r.text("requested_by")?.to_string(),
+        dry_run: r.int("dry_run")? != 0,
+        untagged: r.int("untagged")? != 0,
+    })
+}
 use crate::oci::digest::Digest;
 use crate::oci::name::RepoName;
 
@@ -464,6 +516,7 @@ pub fn run_row<'r>(r: &'r impl Columns<'r>) -> Result<CollectionRun> {
         started_at: r.int("started_at")?,
         finished_at: r.int("finished_at")?,
         dry_run: r.int("dry_run")? != 0,
+        kind: r.text("kind")?.to_string(),
         status: r.text("status")?.to_string(),
         blobs_deleted: r.int("blobs_deleted")? as u64,
         manifests_deleted: r.int("manifests_deleted")? as u64,

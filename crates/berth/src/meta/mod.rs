@@ -258,6 +258,21 @@ pub enum Change {
     },
     /// Records a finished garbage collection run.
     RecordCollection(CollectionRun),
+    /// Asks for a garbage collection (its `id` is ignored).
+    RequestCollection(CollectionRequest),
+    /// Takes a request to run it. `NotFound` if it is gone (taken already).
+    TakeCollectionRequest { id: i64 },
+}
+
+/// A garbage collection asked for, waiting for the instance that holds the collection lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CollectionRequest {
+    pub id: i64,
+    /// Unix milliseconds.
+    pub requested_at: i64,
+    pub requested_by: String,
+    pub dry_run: bool,
+    pub untagged: bool,
 }
 
 /// One garbage collection run, as its history shows it.
@@ -268,6 +283,8 @@ pub struct CollectionRun {
     pub started_at: i64,
     pub finished_at: i64,
     pub dry_run: bool,
+    /// `manual` (asked for) or `schedule`.
+    pub kind: String,
     /// `success`, `stopped` or `failed`.
     pub status: String,
     pub blobs_deleted: u64,
@@ -315,6 +332,8 @@ pub trait UncachedReads: Send + Sync {
     async fn untagged_manifests(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>>;
     /// The last `limit` garbage collection runs, newest first.
     async fn collection_runs(&self, limit: u32) -> Result<Vec<CollectionRun>>;
+    /// Up to `limit` collections asked for and not yet taken, oldest first.
+    async fn collection_requests(&self, limit: u32) -> Result<Vec<CollectionRequest>>;
 }
 
 /// The metadata store interface.
@@ -423,7 +442,9 @@ pub fn affected(changes: &[Change]) -> (Vec<&RepoName>, bool) {
             | Change::ExpireReservations { .. }
             | Change::RequireUnkeptManifest { .. }
             | Change::RequireTagUnmoved { .. }
-            | Change::RecordCollection(_) => continue,
+            | Change::RecordCollection(_)
+            | Change::RequestCollection(_)
+            | Change::TakeCollectionRequest { .. } => continue,
         };
         if !repos.contains(&repo) {
             repos.push(repo);

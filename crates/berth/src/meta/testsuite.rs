@@ -813,6 +813,7 @@ async fn collection(store: &dyn MetaStore) {
         let run = super::CollectionRun {
             started_at: 1,
             finished_at: 2,
+            kind: "manual".into(),
             status: status.into(),
             blobs_deleted: 3,
             bytes_freed: 40,
@@ -823,6 +824,30 @@ async fn collection(store: &dyn MetaStore) {
             .await
             .unwrap();
     }
+    // Collections asked for wait, oldest first, until one holder takes each.
+    for by in ["alice", "bob"] {
+        let request = super::CollectionRequest {
+            requested_by: by.into(),
+            dry_run: by == "bob",
+            ..Default::default()
+        };
+        store
+            .apply(vec![Change::RequestCollection(request)])
+            .await
+            .unwrap();
+    }
+    let asked = store.collection_requests(10).await.unwrap();
+    assert_eq!(asked.len(), 2);
+    assert_eq!(
+        (asked[0].requested_by.as_str(), asked[1].dry_run),
+        ("alice", true)
+    );
+    let take = Change::TakeCollectionRequest { id: asked[0].id };
+    store.apply(vec![take.clone()]).await.unwrap();
+    let err = store.apply(vec![take]).await.unwrap_err();
+    assert!(matches!(err, MetaError::NotFound(_)), "{err:?}");
+    assert_eq!(store.collection_requests(10).await.unwrap().len(), 1);
+
     let runs = store.collection_runs(10).await.unwrap();
     assert_eq!(runs.len(), 2);
     assert_eq!(

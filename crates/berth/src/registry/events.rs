@@ -225,7 +225,9 @@ pub fn from_changes(changes: &[Change]) -> Vec<RegistryEvent> {
             | Change::UnlinkUnreferenced { .. }
             | Change::RequireUnkeptManifest { .. }
             | Change::RequireTagUnmoved { .. }
-            | Change::RecordCollection(_) => {}
+            | Change::RecordCollection(_)
+            | Change::RequestCollection(_)
+            | Change::TakeCollectionRequest { .. } => {}
         }
     }
     events

@@ -379,6 +379,26 @@ impl Registry {
         Ok(guards)
     }
 
+    /// Asks for a garbage collection, run by whichever instance holds the collection lease.
+    pub async fn request_collection(&self, by: &str, dry_run: bool, untagged: bool) -> Result<()> {
+        let request = crate::meta::CollectionRequest {
+            id: 0,
+            requested_at: crate::meta::access::now_ms(),
+            requested_by: by.to_string(),
+            dry_run,
+            untagged,
+        };
+        Ok(self
+            .meta
+            .apply(vec![Change::RequestCollection(request)])
+            .await?)
+    }
+
+    /// The last `limit` garbage collection runs, newest first.
+    pub async fn collection_runs(&self, limit: u32) -> Result<Vec<crate::meta::CollectionRun>> {
+        Ok(self.meta.collection_runs(limit).await?)
+    }
+
     /// The bytes a namespace stores, each blob and manifest once.
     pub async fn namespace_usage(&self, namespace: &str) -> Result<u64> {
         Ok(self.meta.namespace_usage(namespace).await?)

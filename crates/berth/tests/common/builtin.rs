@@ -65,6 +65,11 @@ impl BuiltinRegistry {
         }
     }
 
+    /// The storage root (and database directory) the configuration names.
+    pub fn data(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
     /// Another instance on the same configuration (the same data directory and database).
     pub fn another_instance(&self) -> Registry {
         launch(&self.config)

@@ -16,6 +16,7 @@
 mod artifacts;
 mod audit;
 pub mod error;
+mod gc;
 mod projects;
 mod robots;
 mod rules;
@@ -122,6 +123,15 @@ pub fn router(core: Arc<Registry>, builtin: Arc<Builtin>, settings: super::EdgeS
             &format!("{project}/immutabletagrules/{{immutable_rule_id}}"),
             put(rules::update).delete(rules::delete),
         )
+        .route("/system/gc", get(gc::list))
+        .route(
+            "/system/gc/schedule",
+            get(gc::schedule)
+                .post(gc::set_schedule)
+                .put(gc::set_schedule),
+        )
+        .route("/system/gc/{gc_id}", get(gc::get))
+        .route("/system/gc/{gc_id}/log", get(gc::log))
         .route("/quotas", get(rules::quotas))
         .route("/quotas/{id}", get(rules::quota).put(rules::set_quota))
         .route("/audit-logs", get(audit::list))
