@@ -88,6 +88,11 @@ pub enum GcError {
     Meta(#[from] MetaError),
     #[error("{0}")]
     Registry(#[from] RegistryError),
+    /// Another registry writes to the same storage: collecting would delete what it uses.
+    #[error("garbage collection refused: {0}")]
+    Shared(String),
+    #[error("importing: {0}")]
+    Import(#[from] crate::import::ImportError),
     #[error("deleting {digest} from storage failed {DELETE_ATTEMPTS} times: {error}")]
     Delete { digest: Digest, error: StorageError },
 }
@@ -176,6 +181,9 @@ impl Collector {
         stop: &CancellationToken,
         report: &mut Report,
     ) -> Result<(), GcError> {
+        if let Some(why) = crate::import::foreign_writes(&self.store).await? {
+            return Err(GcError::Shared(why));
+        }
         let before = now_secs() - opts.grace.as_secs() as i64;
         if opts.untagged {
             self.untagged(before, opts, progress, stop, report).await?;

@@ -71,6 +71,41 @@ struct RepoTree {
     tags: Vec<(String, String)>,
 }
 
+/// Why collecting garbage in `store` would be unsafe because Distribution uses the same tree:
+/// files in its repositories tree written after Berth imported it (Berth itself writes
+/// nothing there), or a tree never imported. `None` when Berth alone owns it. The import's
+/// marker is what marks the tree as Berth's.
+pub async fn foreign_writes(store: &BlobStore) -> Result<Option<String>, ImportError> {
+    let repos = store.list_entries(REPOSITORIES).await?;
+    if repos.is_empty() {
+        return Ok(None);
+    }
+    let marker = store
+        .list_entries("berth/")
+        .await?
+        .into_iter()
+        .find(|(p, _)| p == DONE_MARKER);
+    let Some((_, imported)) = marker else {
+        return Ok(Some(format!(
+            "{REPOSITORIES} holds a Distribution tree Berth has not imported: start `berth serve` \
+             on it or run `berth import distribution` first"
+        )));
+    };
+    let Some(imported) = imported else {
+        return Ok(None);
+    };
+    let newer = repos
+        .into_iter()
+        .find(|(_, m)| m.is_some_and(|m| m > imported));
+    Ok(newer.map(|(path, _)| {
+        format!(
+            "Distribution wrote {path} after Berth took this storage over: stop it (two \
+             registries must not collect garbage in one tree), then run `berth import \
+             distribution` again"
+        )
+    }))
+}
+
 /// Whether `store` holds a Distribution tree that has not been imported yet.
 pub async fn needs_import(store: &BlobStore) -> Result<bool, ImportError> {
     if store.read_file(DONE_MARKER).await?.is_some() {

@@ -532,8 +532,9 @@ pub async fn serve(
             move |stop| prune_audit_loop(access.clone(), audit.retention.0, stop),
         )));
     }
-    // Collections asked for through the API run on whichever instance holds the lease, and so
-    // do scheduled ones.
+    // Every instance watches for collections asked for (through any instance's API) and for
+    // the schedule; a run happens under the collection lease, on one instance at a time, and
+    // `berth gc` takes the same lease.
     let interval = settings.config.gc.interval.0;
     {
         let collector = Arc::new(crate::gc::Collector::new(
@@ -542,12 +543,12 @@ pub async fn serve(
             store.clone(),
         ));
         let opts = gc_options(&settings);
-        tasks.push(tokio::spawn(run_leased(
+        tasks.push(tokio::spawn(gc_loop(
             meta.clone(),
-            crate::gc::LEASE.into(),
-            lease::Holder::default(),
+            collector,
+            opts,
+            interval,
             delivery_stop.clone(),
-            move |stop| gc_loop(collector.clone(), opts.clone(), interval, stop),
         )));
     }
     let health = Health::new();
@@ -726,41 +727,50 @@ async fn purge_loop(registry: Arc<Registry>, p: Purging, stop: CancellationToken
 /// How often the holder of the collection lease looks for collections asked for.
 const GC_REQUEST_POLL: Duration = Duration::from_secs(2);
 
-/// Runs the collections asked for as they come, and one every `interval` (never when zero),
+/// How long the collection lease lives unrenewed.
+const GC_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// Runs the collections asked for as they come, and a scheduled one when the last scheduled run
+/// (on any instance) started `interval` ago (never when zero), each under the collection lease,
 /// until `stop`.
 async fn gc_loop(
+    meta: Arc<dyn MetaStore>,
     collector: Arc<crate::gc::Collector>,
     opts: crate::gc::Options,
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let scheduled = crate::gc::Options {
-        scheduled: true,
-        ..opts.clone()
-    };
-    let mut next = (!interval.is_zero()).then(|| tokio::time::Instant::now() + interval);
+    let started = crate::meta::access::now_ms();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(GC_REQUEST_POLL) => {}
             _ = stop.cancelled() => return,
         }
-        let run = match collector.take_request(&opts).await {
-            Ok(Some(asked)) => asked,
-            Ok(None) => match next {
-                Some(at) if tokio::time::Instant::now() >= at => {
-                    next = Some(tokio::time::Instant::now() + interval);
-                    scheduled.clone()
-                }
-                _ => continue,
-            },
+        let asked = match meta.collection_requests(1).await {
+            Ok(r) => !r.is_empty(),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the collections asked for failed");
                 continue;
             }
         };
-        let hidden = indicatif::ProgressBar::hidden();
-        match collector.run(&run, &hidden, &stop).await {
-            Ok(r) => tracing::info!(
+        let due = !interval.is_zero() && schedule_due(&*meta, started, interval).await;
+        if !asked && !due {
+            continue;
+        }
+        let job = async {
+            let run = match collector.take_request(&opts).await? {
+                Some(asked) => asked,
+                None if due => crate::gc::Options {
+                    scheduled: true,
+                    ..opts.clone()
+                },
+                None => return Ok(None),
+            };
+            let hidden = indicatif::ProgressBar::hidden();
+            collector.run(&run, &hidden, &stop).await.map(Some)
+        };
+        match run_once_leased(meta.clone(), crate::gc::LEASE, GC_LEASE_TTL, job).await {
+            Ok(Some(Ok(Some(r)))) => tracing::info!(
                 blobs = r.blobs_deleted,
                 manifests = r.manifests_deleted,
                 links = r.links_removed,
@@ -768,9 +778,28 @@ async fn gc_loop(
                 stopped = r.stopped,
                 "garbage collection finished"
             ),
-            Err(e) => tracing::warn!(error = %e, "garbage collection failed; the next run goes on"),
+            // Nothing to run after all, or another instance (or `berth gc`) is collecting.
+            Ok(Some(Ok(None))) | Ok(None) => {}
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "garbage collection failed; the next run goes on")
+            }
+            Err(e) => tracing::warn!(error = %e, "taking the collection lease failed"),
         }
     }
+}
+
+/// Whether a scheduled collection is due: the last one (on any instance) started `interval`
+/// ago, or none did since `started` (Unix ms) and that is `interval` ago.
+async fn schedule_due(meta: &dyn MetaStore, started: i64, interval: Duration) -> bool {
+    let last = match meta.collection_runs(100).await {
+        Ok(runs) => runs
+            .iter()
+            .find(|r| r.kind == "schedule")
+            .map(|r| r.started_at),
+        Err(_) => return false,
+    };
+    let since = last.unwrap_or(started);
+    crate::meta::access::now_ms() - since >= interval.as_millis() as i64
 }
 
 /// How often audit entries past their retention are removed.

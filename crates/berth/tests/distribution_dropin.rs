@@ -956,6 +956,55 @@ async fn takes_over_a_distribution_root_without_copying_blobs() {
         push_to(&env, &host, &src, "lib/single:v2", &[], &mut more);
         assert_eq!(more["lib/single"]["v2"], pushed["lib/single"]["v1"]);
     });
+    drop(reg);
+
+    // The tree is Berth's now: its collector runs (and finds nothing to delete) ...
+    let gc = || {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["gc", "--grace", "0s", "--data"])
+            .arg(&root)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let ran = gc();
+    let out = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(
+        out.contains("deleted 0 manifests, 0 links, 0 blobs"),
+        "{out}"
+    );
+    // ... until Distribution writes to it again: then collecting is refused, so that two
+    // collectors never share a tree, until the tree is imported anew.
+    {
+        let dist = Distribution::on_directory(s.tmp.path(), &root, "");
+        let host = dist.host.clone();
+        tokio::task::block_in_place(|| {
+            let mut more = Pushed::new();
+            let src = format!("oci:{}:v1", env.path("single").display());
+            push_to(&env, &host, &src, "lib/again:v1", &[], &mut more);
+        });
+    }
+    let refused = gc();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains("Distribution wrote") && err.contains("lib/again"),
+        "{err}"
+    );
+    run(Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["import", "distribution"])
+        .arg(&root));
+    let ran = gc();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

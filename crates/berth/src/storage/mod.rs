@@ -420,6 +420,18 @@ impl BlobStore {
         Ok(Some(size))
     }
 
+    /// Every file below the directory `prefix` (recursively) with when it was last written,
+    /// where the backend says.
+    pub async fn list_entries(&self, prefix: &str) -> Result<Vec<(String, Option<SystemTime>)>> {
+        Ok(self
+            .driver
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|e| (e.path, e.modified))
+            .collect())
+    }
+
     /// Every file below the directory `prefix` (recursively), as paths relative to the store's
     /// root, sorted.
     pub async fn list_files(&self, prefix: &str) -> Result<Vec<String>> {
