@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use globset::{Glob, GlobMatcher};
+use globset::{GlobBuilder, GlobMatcher};
 
 use super::builtin::project_of;
 use crate::meta::access::{AccessStore, ImmutableRule, Project};
@@ -25,7 +25,10 @@ pub fn pattern(p: &str) -> Result<GlobMatcher, String> {
     if p.trim().is_empty() {
         return Err("an empty pattern matches nothing: use ** for everything".into());
     }
-    Glob::new(p)
+    // Harbor's doublestar: `*` never crosses a `/`.
+    GlobBuilder::new(p)
+        .literal_separator(true)
+        .build()
         .map(|g| g.compile_matcher())
         .map_err(|e| format!("invalid pattern {p:?}: {e}"))
 }
