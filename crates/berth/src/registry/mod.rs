@@ -21,6 +21,8 @@ use bytes::Bytes;
 use futures::Stream;
 
 use crate::meta::{Change, Dependency, ManifestRecord, MetaError, MetaStore, UploadRecord};
+/// A garbage collection run, as [`Registry::collection_runs`] reports it.
+pub use crate::meta::CollectionRun;
 use crate::oci::digest::{Algorithm, Digest, Hasher};
 use crate::oci::manifest::{self, Platform, MAX_MANIFEST_SIZE};
 use crate::oci::name::{Reference, RepoName, Tag};
@@ -395,7 +397,7 @@ impl Registry {
     }
 
     /// The last `limit` garbage collection runs, newest first.
-    pub async fn collection_runs(&self, limit: u32) -> Result<Vec<crate::meta::CollectionRun>> {
+    pub async fn collection_runs(&self, limit: u32) -> Result<Vec<CollectionRun>> {
         Ok(self.meta.collection_runs(limit).await?)
     }
 

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{body, paged, paging, query, Api, ApiError, ApiResult, Caller};
-use crate::meta::CollectionRun;
+use crate::registry::CollectionRun;
 
 /// How many runs the history keeps answering about.
 const HISTORY: u32 = 1000;
