@@ -396,3 +396,262 @@ async fn a_push_over_quota_is_refused_before_its_bytes_are_stored() {
     .unwrap();
     assert_eq!(resp.status(), 201);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_keeps_exactly_what_its_rules_say_dry_and_for_real() {
+    let b = setup();
+    let u = b.reg.url("");
+    let reg = &b.reg;
+    let token = b
+        .token_ok(
+            Some(("admin", ADMIN_PASSWORD)),
+            &[
+                "repository:team/app:pull,push",
+                "repository:team/other:pull,push",
+            ],
+        )
+        .await;
+    // A known history, a second apart so that push times order it.
+    let mut pushed = std::collections::BTreeMap::new();
+    for tag in ["v1", "v2", "dev-1", "v3", "v4", "v5"] {
+        pushed.insert(tag, push_image(reg, "team/app", tag, &token, tag).await);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    let untagged = push_image_blobs(reg, "team/app", &token, "untagged").await;
+    let untagged_digest = common::sha256(&untagged);
+    let resp = put_manifest(reg, "team/app", &untagged_digest, &token, untagged).await;
+    assert_eq!(resp.status(), 201);
+    push_image(reg, "team/other", "v1", &token, "other").await;
+    // v1 is immutable: retention cannot delete it either.
+    let made = call(
+        &u,
+        ADMIN,
+        "POST",
+        "/projects/team/immutabletagrules",
+        Some(&rule("v1", "matches", "**", "repoMatches")),
+        &[],
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+
+    let project = call(&u, ADMIN, "GET", "/projects/team", None, &[]).await;
+    let project_id = project.body["project_id"].as_i64().unwrap();
+    let selector = |decoration: &str, pattern: &str| {
+        json!([{"kind": "doublestar", "decoration": decoration, "pattern": pattern,
+                "extras": "{\"untagged\":false}"}])
+    };
+    let policy = json!({
+        "algorithm": "or",
+        "rules": [
+            {"disabled": false, "action": "retain", "template": "latestPushedK",
+             "params": {"latestPushedK": 2}, "tag_selectors": selector("matches", "v*"),
+             "scope_selectors": {"repository": selector("repoMatches", "app")}},
+            {"disabled": false, "action": "retain", "template": "always", "params": {},
+             "tag_selectors": selector("matches", "dev-*"),
+             "scope_selectors": {"repository": selector("repoMatches", "app")}},
+        ],
+        "trigger": {"kind": "Schedule", "settings": {"cron": ""}},
+        "scope": {"level": "project", "ref": project_id},
+    })
+    .to_string();
+    refused(
+        &call(
+            &u,
+            Some(("dev", PW)),
+            "POST",
+            "/retentions",
+            Some(&policy),
+            &[],
+        )
+        .await,
+        403,
+        "FORBIDDEN",
+        "a developer sets a retention policy",
+    );
+    let pulled = policy.replace("latestPushedK", "latestPulledN");
+    refused(
+        &call(
+            &u,
+            Some(("lead", PW)),
+            "POST",
+            "/retentions",
+            Some(&pulled),
+            &[],
+        )
+        .await,
+        400,
+        "BAD_REQUEST",
+        "a template Berth cannot run",
+    );
+    let made = call(
+        &u,
+        Some(("lead", PW)),
+        "POST",
+        "/retentions",
+        Some(&policy),
+        &[],
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let id = made
+        .header("location")
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    refused(
+        &call(
+            &u,
+            Some(("lead", PW)),
+            "POST",
+            "/retentions",
+            Some(&policy),
+            &[],
+        )
+        .await,
+        409,
+        "CONFLICT",
+        "a second policy for the project",
+    );
+
+    let tags_of = |repo: &'static str| {
+        let u = u.clone();
+        async move {
+            let a = call(
+                &u,
+                ADMIN,
+                "GET",
+                &format!("/projects/team/repositories/{repo}/artifacts?page_size=100"),
+                None,
+                &[],
+            )
+            .await;
+            let mut tags: Vec<String> = a
+                .body
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|a| a["tags"].as_array().cloned().unwrap_or_default())
+                .map(|t| t["name"].as_str().unwrap().to_string())
+                .collect();
+            tags.sort();
+            (tags, a.body.as_array().unwrap().len())
+        }
+    };
+    let before = tags_of("app").await;
+    let run = |dry: bool| {
+        let (u, id) = (u.clone(), id.clone());
+        async move {
+            let body = json!({"dry_run": dry}).to_string();
+            let a = call(
+                &u,
+                Some(("lead", PW)),
+                "POST",
+                &format!("/retentions/{id}/executions"),
+                Some(&body),
+                &[],
+            )
+            .await;
+            assert_eq!(a.status, 201, "{}", a.body);
+            let eid = a.header("location").rsplit('/').next().unwrap().to_string();
+            call(
+                &u,
+                Some(("dev", PW)),
+                "GET",
+                &format!("/retentions/{id}/executions/{eid}/tasks"),
+                None,
+                &[],
+            )
+            .await
+        }
+    };
+    let deleted_of = |tasks: &Answer| -> Vec<String> {
+        let app = tasks
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["repository"] == "team/app")
+            .unwrap();
+        let mut d: Vec<String> = app["deleted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["digest"].as_str().unwrap().to_string())
+            .collect();
+        d.sort();
+        d
+    };
+    // Dry: v2 and v3 (older than the 2 latest v*), and the untagged one; v1 would go but is
+    // immutable, which only a real run finds out. Nothing changes.
+    let dry = run(true).await;
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    let mut want: Vec<String> = [
+        pushed["v1"].clone(),
+        pushed["v2"].clone(),
+        pushed["v3"].clone(),
+        untagged_digest.clone(),
+    ]
+    .into();
+    want.sort();
+    assert_eq!(deleted_of(&dry), want, "{}", dry.body);
+    assert!(
+        !dry.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["repository"] == "team/other"),
+        "a repository no rule covers is left alone: {}",
+        dry.body
+    );
+    assert_eq!(tags_of("app").await, before, "a dry run deletes nothing");
+
+    let real = run(false).await;
+    let mut want: Vec<String> =
+        [pushed["v2"].clone(), pushed["v3"].clone(), untagged_digest].into();
+    want.sort();
+    assert_eq!(deleted_of(&real), want, "{}", real.body);
+    let app = real
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["repository"] == "team/app")
+        .unwrap()
+        .clone();
+    assert_eq!(app["refused"][0]["digest"], pushed["v1"].as_str(), "{app}");
+    let (tags, artifacts) = tags_of("app").await;
+    assert_eq!(tags, ["dev-1", "v1", "v4", "v5"]);
+    assert_eq!(artifacts, 4);
+    assert_eq!(tags_of("other").await.0, ["v1"]);
+    let history = call(
+        &u,
+        Some(("dev", PW)),
+        "GET",
+        &format!("/retentions/{id}/executions"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        history.body.as_array().unwrap().len(),
+        2,
+        "{}",
+        history.body
+    );
+    assert_eq!(history.body[1]["dry_run"], true);
+    // Each deletion is an event like any other, in the audit log.
+    let log = b.berth(
+        &[
+            "audit",
+            "--json",
+            "--operation",
+            "delete",
+            "--resource",
+            "team/app",
+        ],
+        None,
+    );
+    assert_eq!(log.lines().count(), 3, "{log}");
+    assert!(log.contains("\"username\":\"lead\""), "{log}");
+}

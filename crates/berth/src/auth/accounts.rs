@@ -18,7 +18,8 @@ use crate::meta::access::{now_ms, AccessStore, NewUser, UserSource};
 /// The records the account operations hand to their callers (the management API among them).
 pub use crate::meta::access::{
     ArtifactSelection, ArtifactSummary, AuditEntry, AuditQuery, Group, ImmutableRule, Listing,
-    Member, MemberEntity, PageRequest, Project, RepositorySummary, Robot, User, UserUpdate,
+    Member, MemberEntity, PageRequest, Project, RepositorySummary, RetentionExecution,
+    RetentionRecord, Robot, User, UserUpdate,
 };
 use crate::meta::MetaError;
 
@@ -455,6 +456,71 @@ impl Accounts {
             .await;
         self.recorded(done.map_err(Into::into), "update", "quota", &project.name)
             .await
+    }
+
+    pub async fn retention(&self, id: i64) -> Result<RetentionRecord> {
+        self.store
+            .retention(id)
+            .await?
+            .ok_or_else(|| AccountError::NotFound(format!("retention policy {id}")))
+    }
+
+    /// Gives `project` its retention policy (checked by the caller); `Conflict` if it has one.
+    pub async fn add_retention(
+        &self,
+        project: &Project,
+        policy: &serde_json::Value,
+    ) -> Result<i64> {
+        let made = self.store.create_retention(project.id, policy).await;
+        let made = made.map_err(|e| match e {
+            MetaError::Conflict(_) => AccountError::Conflict(format!(
+                "project {} has a retention policy already: update it",
+                project.name
+            )),
+            e => e.into(),
+        });
+        self.recorded(made, "create", "retention", &project.name)
+            .await
+    }
+
+    pub async fn update_retention(
+        &self,
+        project: &Project,
+        record: &RetentionRecord,
+        policy: &serde_json::Value,
+    ) -> Result<()> {
+        let done = self.store.update_retention(record.id, policy).await;
+        self.recorded(
+            done.map_err(Into::into),
+            "update",
+            "retention",
+            &project.name,
+        )
+        .await
+    }
+
+    pub async fn remove_retention(
+        &self,
+        project: &Project,
+        record: &RetentionRecord,
+    ) -> Result<()> {
+        let done = self.store.delete_retention(record.id).await;
+        self.recorded(
+            done.map_err(Into::into),
+            "delete",
+            "retention",
+            &project.name,
+        )
+        .await
+    }
+
+    /// A policy's runs, newest first.
+    pub async fn retention_executions(
+        &self,
+        policy_id: i64,
+        page: PageRequest,
+    ) -> Result<Listing<RetentionExecution>> {
+        Ok(self.store.retention_executions(policy_id, page).await?)
     }
 
     pub async fn immutable_rules(&self, project: &Project) -> Result<Vec<ImmutableRule>> {

@@ -127,6 +127,34 @@ pub struct Project {
     pub storage_limit: i64,
 }
 
+/// A project's retention policy: Harbor's `RetentionPolicy` JSON as given (rules, trigger,
+/// algorithm), checked by whoever runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetentionRecord {
+    pub id: i64,
+    pub project_id: i64,
+    pub policy: serde_json::Value,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One run of a retention policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetentionExecution {
+    pub id: i64,
+    pub policy_id: i64,
+    pub dry_run: bool,
+    /// `MANUAL` or `SCHEDULE`.
+    pub trigger: String,
+    /// `Success` or `Error`.
+    pub status: String,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    pub finished_at: i64,
+    /// Per repository: what was examined, retained and deleted (JSON array).
+    pub tasks: serde_json::Value,
+}
+
 /// An immutable tag rule of a project (Harbor's shape: one tag selector, one repository
 /// selector, doublestar patterns).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -340,6 +368,22 @@ pub trait AccessStore: Send + Sync + 'static {
     async fn set_project_public(&self, id: i64, public: bool) -> Result<()>;
     /// Sets a project's storage quota in bytes (-1: none).
     async fn set_project_storage_limit(&self, id: i64, bytes: i64) -> Result<()>;
+    /// A retention policy by id.
+    async fn retention(&self, id: i64) -> Result<Option<RetentionRecord>>;
+    /// The retention policy of a project.
+    async fn retention_of(&self, project_id: i64) -> Result<Option<RetentionRecord>>;
+    /// Gives a project its retention policy; `Conflict` if it has one. Its id.
+    async fn create_retention(&self, project_id: i64, policy: &serde_json::Value) -> Result<i64>;
+    async fn update_retention(&self, id: i64, policy: &serde_json::Value) -> Result<()>;
+    async fn delete_retention(&self, id: i64) -> Result<()>;
+    /// Records a run of a policy; its id.
+    async fn add_retention_execution(&self, run: &RetentionExecution) -> Result<i64>;
+    /// A policy's runs, newest first.
+    async fn retention_executions(
+        &self,
+        policy_id: i64,
+        page: PageRequest,
+    ) -> Result<Listing<RetentionExecution>>;
     /// A project's immutable tag rules, by priority then id.
     async fn immutable_rules(&self, project_id: i64) -> Result<Vec<ImmutableRule>>;
     /// Adds a rule (its `id` is ignored) and returns its id.
@@ -500,6 +544,31 @@ pub(crate) fn project_row<'r>(r: &'r impl Columns<'r>) -> Result<Project> {
         created_at: r.int("created_at")?,
         updated_at: r.int("updated_at")?,
         storage_limit: r.int("storage_limit")?,
+    })
+}
+
+pub(crate) fn retention_row<'r>(r: &'r impl Columns<'r>) -> Result<RetentionRecord> {
+    Ok(RetentionRecord {
+        id: r.int("id")?,
+        project_id: r.int("project_id")?,
+        policy: serde_json::from_str(r.text("policy")?)
+            .map_err(|e| MetaError::Corrupt(format!("stored retention policy: {e}")))?,
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+    })
+}
+
+pub(crate) fn execution_row<'r>(r: &'r impl Columns<'r>) -> Result<RetentionExecution> {
+    Ok(RetentionExecution {
+        id: r.int("id")?,
+        policy_id: r.int("policy_id")?,
+        dry_run: r.int("dry_run")? != 0,
+        trigger: r.text("trigger_kind")?.to_string(),
+        status: r.text("status")?.to_string(),
+        started_at: r.int("started_at")?,
+        finished_at: r.int("finished_at")?,
+        tasks: serde_json::from_str(r.text("tasks")?)
+            .map_err(|e| MetaError::Corrupt(format!("stored retention tasks: {e}")))?,
     })
 }
 
@@ -1044,6 +1113,118 @@ macro_rules! access_store {
                 found(done.rows_affected(), "project")
             }
 
+            async fn retention(
+                &self,
+                id: i64,
+            ) -> $crate::meta::Result<Option<$crate::meta::access::RetentionRecord>> {
+                use $crate::meta::access::*;
+                let sql = $sql("SELECT id, project_id, policy, created_at, updated_at \
+                     FROM retention_policies WHERE id = $1");
+                let row = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await?;
+                row.as_ref().map(|r| retention_row(r)).transpose()
+            }
+
+            async fn retention_of(
+                &self,
+                project_id: i64,
+            ) -> $crate::meta::Result<Option<$crate::meta::access::RetentionRecord>> {
+                use $crate::meta::access::*;
+                let sql = $sql("SELECT id, project_id, policy, created_at, updated_at \
+                     FROM retention_policies WHERE project_id = $1");
+                let row = sqlx::query(&sql).bind(project_id).fetch_optional(self.reader()).await?;
+                row.as_ref().map(|r| retention_row(r)).transpose()
+            }
+
+            async fn create_retention(
+                &self,
+                project_id: i64,
+                policy: &serde_json::Value,
+            ) -> $crate::meta::Result<i64> {
+                use $crate::meta::access::*;
+                let sql = $sql("INSERT INTO retention_policies (project_id, policy, created_at, \
+                     updated_at) VALUES ($1, $2, $3, $3) RETURNING id");
+                sqlx::query_scalar(&sql)
+                    .bind(project_id)
+                    .bind(policy.to_string())
+                    .bind(now_ms())
+                    .fetch_one(self.writer())
+                    .await
+                    .map_err(|e| conflict_or(e, "a retention policy of this project"))
+            }
+
+            async fn update_retention(
+                &self,
+                id: i64,
+                policy: &serde_json::Value,
+            ) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let sql = $sql("UPDATE retention_policies SET policy = $1, updated_at = $2 WHERE id = $3");
+                let done = sqlx::query(&sql)
+                    .bind(policy.to_string())
+                    .bind(now_ms())
+                    .bind(id)
+                    .execute(self.writer())
+                    .await?;
+                found(done.rows_affected(), "retention policy")
+            }
+
+            async fn delete_retention(&self, id: i64) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let sql = $sql("DELETE FROM retention_policies WHERE id = $1");
+                let done = sqlx::query(&sql).bind(id).execute(self.writer()).await?;
+                found(done.rows_affected(), "retention policy")
+            }
+
+            async fn add_retention_execution(
+                &self,
+                run: &$crate::meta::access::RetentionExecution,
+            ) -> $crate::meta::Result<i64> {
+                let sql = $sql("INSERT INTO retention_executions (policy_id, dry_run, trigger_kind, \
+                     status, started_at, finished_at, tasks) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     RETURNING id");
+                Ok(sqlx::query_scalar(&sql)
+                    .bind(run.policy_id)
+                    .bind(i64::from(run.dry_run))
+                    .bind(&run.trigger)
+                    .bind(&run.status)
+                    .bind(run.started_at)
+                    .bind(run.finished_at)
+                    .bind(run.tasks.to_string())
+                    .fetch_one(self.writer())
+                    .await?)
+            }
+
+            async fn retention_executions(
+                &self,
+                policy_id: i64,
+                page: $crate::meta::access::PageRequest,
+            ) -> $crate::meta::Result<
+                $crate::meta::access::Listing<$crate::meta::access::RetentionExecution>,
+            > {
+                use $crate::meta::access::*;
+                let sql = $sql("SELECT id, policy_id, dry_run, trigger_kind, status, started_at, \
+                     finished_at, tasks FROM retention_executions WHERE policy_id = $1 \
+                     ORDER BY id DESC LIMIT $2 OFFSET $3");
+                let rows = sqlx::query(&sql)
+                    .bind(policy_id)
+                    .bind(i64::from(page.page_size))
+                    .bind(page.offset())
+                    .fetch_all(self.reader())
+                    .await?;
+                let sql = $sql("SELECT count(*) FROM retention_executions WHERE policy_id = $1");
+                let total: i64 = sqlx::query_scalar(&sql)
+                    .bind(policy_id)
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok(Listing {
+                    items: rows
+                        .iter()
+                        .map(|r| execution_row(r))
+                        .collect::<$crate::meta::Result<_>>()?,
+                    total,
+                })
+            }
+
             async fn immutable_rules(
                 &self,
                 project_id: i64,
@@ -1123,7 +1304,12 @@ macro_rules! access_store {
             async fn delete_project(&self, id: i64) -> $crate::meta::Result<()> {
                 use $crate::meta::access::*;
                 let mut tx = self.writer().begin().await?;
-                for table in ["project_members", "robots", "immutable_rules"] {
+                for table in [
+                    "project_members",
+                    "robots",
+                    "immutable_rules",
+                    "retention_policies",
+                ] {
                     sqlx::query(&$sql(&format!("DELETE FROM {table} WHERE project_id = $1")))
                         .bind(id)
                         .execute(&mut *tx)

@@ -20,6 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 
+/// A garbage collection run, as [`Registry::collection_runs`] reports it.
+pub use crate::meta::CollectionRun;
 use crate::meta::{Change, Dependency, ManifestRecord, MetaError, MetaStore, UploadRecord};
 /// A garbage collection run, as [`Registry::collection_runs`] reports it.
 pub use crate::meta::CollectionRun;

@@ -18,6 +18,7 @@ mod audit;
 pub mod error;
 mod gc;
 mod projects;
+mod retention;
 mod robots;
 mod rules;
 mod system;
@@ -132,6 +133,22 @@ pub fn router(core: Arc<Registry>, builtin: Arc<Builtin>, settings: super::EdgeS
         )
         .route("/system/gc/{gc_id}", get(gc::get))
         .route("/system/gc/{gc_id}/log", get(gc::log))
+        .route("/retentions", axum::routing::post(retention::create))
+        .route("/retentions/metadatas", get(retention::metadatas))
+        .route(
+            "/retentions/{id}",
+            get(retention::get)
+                .put(retention::update)
+                .delete(retention::delete),
+        )
+        .route(
+            "/retentions/{id}/executions",
+            get(retention::executions).post(retention::execute),
+        )
+        .route(
+            "/retentions/{id}/executions/{eid}/tasks",
+            get(retention::tasks),
+        )
         .route("/quotas", get(rules::quotas))
         .route("/quotas/{id}", get(rules::quota).put(rules::set_quota))
         .route("/audit-logs", get(audit::list))

@@ -105,7 +105,7 @@ fn rule_json(r: &ImmutableRule) -> Value {
 }
 
 /// Project admins, maintainers and system administrators change a project's rules.
-async fn rule_keeper(
+pub(super) async fn rule_keeper(
     api: &Api,
     caller: &Caller,
     parts: &Parts,

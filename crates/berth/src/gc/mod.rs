@@ -17,6 +17,8 @@
 //! two from doing the same work. A run stopped at any point leaves claimed blobs that the next
 //! run deletes first.
 
+pub mod retention;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

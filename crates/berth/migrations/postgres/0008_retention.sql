@@ -1,0 +1,22 @@
+-- Retention policies (Harbor's), at most one per project: rules saying which artifacts to keep;
+-- running the policy deletes the others in the repositories its rules cover.
+CREATE TABLE retention_policies (
+    id          BIGSERIAL PRIMARY KEY,
+    project_id  BIGINT NOT NULL UNIQUE REFERENCES projects(id) ON DELETE CASCADE,
+    policy      TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL
+);
+
+-- Each run of a policy, with what it decided per repository (JSON).
+CREATE TABLE retention_executions (
+    id           BIGSERIAL PRIMARY KEY,
+    policy_id    BIGINT NOT NULL,
+    dry_run      BIGINT NOT NULL,
+    trigger_kind TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    started_at   BIGINT NOT NULL,
+    finished_at  BIGINT NOT NULL,
+    tasks        TEXT NOT NULL
+);
+CREATE INDEX retention_executions_policy ON retention_executions(policy_id, id);
