@@ -618,6 +618,15 @@ impl Accounts {
             .await?)
     }
 
+    /// How many repositories of a project hold manifests.
+    pub async fn repository_count(&self, project: &str) -> Result<i64> {
+        let one = PageRequest {
+            page: 1,
+            page_size: 1,
+        };
+        Ok(self.repositories(project, None, one).await?.total)
+    }
+
     /// The manifests of a repository that `which` selects, with their tags.
     pub async fn artifacts(
         &self,

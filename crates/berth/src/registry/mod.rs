@@ -23,8 +23,6 @@ use futures::Stream;
 /// A garbage collection run, as [`Registry::collection_runs`] reports it.
 pub use crate::meta::CollectionRun;
 use crate::meta::{Change, Dependency, ManifestRecord, MetaError, MetaStore, UploadRecord};
-/// A garbage collection run, as [`Registry::collection_runs`] reports it.
-pub use crate::meta::CollectionRun;
 use crate::oci::digest::{Algorithm, Digest, Hasher};
 use crate::oci::manifest::{self, Platform, MAX_MANIFEST_SIZE};
 use crate::oci::name::{Reference, RepoName, Tag};

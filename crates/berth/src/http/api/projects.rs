@@ -32,17 +32,7 @@ async fn project_json(api: &Api, st: &Standing) -> Result<Value, ApiError> {
             .unwrap_or_default(),
         None => String::new(),
     };
-    let repos = api
-        .accounts
-        .repositories(
-            &p.name,
-            None,
-            PageRequest {
-                page: 1,
-                page_size: 1,
-            },
-        )
-        .await?;
+    let repos = api.accounts.repository_count(&p.name).await?;
     let role = st.role().map_or(0, Role::id);
     let mut roles = st.roles.clone();
     roles.sort();
@@ -57,7 +47,7 @@ async fn project_json(api: &Api, st: &Standing) -> Result<Value, ApiError> {
         "update_time": time_ms(p.updated_at),
         "deleted": false,
         "togglable": st.manages(),
-        "repo_count": repos.total,
+        "repo_count": repos,
         "current_user_role_id": role,
         "current_user_role_ids": roles,
         "metadata": {"public": p.public.to_string()},
@@ -253,23 +243,13 @@ pub async fn delete(
     Path(p): Path<String>,
 ) -> ApiResult {
     let st = managed(&api, &caller, &parts, &p).await?;
-    let repos = api
-        .accounts
-        .repositories(
-            &st.project.name,
-            None,
-            PageRequest {
-                page: 1,
-                page_size: 1,
-            },
-        )
-        .await?;
-    if repos.total > 0 {
+    let repos = api.accounts.repository_count(&st.project.name).await?;
+    if repos > 0 {
         return Err(ApiError::new(
             Code::PRECONDITION,
             format!(
                 "project {} still has {} repositories: delete them first",
-                st.project.name, repos.total
+                st.project.name, repos
             ),
         ));
     }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{body, created, ok, paged, paging, param, query, readable};
 use super::{Api, ApiError, ApiResult, Caller, Standing};
-use crate::auth::accounts::{ImmutableRule, PageRequest, Project};
+use crate::auth::accounts::{ImmutableRule, Project};
 use crate::auth::rbac::Role;
 
 #[derive(Deserialize, Serialize)]
@@ -289,20 +289,10 @@ pub async fn summary(
     Path(p): Path<String>,
 ) -> ApiResult {
     let st = readable(&api, &caller, &parts, &p).await?;
-    let repos = api
-        .accounts
-        .repositories(
-            &st.project.name,
-            None,
-            PageRequest {
-                page: 1,
-                page_size: 1,
-            },
-        )
-        .await?;
+    let repos = api.accounts.repository_count(&st.project.name).await?;
     let quota = quota_json(&api, &st.project).await?;
     super::json(&json!({
-        "repo_count": repos.total,
+        "repo_count": repos,
         "quota": {"hard": quota["hard"], "used": quota["used"]},
     }))
 }
