@@ -5,8 +5,8 @@
 # to CPU 0, the generator to CPU 1, 127.0.0.1 only, one temp dir; the collectors run on the
 # server's CPU. Nothing here asserts a timing: it measures and prints.
 #
-#   bench/gc-scale.sh                     # every part, SCALE=full (~25-35 min on 2 cores)
-#   QUICK=1 bench/gc-scale.sh             # small counts: an end-to-end check (~3 min)
+#   bench/gc-scale.sh                     # every part, SCALE=full (~35 min on 2 cores)
+#   QUICK=1 bench/gc-scale.sh             # small counts: an end-to-end check (~1 min)
 #   SCENARIOS=gc_delete SERVERS="berth distribution berth-s3 distribution-s3" bench/gc-scale.sh
 #
 # Parts (SCENARIOS=a,b; default gc_delete,gc_load,scale):
@@ -35,6 +35,7 @@
 #   QUICK=1         small counts everywhere (berth-bench --quick)
 #   GC_ARGS=...     extra berth-bench arguments for gc_seed (e.g. "--gc-blobs 50000")
 #   GC_LOAD_GRACE=2s  the grace period of the collector loop during gc_load
+#   GC_LOAD_NICE=N  run that collector under `nice -n N` (default: not niced)
 #   DIST_GC_ARGS=...  extra `docker-registry garbage-collect` flags (e.g. --delete-untagged)
 #   OUT=FILE        combined JSON (default $CARGO_TARGET_DIR or target/, then bench/gc-scale.json)
 #   BENCH_ARGS, BENCH_TMP, DIST_ACCESSLOG, KEEP, BUILD, BERTH_BIN, BENCH_BIN, GARAGE_BIN,
@@ -56,6 +57,7 @@ OUT="${OUT:-${CARGO_TARGET_DIR:-$ROOT/target}/bench/gc-scale.json}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 DIST_ACCESSLOG="${DIST_ACCESSLOG:-1}"
 GC_LOAD_GRACE="${GC_LOAD_GRACE:-2s}"
+GC_LOAD_NICE="${GC_LOAD_NICE:-}"
 HOST=127.0.0.1
 
 # shellcheck source=bench/lib.sh
@@ -247,7 +249,9 @@ gc_load() { # NAME
   fi
   log "gc_load: $name"
   start_server "$name" "$dir"
-  gen "$name" --scenarios gc_load --gc-cmd "$(berth_gc_cmd "$dir") --grace $GC_LOAD_GRACE" --json "$r.json"
+  local nice=""
+  [[ -n "$GC_LOAD_NICE" ]] && nice="nice -n $GC_LOAD_NICE "
+  gen "$name" --scenarios gc_load --gc-cmd "$nice$(berth_gc_cmd "$dir") --grace $GC_LOAD_GRACE" --json "$r.json"
   [[ -f "$r.json" ]] && inputs+=("$name=$r.json")
   stop_pid "$SERVER_PID"
   rm -rf "$dir/data" "$dir/meta"
