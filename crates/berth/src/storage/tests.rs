@@ -921,10 +921,17 @@ async fn s3_large_objects_go_in_parts_copy_in_parts_and_compose() {
     store.delete_upload("u1").await.unwrap();
     store.delete_upload("u2").await.unwrap();
     store.delete_upload("u3").await.unwrap();
-    assert_eq!(
-        store.list_files(UPLOADS).await.unwrap(),
-        Vec::<String>::new()
-    );
+    // Garage's listings catch up with deletes a moment later under load: wait for them (a
+    // part that stays listed for 30 s is still a failure).
+    let mut left = store.list_files(UPLOADS).await.unwrap();
+    for _ in 0..300 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = store.list_files(UPLOADS).await.unwrap();
+    }
+    assert_eq!(left, Vec::<String>::new());
 }
 
 #[tokio::test]
