@@ -270,6 +270,22 @@ macro_rules! collection_changes {
                         return Err(kept);
                     }
                 }
+                Change::RequireManifest { repo, digest } => {
+                    let gone = MetaError::NotFound(format!("manifest {digest} in {repo}"));
+                    let Some(id) = repo_id(tx, ids, &repo).await? else {
+                        return Err(gone);
+                    };
+                    let recorded: i64 = sqlx::query_scalar(&$sql(
+                        "SELECT COUNT(*) FROM manifests WHERE repo_id = $1 AND digest = $2",
+                    ))
+                    .bind(id)
+                    .bind(digest.to_string())
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    if recorded == 0 {
+                        return Err(gone);
+                    }
+                }
                 Change::RequireTagUnmoved { repo, tag, digest } => {
                     let Some(id) = repo_id(tx, ids, &repo).await? else {
                         return Ok(());

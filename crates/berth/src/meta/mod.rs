@@ -249,6 +249,9 @@ pub enum Change {
         digest: Digest,
         before: i64,
     },
+    /// Fails the transaction with `NotFound` unless the manifest `digest` is recorded in
+    /// `repo` (whose row keeps its bytes from collection).
+    RequireManifest { repo: RepoName, digest: Digest },
     /// Fails the transaction with `Conflict` if `tag` of `repo` points at a manifest other
     /// than `digest` (an immutable tag may be set once, never moved).
     RequireTagUnmoved {
@@ -442,6 +445,7 @@ pub fn affected(changes: &[Change]) -> (Vec<&RepoName>, bool) {
             | Change::ExpireReservations { .. }
             | Change::RequireUnkeptManifest { .. }
             | Change::RequireTagUnmoved { .. }
+            | Change::RequireManifest { .. }
             | Change::RecordCollection(_)
             | Change::RequestCollection(_)
             | Change::TakeCollectionRequest { .. } => continue,

@@ -774,6 +774,15 @@ async fn collection(store: &dyn MetaStore) {
         BlobState::Stored
     );
 
+    // A push of a recorded manifest under a new tag relies on its row, checked in the commit.
+    let recorded = |name: &str| Change::RequireManifest {
+        repo: r.clone(),
+        digest: digest(name),
+    };
+    store.apply(vec![recorded("gc m")]).await.unwrap();
+    let err = store.apply(vec![recorded("gc never")]).await.unwrap_err();
+    assert!(matches!(err, MetaError::NotFound(_)), "{err:?}");
+
     // An untagged manifest is listed until a tag keeps it; the guard refuses a kept one.
     let m = digest("gc m");
     let untagged = store.untagged_manifests(later, 10_000).await.unwrap();

@@ -225,6 +225,7 @@ pub fn from_changes(changes: &[Change]) -> Vec<RegistryEvent> {
             | Change::UnlinkUnreferenced { .. }
             | Change::RequireUnkeptManifest { .. }
             | Change::RequireTagUnmoved { .. }
+            | Change::RequireManifest { .. }
             | Change::RecordCollection(_)
             | Change::RequestCollection(_)
             | Change::TakeCollectionRequest { .. } => {}

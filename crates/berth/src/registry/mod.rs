@@ -955,16 +955,8 @@ impl Registry {
             subject: parsed.subject.clone(),
             annotations: parsed.annotations,
         };
-        let guards = self.tag_guards(repo, &all_tags, &digest).await?;
+        let mut changes = self.tag_guards(repo, &all_tags, &digest).await?;
         self.admit(repo, Some(&digest), body.len() as u64).await?;
-        // Reserved, the bytes found at the blob path stay there until the commit below.
-        let reservation = self.reserve(&digest, body.len() as u64).await?;
-        if let Err(e) = self.store.put_blob_bytes(&digest, body.clone()).await {
-            self.release(reservation).await;
-            return Err(e.into());
-        }
-        self.manifest_bytes.insert(digest.clone(), body);
-        let mut changes = guards;
         changes.push(Change::PutManifest {
             repo: repo.clone(),
             manifest: record,
@@ -976,11 +968,39 @@ impl Registry {
             tag: tag.clone(),
             digest: digest.clone(),
         }));
-        changes.push(reservation.release());
-        let committed = self.commit(changes).await;
-        if committed.is_err() {
-            self.release(reservation).await;
+        // Already recorded in the repository (a new tag for it): its row keeps its bytes, which
+        // the commit checks; if it went meanwhile, it is published anew below.
+        let by_digest = Reference::Digest(digest.clone());
+        let mut committed = None;
+        if self.meta.manifest(repo, &by_digest).await?.is_some() {
+            let mut kept = vec![Change::RequireManifest {
+                repo: repo.clone(),
+                digest: digest.clone(),
+            }];
+            kept.extend(changes.iter().cloned());
+            match self.commit(kept).await {
+                Err(MetaError::NotFound(_)) => {}
+                other => committed = Some(other),
+            }
         }
+        let committed = match committed {
+            Some(done) => done,
+            None => {
+                // Reserved, the bytes found at the blob path stay there until the commit.
+                let reservation = self.reserve(&digest, body.len() as u64).await?;
+                if let Err(e) = self.store.put_blob_bytes(&digest, body.clone()).await {
+                    self.release(reservation).await;
+                    return Err(e.into());
+                }
+                self.manifest_bytes.insert(digest.clone(), body);
+                changes.push(reservation.release());
+                let done = self.commit(changes).await;
+                if done.is_err() {
+                    self.release(reservation).await;
+                }
+                done
+            }
+        };
         match committed {
             Err(MetaError::MissingReference(d)) => Err(RegistryError::ManifestBlobUnknown(d)),
             // Only a guard of an immutable tag conflicts here.
