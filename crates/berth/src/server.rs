@@ -551,6 +551,10 @@ pub async fn serve(
             delivery_stop.clone(),
         )));
     }
+    tasks.push(tokio::spawn(pull_times_loop(
+        registry.clone(),
+        delivery_stop.clone(),
+    )));
     let health = Health::new();
     if let Some(probe) = settings.storage_probe {
         tasks.push(tokio::spawn(crate::http::health::probe_storage(
@@ -609,6 +613,10 @@ pub async fn serve(
     let _ = debug_stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
+    }
+    // The pulls served while draining.
+    if let Err(e) = registry.record_pulls().await {
+        tracing::warn!(error = %e, "could not record the last pull times");
     }
     if let (StorageKind::Memory, MetaKind::Sqlite(path), None) = (
         &settings.storage,
@@ -720,6 +728,22 @@ async fn purge_loop(registry: Arc<Registry>, p: Purging, stop: CancellationToken
             }
             Ok(n) => tracing::info!(uploads = n, "upload purging: removed abandoned uploads"),
             Err(e) => tracing::warn!(error = %e, "upload purging failed"),
+        }
+    }
+}
+
+/// How often the pull times tallied in memory are written.
+const PULL_TIMES_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Writes the pull times tallied by the core every [`PULL_TIMES_INTERVAL`], until `stop`.
+async fn pull_times_loop(registry: Arc<Registry>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PULL_TIMES_INTERVAL) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = registry.record_pulls().await {
+            tracing::warn!(error = %e, "could not record pull times; trying again");
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::meta::access::{now_ms, AccessStore, NewUser, UserSource};
 pub use crate::meta::access::{
     ArtifactSelection, ArtifactSummary, AuditEntry, AuditQuery, Group, ImmutableRule, Listing,
     Member, MemberEntity, PageRequest, Project, RepositorySummary, RetentionExecution,
-    RetentionRecord, Robot, User, UserUpdate,
+    RetentionRecord, Robot, TagSummary, User, UserUpdate,
 };
 use crate::meta::MetaError;
 

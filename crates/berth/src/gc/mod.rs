@@ -18,6 +18,7 @@
 //! run deletes first.
 
 pub mod retention;
+pub mod schedule;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

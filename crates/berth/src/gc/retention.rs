@@ -1,8 +1,9 @@
 //! Retention policies in Harbor's shape: rules that say which artifacts of a project to keep; a
 //! run deletes the others, in the repositories the rules cover.
 //!
-//! A rule has a template (`latestPushedK`: the K most recently pushed; `nDaysSinceLastPush`:
-//! pushed within N days; `always`), a tag selector (`matches` or `excludes` a doublestar
+//! A rule has a template (`latestPushedK`: the K most recently pushed; `latestPulledN`: the N
+//! most recently pulled; `nDaysSinceLastPush`: pushed within N days; `nDaysSinceLastPull`:
+//! pulled within N days; `always`), a tag selector (`matches` or `excludes` a doublestar
 //! pattern; `extras: {"untagged": true}` makes untagged artifacts candidates too) and a
 //! repository selector (`repoMatches` or `repoExcludes`, below the project). Rules are OR-ed:
 //! an artifact any rule retains stays. A repository no enabled rule covers is left alone.
@@ -28,7 +29,9 @@ use crate::registry::{Registry, RegistryError};
 #[derive(Clone, Debug, PartialEq)]
 pub enum Template {
     LatestPushed(usize),
+    LatestPulled(usize),
     PushedWithinDays(i64),
+    PulledWithinDays(i64),
     Always,
 }
 
@@ -49,7 +52,11 @@ pub fn templates() -> Value {
     json!([
         {"rule_template": "latestPushedK", "display_text": "the most recently pushed # artifacts",
          "action": "retain", "params": [{"type": "int", "unit": "COUNT", "required": true}]},
+        {"rule_template": "latestPulledN", "display_text": "the most recently pulled # artifacts",
+         "action": "retain", "params": [{"type": "int", "unit": "COUNT", "required": true}]},
         {"rule_template": "nDaysSinceLastPush", "display_text": "pushed within the last # days",
+         "action": "retain", "params": [{"type": "int", "unit": "DAYS", "required": true}]},
+        {"rule_template": "nDaysSinceLastPull", "display_text": "pulled within the last # days",
          "action": "retain", "params": [{"type": "int", "unit": "DAYS", "required": true}]},
         {"rule_template": "always", "display_text": "always", "action": "retain", "params": []},
     ])
@@ -82,13 +89,10 @@ fn rule(r: &Value) -> Result<Rule, String> {
     };
     let template = match template {
         "latestPushedK" => Template::LatestPushed(param("latestPushedK")? as usize),
+        "latestPulledN" => Template::LatestPulled(param("latestPulledN")? as usize),
         "nDaysSinceLastPush" => Template::PushedWithinDays(param("nDaysSinceLastPush")?),
+        "nDaysSinceLastPull" => Template::PulledWithinDays(param("nDaysSinceLastPull")?),
         "always" => Template::Always,
-        "latestPulledN" | "nDaysSinceLastPull" => {
-            return Err(format!(
-                "the {template} template is not available: Berth does not record pull times yet"
-            ))
-        }
         other => return Err(format!("unknown rule template {other:?}")),
     };
     let one = |v: &Value, what: &str| -> Result<(String, String, Value), String> {
@@ -147,23 +151,38 @@ impl Rule {
         }
         a.tags
             .iter()
-            .any(|(t, _)| self.tags.is_match(t) != self.tags_excluded)
+            .any(|t| self.tags.is_match(&t.name) != self.tags_excluded)
     }
 
     /// The digests (as text) this rule retains of `artifacts`, at `now` (Unix seconds).
+    /// Artifacts never pulled come last by pull time and are never pulled "within" a period.
     fn retains(&self, artifacts: &[ArtifactSummary], now: i64) -> Vec<String> {
         let mut chosen: Vec<&ArtifactSummary> =
             artifacts.iter().filter(|a| self.selects(a)).collect();
+        let by_pull = matches!(
+            self.template,
+            Template::LatestPulled(_) | Template::PulledWithinDays(_)
+        );
+        let time = |a: &ArtifactSummary| {
+            if by_pull {
+                a.pulled_at.unwrap_or(i64::MIN)
+            } else {
+                a.pushed_at
+            }
+        };
         chosen.sort_by(|a, b| {
-            b.pushed_at
-                .cmp(&a.pushed_at)
+            time(b)
+                .cmp(&time(a))
                 .then_with(|| a.digest.to_string().cmp(&b.digest.to_string()))
         });
+        let within = |days: i64| now - days * 24 * 3600;
         let kept: Vec<&ArtifactSummary> = match self.template {
-            Template::LatestPushed(k) => chosen.into_iter().take(k).collect(),
-            Template::PushedWithinDays(n) => chosen
+            Template::LatestPushed(k) | Template::LatestPulled(k) => {
+                chosen.into_iter().take(k).collect()
+            }
+            Template::PushedWithinDays(n) | Template::PulledWithinDays(n) => chosen
                 .into_iter()
-                .filter(|a| a.pushed_at >= now - n * 24 * 3600)
+                .filter(|a| time(a) >= within(n))
                 .collect(),
             Template::Always => chosen,
         };
@@ -222,7 +241,7 @@ pub async fn execute(
             .iter()
             .filter(|a| !retained.contains(&a.digest.to_string()))
         {
-            let tags: Vec<&str> = a.tags.iter().map(|(t, _)| t.as_str()).collect();
+            let tags: Vec<&str> = a.tags.iter().map(|t| t.name.as_str()).collect();
             let what = json!({"digest": a.digest.to_string(), "tags": tags});
             if dry_run {
                 deleted.push(what);
@@ -291,9 +310,85 @@ mod tests {
             artifact_type: None,
             size: 1,
             pushed_at,
-            tags: tags.iter().map(|t| (t.to_string(), pushed_at)).collect(),
+            pulled_at: None,
+            tags: tags
+                .iter()
+                .map(|t| crate::meta::access::TagSummary {
+                    name: t.to_string(),
+                    pushed_at,
+                    pulled_at: None,
+                })
+                .collect(),
             children: Vec::new(),
         }
+    }
+
+    fn pulled(mut a: ArtifactSummary, at: i64) -> ArtifactSummary {
+        a.pulled_at = Some(at);
+        a
+    }
+
+    #[test]
+    fn pull_rules_rank_by_the_last_pull_and_never_pulled_comes_last() {
+        let day = 24 * 3600;
+        // Pushed in one order, pulled in another; "d" was never pulled.
+        let arts = vec![
+            pulled(art("a", 400, &["v1"]), 9 * day),
+            pulled(art("b", 300, &["v2"]), 2 * day),
+            pulled(art("c", 200, &["v3"]), 8 * day),
+            art("d", 500, &["v4"]),
+        ];
+        let digest = |n: &str| Digest::of(Algorithm::Sha256, n.as_bytes()).to_string();
+        let keep = |p: Value| -> Vec<String> {
+            let mut kept: Vec<String> = parse(&p)
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.retains(&arts, 10 * day))
+                .collect();
+            kept.sort();
+            kept
+        };
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        assert_eq!(
+            keep(policy(
+                "latestPulledN",
+                json!({"latestPulledN": 2}),
+                "**",
+                false
+            )),
+            sorted(vec![digest("a"), digest("c")])
+        );
+        assert_eq!(
+            keep(policy(
+                "latestPulledN",
+                json!({"latestPulledN": 3}),
+                "**",
+                false
+            )),
+            sorted(vec![digest("a"), digest("b"), digest("c")])
+        );
+        assert_eq!(
+            keep(policy(
+                "nDaysSinceLastPull",
+                json!({"nDaysSinceLastPull": 3}),
+                "**",
+                false
+            )),
+            sorted(vec![digest("a"), digest("c")])
+        );
+        // The push templates still rank by push time: "d" is the latest pushed.
+        assert_eq!(
+            keep(policy(
+                "latestPushedK",
+                json!({"latestPushedK": 1}),
+                "**",
+                false
+            )),
+            vec![digest("d")]
+        );
     }
 
     fn policy(template: &str, params: Value, tag: &str, untagged: bool) -> Value {
@@ -366,7 +461,7 @@ mod tests {
             vec![digest("c")]
         );
         for bad in [
-            policy("latestPulledN", json!({"latestPulledN": 1}), "**", false),
+            policy("latestPulledN", json!({}), "**", false),
             policy("latestPushedK", json!({}), "**", false),
             policy("nope", json!({}), "**", false),
             json!({"rules": []}),

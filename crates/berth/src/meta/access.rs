@@ -296,6 +296,8 @@ pub struct RepositorySummary {
     pub created_at: i64,
     /// When a manifest was last pushed to it (its creation when none is newer).
     pub updated_at: i64,
+    /// How many times its manifests were pulled.
+    pub pull_count: i64,
 }
 
 /// A manifest of a repository with its tags (times in Unix seconds).
@@ -307,10 +309,22 @@ pub struct ArtifactSummary {
     /// The manifest's size plus that of every blob it references that the repository holds.
     pub size: i64,
     pub pushed_at: i64,
-    /// Tags pointing at it, by name, with when each was last set.
-    pub tags: Vec<(String, i64)>,
+    /// When it was last pulled, by tag or digest (`None`: never).
+    pub pulled_at: Option<i64>,
+    /// Tags pointing at it, by name.
+    pub tags: Vec<TagSummary>,
     /// The manifests it lists, when it is an index.
     pub children: Vec<Digest>,
+}
+
+/// A tag of an artifact (times in Unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagSummary {
+    pub name: String,
+    /// When it was last set.
+    pub pushed_at: i64,
+    /// When the artifact was last pulled by this tag (`None`: never).
+    pub pulled_at: Option<i64>,
 }
 
 /// Which manifests of a repository an artifact listing holds.
@@ -372,6 +386,8 @@ pub trait AccessStore: Send + Sync + 'static {
     async fn retention(&self, id: i64) -> Result<Option<RetentionRecord>>;
     /// The retention policy of a project.
     async fn retention_of(&self, project_id: i64) -> Result<Option<RetentionRecord>>;
+    /// Every project's retention policy, by id.
+    async fn retention_policies(&self) -> Result<Vec<RetentionRecord>>;
     /// Gives a project its retention policy; `Conflict` if it has one. Its id.
     async fn create_retention(&self, project_id: i64, policy: &serde_json::Value) -> Result<i64>;
     async fn update_retention(&self, id: i64, policy: &serde_json::Value) -> Result<()>;
@@ -1135,6 +1151,16 @@ macro_rules! access_store {
                 row.as_ref().map(|r| retention_row(r)).transpose()
             }
 
+            async fn retention_policies(
+                &self,
+            ) -> $crate::meta::Result<Vec<$crate::meta::access::RetentionRecord>> {
+                use $crate::meta::access::*;
+                let sql = $sql("SELECT id, project_id, policy, created_at, updated_at \
+                     FROM retention_policies ORDER BY id");
+                let rows = sqlx::query(&sql).fetch_all(self.reader()).await?;
+                rows.iter().map(|r| retention_row(r)).collect()
+            }
+
             async fn create_retention(
                 &self,
                 project_id: i64,
@@ -1707,7 +1733,7 @@ macro_rules! access_store {
                 use $crate::meta::access::*;
                 let pattern = name.map(like_pattern).unwrap_or_else(|| "%".to_string());
                 let sql = $sql(&format!(
-                    "SELECT r.id, r.name, r.created_at, \
+                    "SELECT r.id, r.name, r.created_at, r.pull_count, \
                      (SELECT count(*) FROM manifests m WHERE m.repo_id = r.id {TOP_LEVEL}) \
                      AS artifact_count, \
                      (SELECT max(m.created_at) FROM manifests m WHERE m.repo_id = r.id) \
@@ -1746,7 +1772,7 @@ macro_rules! access_store {
                 use $crate::meta::access::*;
                 let (digest, filter) = artifact_filter(which);
                 let sql = $sql(&format!(
-                    "SELECT m.digest, m.media_type, m.artifact_type, m.created_at, \
+                    "SELECT m.digest, m.media_type, m.artifact_type, m.created_at, m.pulled_at, \
                      m.size + COALESCE(CAST((SELECT sum(b.size) FROM manifest_refs f \
                      JOIN repo_blobs b ON b.repo_id = f.repo_id AND b.digest = f.target \
                      WHERE f.repo_id = m.repo_id AND f.manifest = m.digest AND f.kind = 'blob') \
@@ -1777,7 +1803,7 @@ macro_rules! access_store {
                         .collect::<Vec<_>>()
                         .join(", ");
                     let sql = $sql(&format!(
-                        "SELECT t.name, t.digest, t.updated_at FROM tags t \
+                        "SELECT t.name, t.digest, t.updated_at, t.pulled_at FROM tags t \
                          JOIN repositories r ON r.id = t.repo_id \
                          WHERE r.name = $1 AND t.digest IN ({marks}) ORDER BY t.name"
                     ));
@@ -1786,9 +1812,9 @@ macro_rules! access_store {
                         q = q.bind(a.digest.to_string());
                     }
                     for row in q.fetch_all(self.reader()).await? {
-                        let (name, digest, at) = tag_row(&row)?;
+                        let (digest, tag) = tag_row(&row)?;
                         if let Some(a) = items.iter_mut().find(|a| a.digest.to_string() == digest) {
-                            a.tags.push((name, at));
+                            a.tags.push(tag);
                         }
                     }
                     // And one for the children of the indexes among them.
@@ -1879,6 +1905,7 @@ pub(crate) fn repository_row<'r>(r: &'r impl Columns<'r>) -> Result<RepositorySu
         artifact_count: r.int("artifact_count")?,
         created_at,
         updated_at: r.int("updated_at").unwrap_or(created_at),
+        pull_count: r.int("pull_count")?,
     })
 }
 
@@ -1889,17 +1916,21 @@ pub(crate) fn artifact_row<'r>(r: &'r impl Columns<'r>) -> Result<ArtifactSummar
         artifact_type: r.maybe_text("artifact_type")?.map(String::from),
         size: r.int("size")?,
         pushed_at: r.int("created_at")?,
+        pulled_at: r.maybe_int("pulled_at")?,
         tags: Vec::new(),
         children: Vec::new(),
     })
 }
 
-/// A row of `name, digest, updated_at` from `tags`.
-pub(crate) fn tag_row<'r>(r: &'r impl Columns<'r>) -> Result<(String, String, i64)> {
+/// A row of `name, digest, updated_at, pulled_at` from `tags`: the digest and the tag.
+pub(crate) fn tag_row<'r>(r: &'r impl Columns<'r>) -> Result<(String, TagSummary)> {
     Ok((
-        r.text("name")?.to_string(),
         r.text("digest")?.to_string(),
-        r.int("updated_at")?,
+        TagSummary {
+            name: r.text("name")?.to_string(),
+            pushed_at: r.int("updated_at")?,
+            pulled_at: r.maybe_int("pulled_at")?,
+        },
     ))
 }
 
@@ -1955,6 +1986,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pulls_move_pull_times_forward_and_count_per_repository() {
+        use crate::meta::PullRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteMetaStore::open(&dir.path().join("meta.db"))
+            .await
+            .unwrap();
+        let one = push(&store, "team/app", "1", &["v1", "latest"]).await;
+        let two = push(&store, "team/app", "2", &["old"]).await;
+        let app: RepoName = "team/app".parse().unwrap();
+        let record = |digest: &Digest, tag: Option<&str>, at: i64, count: u64| PullRecord {
+            repo: app.clone(),
+            digest: digest.clone(),
+            tag: tag.map(|t| t.parse().unwrap()),
+            at,
+            count,
+        };
+        store
+            .apply(vec![Change::RecordPulls(vec![
+                record(&one, Some("v1"), 1000, 3),
+                record(&one, None, 900, 1),
+                // A tag pulled while it pointed at another manifest is not this one's.
+                record(&two, Some("latest"), 2000, 1),
+                // Nothing of a repository that does not exist.
+                PullRecord {
+                    repo: "team/gone".parse().unwrap(),
+                    ..record(&one, None, 5, 1)
+                },
+            ])])
+            .await
+            .unwrap();
+        // An older time never moves a pull time back.
+        store
+            .apply(vec![Change::RecordPulls(vec![record(
+                &one,
+                Some("v1"),
+                10,
+                1,
+            )])])
+            .await
+            .unwrap();
+        let arts = store
+            .artifact_summaries(&app, ArtifactSelection::All, page(1, 10))
+            .await
+            .unwrap();
+        let a1 = arts.items.iter().find(|a| a.digest == one).unwrap();
+        let a2 = arts.items.iter().find(|a| a.digest == two).unwrap();
+        assert_eq!(a1.pulled_at, Some(1000));
+        assert_eq!(a2.pulled_at, Some(2000));
+        let tag = |a: &ArtifactSummary, name: &str| {
+            a.tags.iter().find(|t| t.name == name).unwrap().pulled_at
+        };
+        assert_eq!(tag(a1, "v1"), Some(1000));
+        assert_eq!(
+            tag(a1, "latest"),
+            None,
+            "pulled by digest or another tag only"
+        );
+        assert_eq!(tag(a2, "old"), None);
+        let repos = store
+            .repository_summaries("team/", None, page(1, 10))
+            .await
+            .unwrap();
+        assert_eq!(repos.items[0].pull_count, 6);
+    }
+
+    #[tokio::test]
     async fn repositories_and_artifacts_of_a_project() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteMetaStore::open(&dir.path().join("meta.db"))
@@ -1995,7 +2092,7 @@ mod tests {
             .unwrap();
         assert_eq!(arts.total, 2);
         let first = arts.items.iter().find(|a| a.digest == one).unwrap();
-        let tags: Vec<&str> = first.tags.iter().map(|(t, _)| t.as_str()).collect();
+        let tags: Vec<&str> = first.tags.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(tags, ["latest", "v1"]);
         assert_eq!(first.size, 110, "the manifest and the blob it references");
         let untagged = arts.items.iter().find(|a| a.digest == two).unwrap();

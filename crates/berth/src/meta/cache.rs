@@ -281,4 +281,8 @@ impl super::UncachedReads for CachedMetaStore {
     async fn collection_requests(&self, limit: u32) -> Result<Vec<super::CollectionRequest>> {
         self.inner.collection_requests(limit).await
     }
+
+    async fn schedule(&self, name: &str) -> Result<Option<super::ScheduleRecord>> {
+        self.inner.schedule(name).await
+    }
 }

@@ -140,9 +140,31 @@ pub const NAMESPACE_HOLDS: &str = "SELECT COUNT(*) FROM (\
 pub const RUNS: &str = "SELECT id, started_at, finished_at, dry_run, kind, status, blobs_deleted, \
      manifests_deleted, links_removed, bytes_freed, detail FROM gc_runs ORDER BY id DESC LIMIT $1";
 
-/// The engine's handling of the collection changes: `async fn apply_collection(tx, ids,
-/// change)`, for a transaction type `$tx` whose statements are `$sql(..)` of the ones above.
-/// The engine's `repo_id` and `now` must be in scope.
+/// $1 name.
+pub const SCHEDULE: &str =
+    "SELECT name, cron, parameters, created_at, updated_at FROM schedules WHERE name = $1";
+
+/// $1 name, $2 cron, $3 parameters, $4 now (ms).
+pub const SET_SCHEDULE: &str =
+    "INSERT INTO schedules (name, cron, parameters, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $4) ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, \
+     parameters = excluded.parameters, updated_at = excluded.updated_at";
+
+/// $1 repo id, $2 digest, $3 at.
+pub const PULL_MANIFEST: &str = "UPDATE manifests SET pulled_at = $3 \
+     WHERE repo_id = $1 AND digest = $2 AND (pulled_at IS NULL OR pulled_at < $3)";
+
+/// $1 repo id, $2 tag, $3 digest, $4 at: only while the tag still points at what was pulled.
+pub const PULL_TAG: &str = "UPDATE tags SET pulled_at = $4 \
+     WHERE repo_id = $1 AND name = $2 AND digest = $3 AND (pulled_at IS NULL OR pulled_at < $4)";
+
+/// $1 repo id, $2 how many.
+pub const PULL_COUNT: &str = "UPDATE repositories SET pull_count = pull_count + $2 WHERE id = $1";
+
+/// The engine's handling of the collection changes (and of pull records, written the same way
+/// for both engines): `async fn apply_collection(tx, ids, change)`, for a transaction type
+/// `$tx` whose statements are `$sql(..)` of the ones above. The engine's `repo_id` and `now`
+/// must be in scope.
 macro_rules! collection_changes {
     ($sql:path, $tx:ty) => {
         /// `NotFound` unless `source` links `digest` as of this transaction: a mount links only
@@ -337,6 +359,49 @@ macro_rules! collection_changes {
                         return Err(MetaError::NotFound(format!("collection request {id}")));
                     }
                 }
+                Change::RecordPulls(pulls) => {
+                    for p in pulls {
+                        let Some(id) = repo_id(tx, ids, &p.repo).await? else {
+                            continue;
+                        };
+                        let digest = p.digest.to_string();
+                        sqlx::query(&$sql(PULL_MANIFEST))
+                            .bind(id)
+                            .bind(&digest)
+                            .bind(p.at)
+                            .execute(&mut **tx)
+                            .await?;
+                        if let Some(tag) = &p.tag {
+                            sqlx::query(&$sql(PULL_TAG))
+                                .bind(id)
+                                .bind(tag.as_str())
+                                .bind(&digest)
+                                .bind(p.at)
+                                .execute(&mut **tx)
+                                .await?;
+                        }
+                        sqlx::query(&$sql(PULL_COUNT))
+                            .bind(id)
+                            .bind(p.count as i64)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                }
+                Change::SetSchedule(s) => {
+                    sqlx::query(&$sql(SET_SCHEDULE))
+                        .bind(&s.name)
+                        .bind(&s.cron)
+                        .bind(s.parameters.to_string())
+                        .bind(s.updated_at)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Change::RemoveSchedule { name } => {
+                    sqlx::query(&$sql("DELETE FROM schedules WHERE name = $1"))
+                        .bind(&name)
+                        .execute(&mut **tx)
+                        .await?;
+                }
                 other => {
                     return Err(MetaError::Corrupt(format!(
                         "not a collection change: {other:?}"
@@ -483,13 +548,37 @@ macro_rules! collection_reads {
                 .await?;
             rows.iter().map(|r| request_row(r)).collect()
         }
+
+        async fn schedule(
+            &self,
+            name: &str,
+        ) -> $crate::meta::Result<Option<$crate::meta::ScheduleRecord>> {
+            use $crate::meta::collect::*;
+            let row = sqlx::query(&$sql(SCHEDULE))
+                .bind(name)
+                .fetch_optional(self.reader())
+                .await?;
+            row.as_ref().map(|r| schedule_row(r)).transpose()
+        }
         }
     };
 }
 pub(crate) use collection_reads;
 
 use super::rows::{parse_digest, parse_repo, Columns};
-use super::{BlobRecord, CollectionRequest, CollectionRun, Result};
+use super::{BlobRecord, CollectionRequest, CollectionRun, Result, ScheduleRecord};
+
+pub fn schedule_row<'r>(r: &'r impl Columns<'r>) -> Result<ScheduleRecord> {
+    let parameters = r.text("parameters")?;
+    Ok(ScheduleRecord {
+        name: r.text("name")?.to_string(),
+        cron: r.text("cron")?.to_string(),
+        parameters: serde_json::from_str(parameters)
+            .map_err(|e| super::MetaError::Corrupt(format!("stored schedule parameters: {e}")))?,
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+    })
+}
 
 pub fn request_row<'r>(r: &'r impl Columns<'r>) -> Result<CollectionRequest> {
     Ok(CollectionRequest {

@@ -265,6 +265,40 @@ pub enum Change {
     RequestCollection(CollectionRequest),
     /// Takes a request to run it. `NotFound` if it is gone (taken already).
     TakeCollectionRequest { id: i64 },
+    /// Records pulls served: each manifest's (and tag's, when pulled by tag) last pull time
+    /// moves forward to the record's, and the repository's pull count grows. Pulls of content
+    /// that is gone are skipped.
+    RecordPulls(Vec<PullRecord>),
+    /// Sets the schedule `name` (keeping its creation time when it exists).
+    SetSchedule(ScheduleRecord),
+    /// Removes the schedule `name`; removing none is not an error.
+    RemoveSchedule { name: String },
+}
+
+/// A recurring job's schedule, set through the API.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ScheduleRecord {
+    /// What it schedules (`gc`).
+    pub name: String,
+    /// A cron expression with seconds.
+    pub cron: String,
+    /// What each run gets (JSON).
+    pub parameters: serde_json::Value,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Manifest pulls of one repository, manifest and tag, gathered since the last record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullRecord {
+    pub repo: RepoName,
+    pub digest: Digest,
+    /// The tag it was pulled by (none when pulled by digest).
+    pub tag: Option<Tag>,
+    /// The last of the pulls, Unix seconds.
+    pub at: i64,
+    pub count: u64,
 }
 
 /// A garbage collection asked for, waiting for the instance that holds the collection lease.
@@ -337,6 +371,8 @@ pub trait UncachedReads: Send + Sync {
     async fn collection_runs(&self, limit: u32) -> Result<Vec<CollectionRun>>;
     /// Up to `limit` collections asked for and not yet taken, oldest first.
     async fn collection_requests(&self, limit: u32) -> Result<Vec<CollectionRequest>>;
+    /// The schedule `name`, if one is set.
+    async fn schedule(&self, name: &str) -> Result<Option<ScheduleRecord>>;
 }
 
 /// The metadata store interface.
@@ -448,7 +484,10 @@ pub fn affected(changes: &[Change]) -> (Vec<&RepoName>, bool) {
             | Change::RequireManifest { .. }
             | Change::RecordCollection(_)
             | Change::RequestCollection(_)
-            | Change::TakeCollectionRequest { .. } => continue,
+            | Change::TakeCollectionRequest { .. }
+            | Change::RecordPulls(_)
+            | Change::SetSchedule(_)
+            | Change::RemoveSchedule { .. } => continue,
         };
         if !repos.contains(&repo) {
             repos.push(repo);

@@ -38,6 +38,7 @@ pub trait Columns<'r>: Row {
     fn text(&'r self, col: &str) -> Result<&'r str>;
     fn maybe_text(&'r self, col: &str) -> Result<Option<&'r str>>;
     fn int(&'r self, col: &str) -> Result<i64>;
+    fn maybe_int(&'r self, col: &str) -> Result<Option<i64>>;
 }
 
 impl<'r, R> Columns<'r> for R
@@ -47,6 +48,7 @@ where
     &'r str: Decode<'r, R::Database> + Type<R::Database>,
     Option<&'r str>: Decode<'r, R::Database> + Type<R::Database>,
     i64: Decode<'r, R::Database> + Type<R::Database>,
+    Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
 {
     fn text(&'r self, col: &str) -> Result<&'r str> {
         Ok(self.try_get(col)?)
@@ -55,6 +57,9 @@ where
         Ok(self.try_get(col)?)
     }
     fn int(&'r self, col: &str) -> Result<i64> {
+        Ok(self.try_get(col)?)
+    }
+    fn maybe_int(&'r self, col: &str) -> Result<Option<i64>> {
         Ok(self.try_get(col)?)
     }
 }

@@ -864,4 +864,31 @@ async fn collection(store: &dyn MetaStore) {
         ("stopped", 40)
     );
     assert!(runs[0].id > runs[1].id);
+
+    // Schedules: set, changed (keeping their creation), removed.
+    assert_eq!(store.schedule("gc").await.unwrap(), None);
+    let set = |cron: &str, at: i64| {
+        Change::SetSchedule(crate::meta::ScheduleRecord {
+            name: "gc".into(),
+            cron: cron.into(),
+            parameters: serde_json::json!({"delete_untagged": true}),
+            created_at: at,
+            updated_at: at,
+        })
+    };
+    store.apply(vec![set("0 0 0 * * *", 1000)]).await.unwrap();
+    store.apply(vec![set("0 0 * * * *", 2000)]).await.unwrap();
+    let s = store.schedule("gc").await.unwrap().unwrap();
+    assert_eq!(
+        (s.cron.as_str(), s.created_at, s.updated_at),
+        ("0 0 * * * *", 1000, 2000)
+    );
+    assert_eq!(s.parameters["delete_untagged"], true);
+    for _ in 0..2 {
+        store
+            .apply(vec![Change::RemoveSchedule { name: "gc".into() }])
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.schedule("gc").await.unwrap(), None);
 }

@@ -228,7 +228,10 @@ pub fn from_changes(changes: &[Change]) -> Vec<RegistryEvent> {
             | Change::RequireManifest { .. }
             | Change::RecordCollection(_)
             | Change::RequestCollection(_)
-            | Change::TakeCollectionRequest { .. } => {}
+            | Change::TakeCollectionRequest { .. }
+            | Change::RecordPulls(_)
+            | Change::SetSchedule(_)
+            | Change::RemoveSchedule { .. } => {}
         }
     }
     events

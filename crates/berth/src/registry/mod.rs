@@ -10,6 +10,7 @@
 
 pub mod events;
 pub mod policy;
+pub mod pulls;
 
 use std::collections::HashMap;
 use std::io;
@@ -231,6 +232,8 @@ pub struct Registry {
     /// How long the backend URLs that blob pulls are redirected to stay valid; `None` serves
     /// every blob through this process.
     redirect: Option<Duration>,
+    /// Manifest pulls not yet written (see [`pulls`]).
+    pulls: pulls::PullTally,
 }
 
 /// Weighs cached manifests by their size.
@@ -254,6 +257,7 @@ impl Registry {
             hashers: Mutex::new(HashMap::new()),
             sinks: Vec::new(),
             policy: None,
+            pulls: pulls::PullTally::default(),
             index_children: IndexChildren::All,
             manifest_bytes: quick_cache::sync::Cache::with_weighter(
                 16_384,
@@ -1057,11 +1061,13 @@ impl Registry {
         manifest: &ManifestDescriptor,
     ) -> Result<Bytes> {
         let bytes = self.manifest_content(&manifest.digest).await?;
+        let tag = match reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        self.pulls
+            .note(repo, &manifest.digest, tag, pulls::unix_now());
         self.note_pull(|| {
-            let tag = match reference {
-                Reference::Tag(t) => Some(t),
-                Reference::Digest(_) => None,
-            };
             events::pull(
                 repo,
                 &manifest.digest,
@@ -1072,6 +1078,27 @@ impl Registry {
         })
         .await;
         Ok(bytes)
+    }
+
+    /// Writes the pull times tallied since the last call (see [`pulls`]); returns how many
+    /// manifests' times it wrote. On failure the tally is kept for the next call.
+    pub async fn record_pulls(&self) -> std::result::Result<usize, MetaError> {
+        let records = self.pulls.take();
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let n = records.len();
+        match self
+            .meta
+            .apply(vec![Change::RecordPulls(records.clone())])
+            .await
+        {
+            Ok(()) => Ok(n),
+            Err(e) => {
+                self.pulls.restore(records);
+                Err(e)
+            }
+        }
     }
 
     async fn manifest_content(&self, digest: &Digest) -> Result<Bytes> {

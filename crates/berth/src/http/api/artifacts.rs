@@ -16,13 +16,15 @@ use super::{
     body, created, ok, paged, paging, param, query, standing_in, time_s, Api, ApiError, ApiResult,
     Caller, Code, Standing,
 };
-use crate::auth::accounts::{ArtifactSelection, ArtifactSummary, PageRequest, RepositorySummary};
+use crate::auth::accounts::{
+    ArtifactSelection, ArtifactSummary, PageRequest, RepositorySummary, TagSummary,
+};
 use crate::auth::rbac::Action;
 use crate::oci::digest::Digest;
 use crate::oci::name::{Reference, RepoName, Tag};
 use crate::registry::events::with_request;
 
-/// Harbor's time for "never" (pull times Berth does not record).
+/// Harbor's time for "never" (content never pulled).
 const NEVER: &str = "0001-01-01T00:00:00Z";
 
 /// The project `name` (always a name on these paths) when the caller may do `action` in it.
@@ -66,7 +68,7 @@ fn repository_json(project_id: i64, r: &RepositorySummary) -> Value {
         "name": r.name.as_str(),
         "description": "",
         "artifact_count": r.artifact_count,
-        "pull_count": 0,
+        "pull_count": r.pull_count,
         "creation_time": time_s(r.created_at),
         "update_time": time_s(r.updated_at),
     })
@@ -99,7 +101,7 @@ fn artifact_json(
     let tags: Option<Vec<Value>> = with_tags.then(|| {
         a.tags
             .iter()
-            .map(|(name, at)| tag_json(repo_id, repo, artifact_id, name, *at))
+            .map(|t| tag_json(repo_id, repo, artifact_id, t))
             .collect()
     });
     // An index's children, as Harbor references them (Berth does not keep their platforms).
@@ -128,7 +130,7 @@ fn artifact_json(
         "size": a.size,
         "icon": "",
         "push_time": time_s(a.pushed_at),
-        "pull_time": NEVER,
+        "pull_time": pull_time(a.pulled_at),
         "extra_attrs": {},
         "tags": tags,
         "labels": null,
@@ -136,14 +138,19 @@ fn artifact_json(
     })
 }
 
-fn tag_json(repo_id: i64, repo: &RepoName, artifact_id: i64, name: &str, at: i64) -> Value {
+/// Harbor's `pull_time`: when, or its time for "never".
+fn pull_time(at: Option<i64>) -> String {
+    at.map_or_else(|| NEVER.to_string(), time_s)
+}
+
+fn tag_json(repo_id: i64, repo: &RepoName, artifact_id: i64, tag: &TagSummary) -> Value {
     json!({
-        "id": number_for(&format!("{}:{name}", repo.as_str())),
+        "id": number_for(&format!("{}:{}", repo.as_str(), tag.name)),
         "repository_id": repo_id,
         "artifact_id": artifact_id,
-        "name": name,
-        "push_time": time_s(at),
-        "pull_time": NEVER,
+        "name": tag.name,
+        "push_time": time_s(tag.pushed_at),
+        "pull_time": pull_time(tag.pulled_at),
         "immutable": false,
     })
 }
@@ -375,7 +382,7 @@ pub async fn tags(
     let artifact_id = number_for(&a.digest.to_string());
     let items: Vec<Value> = super::slice(&a.tags, page)
         .iter()
-        .map(|(name, at)| tag_json(found.id, &repo, artifact_id, name, *at))
+        .map(|t| tag_json(found.id, &repo, artifact_id, t))
         .collect();
     paged(&parts, page, a.tags.len() as i64, &items)
 }
@@ -425,7 +432,7 @@ pub async fn delete_tag(
     let st = project_for(&api, &caller, &p, Action::Delete).await?;
     let repo = repo_name(&st.project.name, &r)?;
     let a = artifact_of(&api, &repo, &reference).await?;
-    if !a.tags.iter().any(|(t, _)| *t == tag) {
+    if !a.tags.iter().any(|t| t.name == tag) {
         return Err(ApiError::not_found(format!(
             "tag {tag} is not on artifact {reference} of {repo}"
         )));
