@@ -551,6 +551,14 @@ pub async fn serve(
             delivery_stop.clone(),
         )));
     }
+    if settings.config.auth.builtin.is_some() {
+        tasks.push(tokio::spawn(retention_loop(
+            meta.clone(),
+            registry.clone(),
+            access.clone(),
+            delivery_stop.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(pull_times_loop(
         registry.clone(),
         delivery_stop.clone(),
@@ -754,9 +762,10 @@ const GC_REQUEST_POLL: Duration = Duration::from_secs(2);
 /// How long the collection lease lives unrenewed.
 const GC_LEASE_TTL: Duration = Duration::from_secs(10);
 
-/// Runs the collections asked for as they come, and a scheduled one when the last scheduled run
-/// (on any instance) started `interval` ago (never when zero), each under the collection lease,
-/// until `stop`.
+/// Runs the collections asked for as they come, and the scheduled ones as they fall due (see
+/// `gc::Collector::scheduled_run`), each under the collection lease, until `stop`. What to run
+/// is decided again once the lease is held, so an instance that waited for it does not repeat
+/// the run another instance just finished.
 async fn gc_loop(
     meta: Arc<dyn MetaStore>,
     collector: Arc<crate::gc::Collector>,
@@ -777,18 +786,23 @@ async fn gc_loop(
                 continue;
             }
         };
-        let due = !interval.is_zero() && schedule_due(&*meta, started, interval).await;
+        let due = match collector.scheduled_run(&opts, interval, started).await {
+            Ok(due) => due.is_some(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the collection schedule failed");
+                false
+            }
+        };
         if !asked && !due {
             continue;
         }
         let job = async {
             let run = match collector.take_request(&opts).await? {
                 Some(asked) => asked,
-                None if due => crate::gc::Options {
-                    scheduled: true,
-                    ..opts.clone()
+                None => match collector.scheduled_run(&opts, interval, started).await? {
+                    Some(scheduled) => scheduled,
+                    None => return Ok(None),
                 },
-                None => return Ok(None),
             };
             let hidden = indicatif::ProgressBar::hidden();
             collector.run(&run, &hidden, &stop).await.map(Some)
@@ -812,18 +826,35 @@ async fn gc_loop(
     }
 }
 
-/// Whether a scheduled collection is due: the last one (on any instance) started `interval`
-/// ago, or none did since `started` (Unix ms) and that is `interval` ago.
-async fn schedule_due(meta: &dyn MetaStore, started: i64, interval: Duration) -> bool {
-    let last = match meta.collection_runs(100).await {
-        Ok(runs) => runs
-            .iter()
-            .find(|r| r.kind == "schedule")
-            .map(|r| r.started_at),
-        Err(_) => return false,
-    };
-    let since = last.unwrap_or(started);
-    crate::meta::access::now_ms() - since >= interval.as_millis() as i64
+/// How often every instance looks for scheduled retention runs that fell due.
+const RETENTION_POLL: Duration = Duration::from_secs(5);
+
+/// Runs the retention policies whose schedules fell due, under the retention lease (so on one
+/// instance at a time, which decides again what is due once it holds it), until `stop`.
+async fn retention_loop(
+    meta: Arc<dyn MetaStore>,
+    registry: Arc<Registry>,
+    access: Arc<dyn AccessStore>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RETENTION_POLL) => {}
+            _ = stop.cancelled() => return,
+        }
+        let job = crate::registry::events::with_request(
+            crate::registry::events::RequestContext {
+                actor: Some("retention".into()),
+                ..Default::default()
+            },
+            crate::gc::retention::run_due(&registry, access.as_ref()),
+        );
+        match run_once_leased(meta.clone(), crate::gc::retention::LEASE, GC_LEASE_TTL, job).await {
+            Ok(Some(Ok(_))) | Ok(None) => {}
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "scheduled retention failed"),
+            Err(e) => tracing::warn!(error = %e, "taking the retention lease failed"),
+        }
+    }
 }
 
 /// How often audit entries past their retention are removed.

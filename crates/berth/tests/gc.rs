@@ -777,9 +777,6 @@ async fn a_collection_asked_for_through_the_api_runs_and_is_in_its_history() {
     )
     .await;
     assert_eq!(a.status, 403, "only system administrators: {}", a.body);
-    let daily = manual.replace("Manual", "Daily");
-    let a = call(&u, admin, "PUT", "/system/gc/schedule", Some(&daily), &[]).await;
-    assert_eq!(a.status, 400, "the schedule is config.yml's: {}", a.body);
     let schedule = call(&u, admin, "GET", "/system/gc/schedule", None, &[]).await;
     assert_eq!(
         schedule.body["schedule"]["type"], "None",
@@ -828,4 +825,113 @@ async fn a_collection_asked_for_through_the_api_runs_and_is_in_its_history() {
         text.contains("deleted 0 manifests, 0 links, 1 blobs"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_set_through_the_api_runs_until_it_is_removed() {
+    use common::builtin::{push_image_blobs, put_manifest, BuiltinRegistry, ADMIN_PASSWORD};
+    use harbor::call;
+    let b = BuiltinRegistry::start_with("", "gc:\n  grace: 0s\n");
+    let u = b.reg.url("");
+    let admin = Some(("admin", ADMIN_PASSWORD));
+    b.add_project("team", false);
+    b.add_user("dev", "Passw0rdX");
+    b.add_member("team", "dev", "projectAdmin");
+    let token = b.token_ok(admin, &["repository:team/app:pull,push"]).await;
+    // An untagged manifest: what a schedule with delete_untagged collects.
+    let manifest = push_image_blobs(&b.reg, "team/app", &token, "scheduled").await;
+    let digest = common::sha256(&manifest);
+    let resp = put_manifest(&b.reg, "team/app", &digest, &token, manifest).await;
+    assert_eq!(resp.status(), 201);
+
+    let every = |kind: &str, cron: &str| {
+        serde_json::json!({"schedule": {"type": kind, "cron": cron},
+            "parameters": {"delete_untagged": true, "dry_run": false, "workers": 2}})
+        .to_string()
+    };
+    let dev = Some(("dev", "Passw0rdX"));
+    let every_two = every("Custom", "*/2 * * * * *");
+    let a = call(&u, dev, "PUT", "/system/gc/schedule", Some(&every_two), &[]).await;
+    assert_eq!(a.status, 403, "only system administrators: {}", a.body);
+    for bad in [
+        every("Custom", "every night"),
+        every("Custom", ""),
+        every("Sometimes", ""),
+    ] {
+        let a = call(&u, admin, "PUT", "/system/gc/schedule", Some(&bad), &[]).await;
+        assert_eq!(a.status, 400, "{bad}: {}", a.body);
+        assert!(!a.message().is_empty());
+    }
+    let a = call(
+        &u,
+        admin,
+        "PUT",
+        "/system/gc/schedule",
+        Some(&every_two),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let schedule = call(&u, admin, "GET", "/system/gc/schedule", None, &[]).await;
+    assert_eq!(
+        schedule.body["schedule"]["type"], "Custom",
+        "{}",
+        schedule.body
+    );
+    assert_eq!(schedule.body["schedule"]["cron"], "*/2 * * * * *");
+    assert!(schedule.body["schedule"]["next_scheduled_time"].is_string());
+    assert_eq!(schedule.body["parameters"]["delete_untagged"], true);
+
+    let scheduled_runs = || {
+        let u = u.clone();
+        async move {
+            let history = call(&u, admin, "GET", "/system/gc?page_size=100", None, &[]).await;
+            assert_eq!(history.status, 200, "{}", history.body);
+            history
+                .body
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["job_kind"] == "SCHEDULE")
+                .count()
+        }
+    };
+    let manifest_url = b.reg.url(&format!("/v2/team/app/manifests/{digest}"));
+    let mut gone = false;
+    for _ in 0..100 {
+        let status = common::builtin::bearer(common::oci::client().get(&manifest_url), &token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(gone, "a scheduled run collected the untagged manifest");
+    assert!(scheduled_runs().await >= 1);
+
+    // Removed: no scheduled run starts any more (one under way may still finish).
+    let none = every("None", "");
+    let a = call(&u, admin, "PUT", "/system/gc/schedule", Some(&none), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let schedule = call(&u, admin, "GET", "/system/gc/schedule", None, &[]).await;
+    assert_eq!(
+        schedule.body["schedule"]["type"], "None",
+        "{}",
+        schedule.body
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settled = scheduled_runs().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(scheduled_runs().await, settled, "the schedule was removed");
+    // Changing the schedule is in the audit log.
+    let log = b.berth(&["audit", "--json", "--resource", "gc"], None);
+    let changes = log
+        .lines()
+        .filter(|l| l.contains("\"resource_type\":\"schedule\""))
+        .count();
+    assert_eq!(changes, 2, "{log}");
 }

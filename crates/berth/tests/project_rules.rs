@@ -468,21 +468,32 @@ async fn retention_keeps_exactly_what_its_rules_say_dry_and_for_real() {
         "FORBIDDEN",
         "a developer sets a retention policy",
     );
-    let pulled = policy.replace("latestPushedK", "latestPulledN");
-    refused(
-        &call(
-            &u,
-            Some(("lead", PW)),
-            "POST",
-            "/retentions",
-            Some(&pulled),
-            &[],
-        )
-        .await,
-        400,
-        "BAD_REQUEST",
-        "a template Berth cannot run",
-    );
+    for (bad, what) in [
+        (
+            policy.replace("latestPushedK", "latestPulledTen"),
+            "an unknown template",
+        ),
+        (
+            policy.replace("\"cron\":\"\"", "\"cron\":\"nightly\""),
+            "a schedule that is not cron",
+        ),
+    ] {
+        assert_ne!(bad, policy);
+        refused(
+            &call(
+                &u,
+                Some(("lead", PW)),
+                "POST",
+                "/retentions",
+                Some(&bad),
+                &[],
+            )
+            .await,
+            400,
+            "BAD_REQUEST",
+            what,
+        );
+    }
     let made = call(
         &u,
         Some(("lead", PW)),
@@ -654,4 +665,153 @@ async fn retention_keeps_exactly_what_its_rules_say_dry_and_for_real() {
     );
     assert_eq!(log.lines().count(), 3, "{log}");
     assert!(log.contains("\"username\":\"lead\""), "{log}");
+}
+
+/// The artifacts of `repo` (below project `team`) by tag: (tag, push time, pull time) and the
+/// artifact's own pull time.
+async fn pull_times(u: &str, repo: &str) -> Vec<(String, String, String)> {
+    let a = call(
+        u,
+        ADMIN,
+        "GET",
+        &format!("/projects/team/repositories/{repo}/artifacts?page_size=100"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let mut out = Vec::new();
+    for art in a.body.as_array().unwrap() {
+        for t in art["tags"].as_array().cloned().unwrap_or_default() {
+            out.push((
+                t["name"].as_str().unwrap().to_string(),
+                t["pull_time"].as_str().unwrap().to_string(),
+                art["pull_time"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pulls_are_timed_and_a_scheduled_policy_keeps_what_was_pulled_last() {
+    const NEVER: &str = "0001-01-01T00:00:00Z";
+    let b = setup();
+    let u = b.reg.url("");
+    let token = b.token_ok(ADMIN, &["repository:team/app:pull,push"]).await;
+    let mut pushed = std::collections::BTreeMap::new();
+    for tag in ["v1", "v2", "v3"] {
+        pushed.insert(tag, push_image(&b.reg, "team/app", tag, &token, tag).await);
+    }
+    assert!(
+        pull_times(&u, "app")
+            .await
+            .iter()
+            .all(|(_, t, a)| t == NEVER && a == NEVER),
+        "nothing pulled yet"
+    );
+    // v3 is pulled by tag, then v1 by digest a second later; v2 never.
+    let pull = |reference: String| {
+        let (reg, token) = (
+            b.reg.url(&format!("/v2/team/app/manifests/{reference}")),
+            token.clone(),
+        );
+        async move {
+            let resp = bearer(client().get(reg), &token)
+                .header("accept", "application/vnd.oci.image.manifest.v1+json")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+    };
+    pull("v3".into()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    pull(pushed["v1"].clone()).await;
+    // Written behind the pulls: seen within a few seconds.
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        times = pull_times(&u, "app").await;
+        if times.iter().filter(|(_, _, a)| a != NEVER).count() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let [(t1, p1, a1), (t2, p2, a2), (t3, p3, a3)] = &times[..] else {
+        panic!("{times:?}");
+    };
+    assert_eq!((t1.as_str(), t2.as_str(), t3.as_str()), ("v1", "v2", "v3"));
+    assert_eq!(p1, NEVER, "v1 was pulled by digest, not by its tag");
+    assert_ne!(a1, NEVER);
+    assert_eq!((p2.as_str(), a2.as_str()), (NEVER, NEVER));
+    assert_ne!(p3, NEVER);
+    assert_eq!(p3, a3);
+    assert!(a1 > a3, "v1 was pulled after v3: {times:?}");
+    let repo = call(
+        &u,
+        ADMIN,
+        "GET",
+        "/projects/team/repositories/app",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(repo.body["pull_count"], 2, "{}", repo.body);
+
+    // Keep the most recently pulled artifact, every second.
+    let project = call(&u, ADMIN, "GET", "/projects/team", None, &[]).await;
+    let selector = |decoration: &str| json!([{"kind": "doublestar", "decoration": decoration, "pattern": "**"}]);
+    let policy = json!({
+        "algorithm": "or",
+        "rules": [{"disabled": false, "action": "retain", "template": "latestPulledN",
+                   "params": {"latestPulledN": 1}, "tag_selectors": selector("matches"),
+                   "scope_selectors": {"repository": selector("repoMatches")}}],
+        "trigger": {"kind": "Schedule", "settings": {"cron": "* * * * * *"}},
+        "scope": {"level": "project", "ref": project.body["project_id"]},
+    })
+    .to_string();
+    let made = call(
+        &u,
+        Some(("lead", PW)),
+        "POST",
+        "/retentions",
+        Some(&policy),
+        &[],
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let id = made
+        .header("location")
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = pull_times(&u, "app").await;
+        if left.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        left.iter().map(|(t, _, _)| t.as_str()).collect::<Vec<_>>(),
+        ["v1"],
+        "only the last pulled stays"
+    );
+    let runs = call(
+        &u,
+        Some(("dev", PW)),
+        "GET",
+        &format!("/retentions/{id}/executions"),
+        None,
+        &[],
+    )
+    .await;
+    let runs = runs.body.as_array().unwrap();
+    assert!(!runs.is_empty());
+    assert!(runs
+        .iter()
+        .all(|r| r["trigger"] == "SCHEDULE" && r["dry_run"] == false));
 }

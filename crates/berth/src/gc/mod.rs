@@ -35,6 +35,12 @@ use crate::storage::{BlobStore, StorageError};
 /// The lease under which collections run, on any instance or on the command line.
 pub const LEASE: &str = "gc";
 
+/// The name of the collection's schedule when one is set through the API.
+pub const SCHEDULE: &str = "gc";
+
+/// The most object deletes in flight a schedule may ask for.
+pub const MAX_PARALLELISM: usize = 64;
+
 /// How many rows a step reads or changes at a time.
 const BATCH: u32 = 500;
 
@@ -110,6 +116,55 @@ pub struct Collector {
 impl Collector {
     pub fn new(core: Arc<Registry>, meta: Arc<dyn MetaStore>, store: BlobStore) -> Collector {
         Collector { core, meta, store }
+    }
+
+    /// The scheduled run that is due now, if one is: by the schedule set through the API (with
+    /// its parameters over `base`) or, when none is set, every `interval` (never when zero)
+    /// since the last scheduled run on any instance, or since `started` (Unix ms) without one.
+    pub async fn scheduled_run(
+        &self,
+        base: &Options,
+        interval: Duration,
+        started: i64,
+    ) -> Result<Option<Options>, GcError> {
+        let now = crate::meta::access::now_ms();
+        let last = self
+            .meta
+            .collection_runs(100)
+            .await?
+            .into_iter()
+            .find(|r| r.kind == "schedule")
+            .map(|r| r.started_at);
+        let scheduled = Options {
+            scheduled: true,
+            ..base.clone()
+        };
+        if let Some(set) = self.meta.schedule(SCHEDULE).await? {
+            let cron = match schedule::Schedule::parse(&set.cron) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the stored collection schedule is not valid");
+                    return Ok(None);
+                }
+            };
+            // A schedule changed since the last run counts from the change.
+            let since = last.unwrap_or(set.updated_at).max(set.updated_at);
+            if !cron.due(since, now) {
+                return Ok(None);
+            }
+            let p = &set.parameters;
+            return Ok(Some(Options {
+                untagged: p["delete_untagged"].as_bool().unwrap_or(base.untagged),
+                dry_run: p["dry_run"].as_bool().unwrap_or(false),
+                parallelism: p["workers"]
+                    .as_u64()
+                    .map_or(base.parallelism, |w| (w as usize).clamp(1, MAX_PARALLELISM)),
+                ..scheduled
+            }));
+        }
+        let since = last.unwrap_or(started);
+        let due = !interval.is_zero() && now - since >= interval.as_millis() as i64;
+        Ok(due.then_some(scheduled))
     }
 
     /// Takes the oldest collection asked for, if any: the options to run it with (`base` with

@@ -7,6 +7,9 @@
 //! pattern; `extras: {"untagged": true}` makes untagged artifacts candidates too) and a
 //! repository selector (`repoMatches` or `repoExcludes`, below the project). Rules are OR-ed:
 //! an artifact any rule retains stays. A repository no enabled rule covers is left alone.
+//! A policy whose trigger is `{"kind": "Schedule", "settings": {"cron": "..."}}` also runs on
+//! that schedule ([`run_due`], under the retention lease on one instance), recorded with
+//! trigger `SCHEDULE`; an empty cron means runs by API call only.
 //! Artifacts are the top-level manifests (an index carries its children, a signature its
 //! subject); deleting one is the core's `delete_manifest`, so immutable tags still hold (the
 //! artifact stays and the refusal is recorded) and what it referenced goes at the next garbage
@@ -24,6 +27,8 @@ use crate::meta::access::{
 };
 use crate::oci::name::{Reference, RepoName};
 use crate::registry::{Registry, RegistryError};
+
+use super::schedule::Schedule;
 
 /// What a rule keeps of the artifacts it selects.
 #[derive(Clone, Debug, PartialEq)]
@@ -189,6 +194,80 @@ impl Rule {
         kept.iter().map(|a| a.digest.to_string()).collect()
     }
 }
+
+/// The lease under which scheduled retention runs happen.
+pub const LEASE: &str = "retention";
+
+/// The schedule of a policy's trigger (`None`: runs by API call only), or what is wrong with it.
+pub fn schedule_of(policy: &Value) -> Result<Option<Schedule>, String> {
+    let trigger = &policy["trigger"];
+    let cron = trigger["settings"]["cron"].as_str().unwrap_or("").trim();
+    match trigger["kind"].as_str().unwrap_or("Schedule") {
+        "Schedule" if cron.is_empty() => Ok(None),
+        "Schedule" => Schedule::parse(cron)
+            .map(Some)
+            .map_err(|e| format!("trigger.settings.cron: {e}")),
+        other => Err(format!(
+            "a retention trigger's kind is Schedule, not {other:?}"
+        )),
+    }
+}
+
+/// Runs every policy whose schedule fell due since its last scheduled run (or since it was set,
+/// when it has none). Returns each run made, or why a policy could not run.
+pub async fn run_due(
+    core: &Registry,
+    access: &dyn AccessStore,
+) -> Result<Vec<Result<RetentionExecution, String>>, String> {
+    let now = crate::meta::access::now_ms();
+    let mut runs = Vec::new();
+    for policy in access
+        .retention_policies()
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let Ok(Some(schedule)) = schedule_of(&policy.policy) else {
+            continue;
+        };
+        let last = access
+            .retention_executions(
+                policy.id,
+                PageRequest {
+                    page: 1,
+                    page_size: 1000,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .find(|e| e.trigger == SCHEDULED)
+            .map(|e| e.started_at);
+        let since = last.unwrap_or(policy.updated_at).max(policy.updated_at);
+        if !schedule.due(since, now) {
+            continue;
+        }
+        let Some(project) = access
+            .project(policy.project_id)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        let run = execute(core, access, &project, &policy, false, SCHEDULED).await;
+        match &run {
+            Ok(r) => tracing::info!(project = %project.name, execution = r.id, status = %r.status,
+                                    "scheduled retention run finished"),
+            Err(e) => tracing::warn!(project = %project.name, error = %e,
+                                     "scheduled retention run failed"),
+        }
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+/// The trigger of a run made by the schedule.
+pub const SCHEDULED: &str = "SCHEDULE";
 
 const ALL: PageRequest = PageRequest {
     page: 1,

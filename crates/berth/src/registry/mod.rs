@@ -400,6 +400,36 @@ impl Registry {
             .await?)
     }
 
+    /// The schedule `name` set through the API, if any.
+    pub async fn schedule(&self, name: &str) -> Result<Option<crate::meta::ScheduleRecord>> {
+        Ok(self.meta.schedule(name).await?)
+    }
+
+    /// Sets the schedule `name` to the cron expression `cron` (checked by the caller) with
+    /// `parameters` for each run, or removes it (`None`).
+    pub async fn set_schedule(
+        &self,
+        name: &str,
+        cron: Option<(&str, serde_json::Value)>,
+    ) -> Result<()> {
+        let change = match cron {
+            Some((cron, parameters)) => {
+                let now = crate::meta::access::now_ms();
+                Change::SetSchedule(crate::meta::ScheduleRecord {
+                    name: name.to_string(),
+                    cron: cron.to_string(),
+                    parameters,
+                    created_at: now,
+                    updated_at: now,
+                })
+            }
+            None => Change::RemoveSchedule {
+                name: name.to_string(),
+            },
+        };
+        Ok(self.meta.apply(vec![change]).await?)
+    }
+
     /// The last `limit` garbage collection runs, newest first.
     pub async fn collection_runs(&self, limit: u32) -> Result<Vec<CollectionRun>> {
         Ok(self.meta.collection_runs(limit).await?)

@@ -1,7 +1,8 @@
 //! Garbage collection in Harbor's shapes, for system administrators: `/system/gc` (the history
 //! of runs), `/system/gc/{id}` and its `/log`, and `/system/gc/schedule`, whose `Manual` type
-//! asks for a run now. The schedule itself is `gc.interval` in config.yml, the same on every
-//! instance; the run goes to whichever instance holds the collection lease.
+//! asks for a run now and whose other types set the cron schedule, stored, so every instance
+//! follows it (over `gc.interval` in config.yml); each run goes to whichever instance holds the
+//! collection lease.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{body, paged, paging, query, Api, ApiError, ApiResult, Caller};
+use crate::gc::schedule::{self, Schedule};
 use crate::registry::CollectionRun;
 
 /// How many runs the history keeps answering about.
@@ -96,9 +98,25 @@ pub async fn log(State(api): State<Api>, caller: Caller, Path(id): Path<String>)
     Ok(([("content-type", "text/plain; charset=utf-8")], text).into_response())
 }
 
-/// `GET /system/gc/schedule`: `gc.interval` as Harbor's schedule types.
+/// `GET /system/gc/schedule`: the schedule set here, else `gc.interval` as Harbor's types.
 pub async fn schedule(State(api): State<Api>, caller: Caller) -> ApiResult {
     caller.sysadmin()?;
+    if let Some(set) = api.core.schedule(crate::gc::SCHEDULE).await? {
+        let next = Schedule::parse(&set.cron)
+            .ok()
+            .and_then(|c| c.next_after(crate::meta::access::now_ms()))
+            .map(super::time_ms);
+        return super::json(&json!({
+            "job_name": "GARBAGE_COLLECTION",
+            "job_kind": "SCHEDULE",
+            "schedule": {"type": schedule::kind_of(&set.cron), "cron": set.cron,
+                         "next_scheduled_time": next},
+            "job_parameters": set.parameters.to_string(),
+            "parameters": set.parameters,
+            "creation_time": super::time_ms(set.created_at),
+            "update_time": super::time_ms(set.updated_at),
+        }));
+    }
     let secs = api.settings.gc_interval.as_secs();
     let (kind, cron) = match secs {
         0 => ("None", ""),
@@ -124,43 +142,81 @@ struct ScheduleReq {
 struct ScheduleObj {
     #[serde(rename = "type")]
     kind: String,
+    #[serde(default)]
+    cron: String,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, serde::Serialize)]
 struct Parameters {
     #[serde(default)]
     delete_untagged: bool,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    workers: Option<u64>,
 }
 
-/// `POST` and `PUT /system/gc/schedule`: `Manual` asks for a run now (201); the recurring
-/// schedule is `gc.interval` in config.yml.
-pub async fn set_schedule(State(api): State<Api>, caller: Caller, raw: Bytes) -> ApiResult {
+/// `POST /system/gc/schedule`: `Manual` asks for a run now; `Hourly`, `Daily`, `Weekly` or
+/// `Custom` (with `cron`, seconds first) sets the schedule every instance follows (over
+/// `gc.interval`); `None` removes it. 201.
+pub async fn create_schedule(State(api): State<Api>, caller: Caller, raw: Bytes) -> ApiResult {
+    set_schedule(&api, &caller, &raw).await?;
+    Ok(StatusCode::CREATED.into_response())
+}
+
+/// `PUT /system/gc/schedule`: as `POST`, answering 200 (201 for `Manual`).
+pub async fn update_schedule(State(api): State<Api>, caller: Caller, raw: Bytes) -> ApiResult {
+    let status = set_schedule(&api, &caller, &raw).await?;
+    Ok(status.into_response())
+}
+
+async fn set_schedule(api: &Api, caller: &Caller, raw: &Bytes) -> Result<StatusCode, ApiError> {
     caller.sysadmin()?;
-    let req: ScheduleReq = body(&raw)?;
-    if req.schedule.kind != "Manual" {
+    let req: ScheduleReq = body(raw)?;
+    let p = &req.parameters;
+    if let Some(w) = p
+        .workers
+        .filter(|w| *w == 0 || *w as usize > crate::gc::MAX_PARALLELISM)
+    {
         return Err(ApiError::bad_request(format!(
-            "the {} schedule is set by gc.interval in config.yml (the same for every instance); \
-             only a Manual run can be asked for here",
-            req.schedule.kind
+            "parameters.workers is 1 to {}, not {w}",
+            crate::gc::MAX_PARALLELISM
         )));
     }
-    let by = caller.principal.name().to_string();
-    api.core
-        .request_collection(&by, req.parameters.dry_run, req.parameters.delete_untagged)
-        .await?;
-    caller
-        .accounts(&api)
-        .record(
-            "create",
-            "gc",
-            if req.parameters.dry_run {
-                "dry run"
-            } else {
-                "run"
-            },
-        )
-        .await;
-    Ok(StatusCode::CREATED.into_response())
+    let accounts = caller.accounts(api);
+    match req.schedule.kind.as_str() {
+        "Manual" => {
+            let by = caller.principal.name().to_string();
+            api.core
+                .request_collection(&by, p.dry_run, p.delete_untagged)
+                .await?;
+            let what = if p.dry_run { "dry run" } else { "run" };
+            accounts.record("create", "gc", what).await;
+            Ok(StatusCode::CREATED)
+        }
+        "None" => {
+            api.core.set_schedule(crate::gc::SCHEDULE, None).await?;
+            accounts.record("delete", "schedule", "gc").await;
+            Ok(StatusCode::OK)
+        }
+        kind => {
+            let cron = match schedule::preset(kind) {
+                Some(Some(cron)) => cron.to_string(),
+                Some(None) => req.schedule.cron.clone(),
+                None => {
+                    return Err(ApiError::bad_request(format!(
+                        "schedule type {kind:?} is none of Hourly, Daily, Weekly, Custom, \
+                         None, Manual"
+                    )))
+                }
+            };
+            let cron = Schedule::parse(&cron).map_err(ApiError::bad_request)?;
+            let params = serde_json::to_value(p).expect("parameters serialize");
+            api.core
+                .set_schedule(crate::gc::SCHEDULE, Some((cron.text(), params)))
+                .await?;
+            accounts.record("update", "schedule", "gc").await;
+            Ok(StatusCode::OK)
+        }
+    }
 }

@@ -128,8 +128,8 @@ pub fn router(core: Arc<Registry>, builtin: Arc<Builtin>, settings: super::EdgeS
         .route(
             "/system/gc/schedule",
             get(gc::schedule)
-                .post(gc::set_schedule)
-                .put(gc::set_schedule),
+                .post(gc::create_schedule)
+                .put(gc::update_schedule),
         )
         .route("/system/gc/{gc_id}", get(gc::get))
         .route("/system/gc/{gc_id}/log", get(gc::log))

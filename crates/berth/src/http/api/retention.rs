@@ -49,13 +49,7 @@ fn checked(policy: &Value) -> Result<i64, ApiError> {
             "a retention policy's scope level is project",
         ));
     }
-    let cron = policy["trigger"]["settings"]["cron"].as_str().unwrap_or("");
-    if !cron.is_empty() {
-        return Err(ApiError::bad_request(
-            "scheduled retention runs are not available yet: leave trigger.settings.cron empty \
-             and run the policy with POST /retentions/{id}/executions",
-        ));
-    }
+    retention::schedule_of(policy).map_err(ApiError::bad_request)?;
     policy["scope"]["ref"]
         .as_i64()
         .ok_or_else(|| ApiError::bad_request("scope.ref must be the project's id"))
