@@ -935,3 +935,109 @@ async fn a_schedule_set_through_the_api_runs_until_it_is_removed() {
         .count();
     assert_eq!(changes, 2, "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_project_says_whether_its_untagged_manifests_are_collected() {
+    use common::builtin::{
+        bearer, push_image_blobs, put_manifest, BuiltinRegistry, ADMIN_PASSWORD,
+    };
+    use harbor::call;
+    let b = BuiltinRegistry::start_with("", "gc:\n  grace: 0s\n");
+    let u = b.reg.url("");
+    let admin = Some(("admin", ADMIN_PASSWORD));
+    let projects = ["clean", "keep", "plain"];
+    for p in projects {
+        b.add_project(p, false);
+    }
+    let scopes: Vec<String> = projects
+        .iter()
+        .map(|p| format!("repository:{p}/app:pull,push"))
+        .collect();
+    let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    let token = b.token_ok(admin, &scopes).await;
+    let mut untagged = std::collections::HashMap::new();
+    for p in projects {
+        let repo = format!("{p}/app");
+        let manifest = push_image_blobs(&b.reg, &repo, &token, p).await;
+        let digest = common::sha256(&manifest);
+        let resp = put_manifest(&b.reg, &repo, &digest, &token, manifest).await;
+        assert_eq!(resp.status(), 201);
+        untagged.insert(p, digest);
+    }
+    let set = |project: &str, value: &str| {
+        let (u, path) = (u.clone(), format!("/projects/{project}"));
+        let body = serde_json::json!({"metadata": {"delete_untagged": value}}).to_string();
+        async move {
+            let a = call(&u, admin, "PUT", &path, Some(&body), &[]).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+        }
+    };
+    set("clean", "true").await;
+    set("keep", "false").await;
+    let a = call(
+        &u,
+        admin,
+        "PUT",
+        "/projects/plain",
+        Some(r#"{"metadata": {"delete_untagged": "sometimes"}}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    let shown = call(&u, admin, "GET", "/projects/clean", None, &[]).await;
+    assert_eq!(
+        shown.body["metadata"]["delete_untagged"], "true",
+        "{}",
+        shown.body
+    );
+
+    let present = |project: &'static str| {
+        let url = b.reg.url(&format!(
+            "/v2/{project}/app/manifests/{}",
+            untagged[project]
+        ));
+        let token = token.clone();
+        async move {
+            let status = bearer(common::oci::client().head(url), &token)
+                .header("accept", "application/vnd.oci.image.manifest.v1+json")
+                .send()
+                .await
+                .unwrap()
+                .status();
+            status == 200
+        }
+    };
+    let mut runs = 0;
+    let mut collect = |untagged_run: bool| {
+        runs += 1;
+        let (u, want) = (u.clone(), runs);
+        async move {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            let body = serde_json::json!({"schedule": {"type": "Manual"},
+                "parameters": {"delete_untagged": untagged_run}})
+            .to_string();
+            let a = call(&u, admin, "POST", "/system/gc/schedule", Some(&body), &[]).await;
+            assert_eq!(a.status, 201, "{}", a.body);
+            for _ in 0..100 {
+                let h = call(&u, admin, "GET", "/system/gc", None, &[]).await;
+                if h.body.as_array().unwrap().len() == want {
+                    assert_eq!(h.body[0]["job_status"], "Success", "{}", h.body);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            panic!("run {want} did not happen");
+        }
+    };
+    // A run that does not ask: only the project that does loses its untagged manifest.
+    collect(false).await;
+    assert!(!present("clean").await);
+    assert!(present("keep").await && present("plain").await);
+    // A run that asks: every project but the one that says no.
+    collect(true).await;
+    assert!(present("keep").await, "the project said no");
+    assert!(
+        !present("plain").await,
+        "the run's choice where the project says nothing"
+    );
+}

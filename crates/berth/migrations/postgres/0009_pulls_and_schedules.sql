@@ -13,3 +13,6 @@ CREATE TABLE schedules (
     created_at  BIGINT NOT NULL,
     updated_at  BIGINT NOT NULL
 );
+
+-- Whether garbage collection deletes the project's untagged manifests (NULL: as the run says).
+ALTER TABLE projects ADD COLUMN delete_untagged BIGINT;

@@ -13,3 +13,6 @@ CREATE TABLE schedules (
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );
+
+-- Whether garbage collection deletes the project's untagged manifests (NULL: as the run says).
+ALTER TABLE projects ADD COLUMN delete_untagged INTEGER;

@@ -443,6 +443,18 @@ impl Accounts {
             .await
     }
 
+    /// Sets whether garbage collection deletes a project's untagged manifests (`None`: as each
+    /// run says).
+    pub async fn set_untagged_collection(
+        &self,
+        project: &Project,
+        delete: Option<bool>,
+    ) -> Result<()> {
+        let done = self.store.set_project_untagged(project.id, delete).await;
+        self.recorded(done.map_err(Into::into), "update", "project", &project.name)
+            .await
+    }
+
     /// Sets a project's storage quota (`-1`: none).
     pub async fn set_storage_limit(&self, project: &Project, bytes: i64) -> Result<()> {
         if bytes < -1 {

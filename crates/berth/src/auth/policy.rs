@@ -95,6 +95,18 @@ impl Policy for ProjectPolicy {
             }))
     }
 
+    async fn untagged_collection(&self, repo: &RepoName) -> Result<Option<bool>, PolicyError> {
+        Ok(self.project(repo).await?.and_then(|p| p.delete_untagged))
+    }
+
+    async fn untagged_collection_anywhere(&self) -> Result<bool, PolicyError> {
+        self.store
+            .projects_deleting_untagged()
+            .await
+            .map(|n| n > 0)
+            .map_err(|e| PolicyError(e.to_string()))
+    }
+
     async fn storage_limit(&self, repo: &RepoName) -> Result<Option<StorageLimit>, PolicyError> {
         Ok(self.project(repo).await?.and_then(|p| {
             let bytes = u64::try_from(p.storage_limit).ok()?;

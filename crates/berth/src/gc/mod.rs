@@ -1,8 +1,9 @@
 //! Online garbage collection, driven by the metadata store and never by a walk of storage.
 //!
 //! A run, in order:
-//! 1. untagged manifests (when asked): deleted through the core, so their deletion is an event
-//!    like any other, each in a transaction that first checks that nothing keeps it;
+//! 1. untagged manifests (when the run asks, in projects that do not say otherwise, and in
+//!    projects whose `delete_untagged` says so): deleted through the core, so their deletion
+//!    is an event like any other, each in a transaction that first checks that nothing keeps it;
 //! 2. repository links no manifest of the repository names and that are older than the grace
 //!    period (layers pushed without a manifest, or whose manifests were deleted): removed;
 //! 3. reservations of writers that died: expired after a day (or the grace period if longer);
@@ -243,9 +244,7 @@ impl Collector {
             return Err(GcError::Shared(why));
         }
         let before = now_secs() - opts.grace.as_secs() as i64;
-        if opts.untagged {
-            self.untagged(before, opts, progress, stop, report).await?;
-        }
+        self.untagged(before, opts, progress, stop, report).await?;
         self.links(before, opts, progress, stop, report).await?;
         if !opts.dry_run {
             // What a stopped run claimed is deleted first.
@@ -256,7 +255,8 @@ impl Collector {
         Ok(())
     }
 
-    /// Deletes manifests nothing keeps, through the core (their deletions are events).
+    /// Deletes manifests nothing keeps, through the core (their deletions are events), in the
+    /// repositories whose project says so, or, where it says nothing, when the run says so.
     async fn untagged(
         &self,
         before: i64,
@@ -265,35 +265,63 @@ impl Collector {
         stop: &CancellationToken,
         report: &mut Report,
     ) -> Result<(), GcError> {
-        if opts.dry_run {
-            let found = self.meta.untagged_manifests(before, u32::MAX).await?;
-            report.manifests_deleted += would_delete(progress, report, "manifest", found);
+        if !self.core.collects_untagged_anywhere(opts.untagged).await? {
             return Ok(());
         }
-        // Deleting an index can leave its children unkept: repeat until nothing is left.
-        while !stop.is_cancelled() {
-            let found = self.meta.untagged_manifests(before, BATCH).await?;
-            if found.is_empty() {
-                break;
-            }
+        // Each namespace's setting, asked once per run.
+        let mut settings: std::collections::HashMap<String, bool> = Default::default();
+        // Deleting an index can leave its children unkept: pass again until a pass deletes
+        // nothing (a dry run makes one pass).
+        loop {
             let mut deleted = 0;
-            for (repo, digest) in found {
-                progress.inc(1);
-                if self
-                    .core
-                    .delete_unkept_manifest(&repo, &digest, before)
-                    .await?
-                {
-                    deleted += 1;
+            let mut found = Vec::new();
+            let mut after = None;
+            while !stop.is_cancelled() {
+                let page = self
+                    .meta
+                    .untagged_manifests(before, after.as_ref(), BATCH)
+                    .await?;
+                let Some(last) = page.last().cloned() else {
+                    break;
+                };
+                after = Some(last);
+                for (repo, digest) in page {
+                    let namespace = repo.as_str().split('/').next().unwrap_or("").to_string();
+                    let collect = match settings.get(&namespace) {
+                        Some(c) => *c,
+                        None => {
+                            let c = self.core.collects_untagged(&repo, opts.untagged).await?;
+                            settings.insert(namespace, c);
+                            c
+                        }
+                    };
+                    if !collect {
+                        continue;
+                    }
+                    if opts.dry_run {
+                        found.push((repo, digest));
+                        continue;
+                    }
+                    progress.inc(1);
+                    if self
+                        .core
+                        .delete_unkept_manifest(&repo, &digest, before)
+                        .await?
+                    {
+                        deleted += 1;
+                    }
                 }
+            }
+            if opts.dry_run {
+                report.manifests_deleted += would_delete(progress, report, "manifest", found);
+                return Ok(());
             }
             report.manifests_deleted += deleted;
             metrics::counter!("berth_gc_manifests_deleted_total").increment(deleted);
-            if deleted == 0 {
-                break;
+            if deleted == 0 || stop.is_cancelled() {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     /// Removes repository links that no manifest of the repository names.

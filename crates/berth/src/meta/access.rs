@@ -125,6 +125,8 @@ pub struct Project {
     pub updated_at: i64,
     /// Bytes the project may store; -1 without a quota.
     pub storage_limit: i64,
+    /// Whether garbage collection deletes its untagged manifests (`None`: as each run says).
+    pub delete_untagged: Option<bool>,
 }
 
 /// A project's retention policy: Harbor's `RetentionPolicy` JSON as given (rules, trigger,
@@ -382,6 +384,11 @@ pub trait AccessStore: Send + Sync + 'static {
     async fn set_project_public(&self, id: i64, public: bool) -> Result<()>;
     /// Sets a project's storage quota in bytes (-1: none).
     async fn set_project_storage_limit(&self, id: i64, bytes: i64) -> Result<()>;
+    /// Sets whether garbage collection deletes a project's untagged manifests (`None`: as each
+    /// run says); `NotFound` if absent.
+    async fn set_project_untagged(&self, id: i64, delete: Option<bool>) -> Result<()>;
+    /// How many projects ask for their untagged manifests to be deleted.
+    async fn projects_deleting_untagged(&self) -> Result<i64>;
     /// A retention policy by id.
     async fn retention(&self, id: i64) -> Result<Option<RetentionRecord>>;
     /// The retention policy of a project.
@@ -516,7 +523,7 @@ pub(crate) fn conflict_or(e: sqlx::Error, what: &str) -> MetaError {
 pub(crate) const USER_COLUMNS: &str = "id, username, email, realname, comment, password, source, \
      ldap_dn, sysadmin, created_at, updated_at";
 pub(crate) const PROJECT_COLUMNS: &str =
-    "id, name, public, owner_id, created_at, updated_at, storage_limit";
+    "id, name, public, owner_id, created_at, updated_at, storage_limit, delete_untagged";
 
 pub(crate) const RULE_COLUMNS: &str = "id, project_id, priority, disabled, tag_pattern, \
      tag_decoration, repo_pattern, repo_decoration";
@@ -560,6 +567,7 @@ pub(crate) fn project_row<'r>(r: &'r impl Columns<'r>) -> Result<Project> {
         created_at: r.int("created_at")?,
         updated_at: r.int("updated_at")?,
         storage_limit: r.int("storage_limit")?,
+        delete_untagged: r.maybe_int("delete_untagged")?.map(|v| v != 0),
     })
 }
 
@@ -1073,7 +1081,7 @@ macro_rules! access_store {
                 );
                 let sql = $sql(&format!(
                     "SELECT p.id, p.name, p.public, p.owner_id, p.created_at, p.updated_at, \
-                     p.storage_limit {filter} ORDER BY p.name LIMIT $5 OFFSET $6"
+                     p.storage_limit, p.delete_untagged {filter} ORDER BY p.name LIMIT $5 OFFSET $6"
                 ));
                 let rows = sqlx::query(&sql)
                     .bind(&pattern)
@@ -1106,6 +1114,27 @@ macro_rules! access_store {
                 let sql = $sql("UPDATE projects SET public = $1, updated_at = $2 WHERE id = $3");
                 let done = sqlx::query(&sql)
                     .bind(i64::from(public))
+                    .bind(now_ms())
+                    .bind(id)
+                    .execute(self.writer())
+                    .await?;
+                found(done.rows_affected(), "project")
+            }
+
+            async fn projects_deleting_untagged(&self) -> $crate::meta::Result<i64> {
+                let sql = $sql("SELECT count(*) FROM projects WHERE delete_untagged = 1");
+                Ok(sqlx::query_scalar(&sql).fetch_one(self.reader()).await?)
+            }
+
+            async fn set_project_untagged(
+                &self,
+                id: i64,
+                delete: Option<bool>,
+            ) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let sql = $sql("UPDATE projects SET delete_untagged = $1, updated_at = $2 WHERE id = $3");
+                let done = sqlx::query(&sql)
+                    .bind(delete.map(i64::from))
                     .bind(now_ms())
                     .bind(id)
                     .execute(self.writer())

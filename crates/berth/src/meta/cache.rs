@@ -270,8 +270,13 @@ impl super::UncachedReads for CachedMetaStore {
         self.inner.unreferenced_links(before, limit).await
     }
 
-    async fn untagged_manifests(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>> {
-        self.inner.untagged_manifests(before, limit).await
+    async fn untagged_manifests(
+        &self,
+        before: i64,
+        after: Option<&(RepoName, Digest)>,
+        limit: u32,
+    ) -> Result<Vec<(RepoName, Digest)>> {
+        self.inner.untagged_manifests(before, after, limit).await
     }
 
     async fn collection_runs(&self, limit: u32) -> Result<Vec<super::CollectionRun>> {

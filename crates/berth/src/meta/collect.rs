@@ -83,12 +83,14 @@ macro_rules! unkept {
     };
 }
 
-/// $1 before, $2 limit.
+/// $1 before, $2 limit, $3 and $4 the repository name and digest to start after ('' for the
+/// start).
 pub const UNTAGGED: &str = concat!(
     "SELECT repositories.name, manifests.digest FROM manifests \
-     JOIN repositories ON repositories.id = manifests.repo_id WHERE manifests.created_at < $1 AND ",
+     JOIN repositories ON repositories.id = manifests.repo_id WHERE manifests.created_at < $1 \
+     AND (repositories.name > $3 OR (repositories.name = $3 AND manifests.digest > $4)) AND ",
     unkept!(),
-    " ORDER BY manifests.repo_id, manifests.digest LIMIT $2"
+    " ORDER BY repositories.name, manifests.digest LIMIT $2"
 );
 
 /// $1 repo id, $2 digest, $3 before.
@@ -513,13 +515,19 @@ macro_rules! collection_reads {
         async fn untagged_manifests(
             &self,
             before: i64,
+            after: Option<&($crate::oci::name::RepoName, $crate::oci::digest::Digest)>,
             limit: u32,
         ) -> $crate::meta::Result<Vec<($crate::oci::name::RepoName, $crate::oci::digest::Digest)>>
         {
             use $crate::meta::collect::*;
+            let (repo, digest) = after
+                .map(|(r, d)| (r.as_str().to_string(), d.to_string()))
+                .unwrap_or_default();
             let rows = sqlx::query(&$sql(UNTAGGED))
                 .bind(before)
                 .bind(i64::from(limit))
+                .bind(repo)
+                .bind(digest)
                 .fetch_all(self.reader())
                 .await?;
             repo_digest_rows(&rows)

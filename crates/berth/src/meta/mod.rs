@@ -365,8 +365,14 @@ pub trait UncachedReads: Send + Sync {
     /// names (layers pushed without a manifest, or whose manifests were deleted).
     async fn unreferenced_links(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>>;
     /// Up to `limit` manifests recorded before `before` that no tag points at, no index of their
-    /// repository lists, and whose subject (if any) is gone from the repository.
-    async fn untagged_manifests(&self, before: i64, limit: u32) -> Result<Vec<(RepoName, Digest)>>;
+    /// repository lists, and whose subject (if any) is gone from the repository, in order of
+    /// repository name and digest after `after`.
+    async fn untagged_manifests(
+        &self,
+        before: i64,
+        after: Option<&(RepoName, Digest)>,
+        limit: u32,
+    ) -> Result<Vec<(RepoName, Digest)>>;
     /// The last `limit` garbage collection runs, newest first.
     async fn collection_runs(&self, limit: u32) -> Result<Vec<CollectionRun>>;
     /// Up to `limit` collections asked for and not yet taken, oldest first.

@@ -785,8 +785,23 @@ async fn collection(store: &dyn MetaStore) {
 
     // An untagged manifest is listed until a tag keeps it; the guard refuses a kept one.
     let m = digest("gc m");
-    let untagged = store.untagged_manifests(later, 10_000).await.unwrap();
+    let untagged = store.untagged_manifests(later, None, 10_000).await.unwrap();
     assert!(untagged.contains(&(r.clone(), m.clone())), "{untagged:?}");
+    // Listed in pages: each page starts after the last of the one before.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .untagged_manifests(later, after.as_ref(), 1)
+            .await
+            .unwrap();
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        paged.extend(page);
+        after = Some(last);
+    }
+    assert_eq!(paged, untagged);
     let guard = Change::RequireUnkeptManifest {
         repo: r.clone(),
         digest: m.clone(),
@@ -801,7 +816,7 @@ async fn collection(store: &dyn MetaStore) {
         }])
         .await
         .unwrap();
-    let untagged = store.untagged_manifests(later, 10_000).await.unwrap();
+    let untagged = store.untagged_manifests(later, None, 10_000).await.unwrap();
     assert!(!untagged.contains(&(r.clone(), m.clone())), "{untagged:?}");
     let err = store.apply(vec![guard]).await.unwrap_err();
     assert!(matches!(err, MetaError::Conflict(_)), "{err:?}");

@@ -400,6 +400,25 @@ impl Registry {
             .await?)
     }
 
+    /// Whether garbage collection deletes the untagged manifests of `repo`: its namespace's
+    /// setting, else `default` (the run's).
+    pub async fn collects_untagged(&self, repo: &RepoName, default: bool) -> Result<bool> {
+        let Some(policy) = &self.policy else {
+            return Ok(default);
+        };
+        Ok(policy.untagged_collection(repo).await?.unwrap_or(default))
+    }
+
+    /// Whether garbage collection may delete untagged manifests anywhere: the run asks for it
+    /// (`default`), or some namespace does.
+    pub async fn collects_untagged_anywhere(&self, default: bool) -> Result<bool> {
+        match &self.policy {
+            _ if default => Ok(true),
+            None => Ok(false),
+            Some(policy) => Ok(policy.untagged_collection_anywhere().await?),
+        }
+    }
+
     /// The schedule `name` set through the API, if any.
     pub async fn schedule(&self, name: &str) -> Result<Option<crate::meta::ScheduleRecord>> {
         Ok(self.meta.schedule(name).await?)

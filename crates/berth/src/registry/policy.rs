@@ -28,4 +28,9 @@ pub trait Policy: Send + Sync {
     async fn immutable(&self, repo: &RepoName, tag: &Tag) -> Result<Option<String>, PolicyError>;
     /// The storage limit of the namespace of `repo`, if it has one.
     async fn storage_limit(&self, repo: &RepoName) -> Result<Option<StorageLimit>, PolicyError>;
+    /// Whether garbage collection deletes the untagged manifests of `repo`'s namespace
+    /// (`None`: as the run says).
+    async fn untagged_collection(&self, repo: &RepoName) -> Result<Option<bool>, PolicyError>;
+    /// Whether any namespace asks for its untagged manifests to be deleted.
+    async fn untagged_collection_anywhere(&self) -> Result<bool, PolicyError>;
 }

@@ -50,8 +50,18 @@ async fn project_json(api: &Api, st: &Standing) -> Result<Value, ApiError> {
         "repo_count": repos,
         "current_user_role_id": role,
         "current_user_role_ids": roles,
-        "metadata": {"public": p.public.to_string()},
+        "metadata": metadata_json(p),
     }))
+}
+
+/// Harbor's project metadata (strings): `public`, and `delete_untagged` when the project says
+/// whether garbage collection deletes its untagged manifests.
+fn metadata_json(p: &crate::auth::accounts::Project) -> Value {
+    let mut m = json!({"public": p.public.to_string()});
+    if let Some(d) = p.delete_untagged {
+        m["delete_untagged"] = json!(d.to_string());
+    }
+    m
 }
 
 #[derive(Deserialize)]
@@ -67,6 +77,7 @@ struct ProjectReq {
 #[derive(Deserialize)]
 struct Metadata {
     public: Option<String>,
+    delete_untagged: Option<String>,
 }
 
 impl ProjectReq {
@@ -84,6 +95,26 @@ impl ProjectReq {
         }
         Ok(self.public)
     }
+
+    /// Whether the request says if garbage collection deletes the project's untagged
+    /// manifests: `Some(None)` for `""` (as each run says).
+    fn delete_untagged(&self) -> Result<Option<Option<bool>>, ApiError> {
+        let Some(v) = self
+            .metadata
+            .as_ref()
+            .and_then(|m| m.delete_untagged.as_deref())
+        else {
+            return Ok(None);
+        };
+        match v.to_ascii_lowercase().as_str() {
+            "true" => Ok(Some(Some(true))),
+            "false" => Ok(Some(Some(false))),
+            "" => Ok(Some(None)),
+            _ => Err(ApiError::bad_request(format!(
+                "metadata.delete_untagged must be \"true\", \"false\" or \"\", not {v:?}"
+            ))),
+        }
+    }
 }
 
 /// `POST /projects`.
@@ -100,6 +131,7 @@ pub async fn create(State(api): State<Api>, caller: Caller, parts: Parts, raw: B
     };
     check_project_name(name)?;
     let public = req.public()?.unwrap_or(false);
+    let delete_untagged = req.delete_untagged()?;
     let limit = req.storage_limit.filter(|l| *l != -1);
     if limit.is_some() {
         caller.sysadmin()?;
@@ -108,6 +140,9 @@ pub async fn create(State(api): State<Api>, caller: Caller, parts: Parts, raw: B
     let project = accounts.add_project(name, public, Some(owner.id)).await?;
     if let Some(limit) = limit {
         accounts.set_storage_limit(&project, limit).await?;
+    }
+    if let Some(d) = delete_untagged {
+        accounts.set_untagged_collection(&project, d).await?;
     }
     let by_name = super::super::header_str(&parts.headers, "x-resource-name-in-location")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
@@ -216,7 +251,8 @@ pub async fn get(
     super::json(&project_json(&api, &st).await?)
 }
 
-/// `PUT /projects/{project_name_or_id}`: `metadata.public` (or `public`).
+/// `PUT /projects/{project_name_or_id}`: `metadata.public` (or `public`) and
+/// `metadata.delete_untagged`.
 pub async fn update(
     State(api): State<Api>,
     caller: Caller,
@@ -226,11 +262,13 @@ pub async fn update(
 ) -> ApiResult {
     let st = managed(&api, &caller, &parts, &p).await?;
     let req: ProjectReq = body(&raw)?;
+    let delete_untagged = req.delete_untagged()?;
+    let accounts = caller.accounts(&api);
     if let Some(public) = req.public()? {
-        caller
-            .accounts(&api)
-            .set_project_public(&st.project, public)
-            .await?;
+        accounts.set_project_public(&st.project, public).await?;
+    }
+    if let Some(d) = delete_untagged {
+        accounts.set_untagged_collection(&st.project, d).await?;
     }
     ok()
 }
