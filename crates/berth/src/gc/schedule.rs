@@ -43,6 +43,11 @@ impl Schedule {
         Some(next.timestamp().as_millisecond())
     }
 
+    /// The next occurrence from now (Unix milliseconds), if there is one.
+    pub fn next(&self) -> Option<i64> {
+        self.next_after(jiff::Timestamp::now().as_millisecond())
+    }
+
     /// Whether a run is due at `now` when the last one started at `since` (or, never run, the
     /// schedule was set then): an occurrence came between the two. Unix milliseconds.
     pub fn due(&self, since: i64, now: i64) -> bool {

@@ -104,7 +104,7 @@ pub async fn schedule(State(api): State<Api>, caller: Caller) -> ApiResult {
     if let Some(set) = api.core.schedule(crate::gc::SCHEDULE).await? {
         let next = Schedule::parse(&set.cron)
             .ok()
-            .and_then(|c| c.next_after(crate::meta::access::now_ms()))
+            .and_then(|c| c.next())
             .map(super::time_ms);
         return super::json(&json!({
             "job_name": "GARBAGE_COLLECTION",
