@@ -92,6 +92,10 @@ enum Command {
         /// Object deletes in flight at once (default: `gc.parallelism`).
         #[arg(long, value_name = "N")]
         parallelism: Option<usize>,
+        /// The share of its time the run works, pausing the rest (0.01 to 1; default:
+        /// `gc.pace`).
+        #[arg(long, value_name = "SHARE")]
+        pace: Option<f64>,
         /// Print the last runs instead of running.
         #[arg(long)]
         history: bool,
@@ -824,6 +828,7 @@ fn run() -> anyhow::Result<()> {
             grace,
             untagged,
             parallelism,
+            pace,
             history,
             store,
         } => {
@@ -837,6 +842,9 @@ fn run() -> anyhow::Result<()> {
             }
             if let Some(p) = parallelism {
                 opts.parallelism = p;
+            }
+            if let Some(p) = pace {
+                opts.pace = p;
             }
             runtime.block_on(collect(settings, opts, history))
         }

@@ -470,14 +470,7 @@ fn audit_settings(settings: &Settings) -> Option<crate::config::AuditSettings> {
 
 /// The collection options of the `gc` section.
 pub fn gc_options(settings: &Settings) -> crate::gc::Options {
-    let gc = &settings.config.gc;
-    crate::gc::Options {
-        grace: gc.grace.0,
-        untagged: gc.untagged,
-        dry_run: false,
-        parallelism: gc.parallelism,
-        scheduled: false,
-    }
+    crate::gc::Options::of(&settings.config.gc)
 }
 
 /// Runs the registry until `shutdown` completes.

@@ -1493,6 +1493,9 @@ pub struct Gc {
     pub untagged: bool,
     /// Object deletes in flight at once.
     pub parallelism: usize,
+    /// The share of its time a run works (0.01 to 1): after each batch it pauses so that its
+    /// work takes at most this share of the wall time, leaving the rest to requests.
+    pub pace: f64,
 }
 
 impl Default for Gc {
@@ -1502,6 +1505,7 @@ impl Default for Gc {
             grace: GoDuration::from_secs(3600),
             untagged: false,
             parallelism: 8,
+            pace: 0.5,
         }
     }
 }

@@ -379,6 +379,8 @@ fn cross_field_checks() {
         ),
         ("proxy: {remoteurl: docker.io}", "proxy.remoteurl:"),
         ("tags: {maxtags: -1}", "tags.maxtags"),
+        ("gc: {pace: 0}", "gc.pace"),
+        ("gc: {pace: 1.5}", "gc.pace"),
     ];
     for (extra, want) in cases {
         let err = load_err(&format!("{MINIMAL}{extra}\n"), &[]);

@@ -146,6 +146,12 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.tags.maxtags < 0 {
         return Err(invalid("tags.maxtags", "must not be negative"));
     }
+    if !(config.gc.pace > 0.0 && config.gc.pace <= 1.0) {
+        return Err(invalid(
+            "gc.pace",
+            "is the share of its time a collection works: more than 0, at most 1",
+        ));
+    }
     if let Some(database) = &config.database {
         check_database(database)?;
     }

@@ -42,8 +42,11 @@ pub const SCHEDULE: &str = "gc";
 /// The most object deletes in flight a schedule may ask for.
 pub const MAX_PARALLELISM: usize = 64;
 
-/// How many rows a step reads or changes at a time.
+/// How many rows a step reads at a time.
 const BATCH: u32 = 500;
+
+/// How many rows one transaction of a step changes (short, so pushes seldom wait for one).
+const WRITE_BATCH: usize = 100;
 
 /// How long a writer's reservation lives at least before it is taken for abandoned.
 const RESERVATION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -64,17 +67,72 @@ pub struct Options {
     pub parallelism: usize,
     /// Run by the schedule (else asked for).
     pub scheduled: bool,
+    /// The share of its wall time the run works (`gc.pace`): see [`Pacer`].
+    pub pace: f64,
+}
+
+impl Options {
+    /// The options the `gc` section of the configuration sets.
+    pub fn of(gc: &crate::config::Gc) -> Options {
+        Options {
+            grace: gc.grace.0,
+            untagged: gc.untagged,
+            dry_run: false,
+            parallelism: gc.parallelism,
+            scheduled: false,
+            pace: gc.pace,
+        }
+    }
 }
 
 impl Default for Options {
+    /// The `gc` section's defaults.
     fn default() -> Self {
-        Options {
-            grace: Duration::from_secs(3600),
-            untagged: false,
-            dry_run: false,
-            parallelism: 8,
-            scheduled: false,
+        Options::of(&crate::config::Gc::default())
+    }
+}
+
+/// Keeps a run to its share of the wall time: after each batch of work, [`Pacer::pause`] sleeps
+/// long enough that the work done so far took at most `pace` of the time since the run began,
+/// so the requests served beside it keep the rest of the machine.
+struct Pacer {
+    pace: f64,
+    started: Instant,
+    /// Time spent sleeping so far.
+    slept: Duration,
+}
+
+impl Pacer {
+    fn new(pace: f64) -> Pacer {
+        Pacer {
+            pace: pace.clamp(0.01, 1.0),
+            started: Instant::now(),
+            slept: Duration::ZERO,
         }
+    }
+
+    /// How long to pause now that `worked` of the elapsed time was work.
+    fn owed(&self, worked: Duration) -> Duration {
+        if self.pace >= 1.0 {
+            return Duration::ZERO;
+        }
+        // worked / (worked + slept + owed) = pace
+        let total = worked.as_secs_f64() / self.pace;
+        let owed = total - worked.as_secs_f64() - self.slept.as_secs_f64();
+        Duration::from_micros((owed.max(0.0) * 1e6).round() as u64)
+    }
+
+    async fn pause(&mut self, stop: &CancellationToken) {
+        let worked = self.started.elapsed().saturating_sub(self.slept);
+        let owed = self.owed(worked);
+        if owed.is_zero() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(owed) => {}
+            _ = stop.cancelled() => {}
+        }
+        self.slept += owed;
     }
 }
 
@@ -244,13 +302,17 @@ impl Collector {
             return Err(GcError::Shared(why));
         }
         let before = now_secs() - opts.grace.as_secs() as i64;
-        self.untagged(before, opts, progress, stop, report).await?;
-        self.links(before, opts, progress, stop, report).await?;
+        let pacer = &mut Pacer::new(opts.pace);
+        self.untagged(before, opts, progress, stop, report, pacer)
+            .await?;
+        self.links(before, opts, progress, stop, report, pacer)
+            .await?;
         if !opts.dry_run {
             // What a stopped run claimed is deleted first.
-            self.sweep(opts, stop, report).await?;
+            self.sweep(opts, stop, report, pacer).await?;
         }
-        self.blobs(before, opts, progress, stop, report).await?;
+        self.blobs(before, opts, progress, stop, report, pacer)
+            .await?;
         report.stopped = stop.is_cancelled();
         Ok(())
     }
@@ -264,6 +326,7 @@ impl Collector {
         progress: &ProgressBar,
         stop: &CancellationToken,
         report: &mut Report,
+        pacer: &mut Pacer,
     ) -> Result<(), GcError> {
         if !self.core.collects_untagged_anywhere(opts.untagged).await? {
             return Ok(());
@@ -311,6 +374,7 @@ impl Collector {
                         deleted += 1;
                     }
                 }
+                pacer.pause(stop).await;
             }
             if opts.dry_run {
                 report.manifests_deleted += would_delete(progress, report, "manifest", found);
@@ -332,6 +396,7 @@ impl Collector {
         progress: &ProgressBar,
         stop: &CancellationToken,
         report: &mut Report,
+        pacer: &mut Pacer,
     ) -> Result<(), GcError> {
         if opts.dry_run {
             let found = self.meta.unreferenced_links(before, u32::MAX).await?;
@@ -352,7 +417,7 @@ impl Collector {
                     before,
                 })
                 .collect();
-            self.meta.apply(changes).await?;
+            self.write(changes, pacer, stop).await?;
             progress.inc(n);
             report.links_removed += n;
         }
@@ -367,6 +432,7 @@ impl Collector {
         progress: &ProgressBar,
         stop: &CancellationToken,
         report: &mut Report,
+        pacer: &mut Pacer,
     ) -> Result<(), GcError> {
         if !opts.dry_run {
             let expired = now_secs() - RESERVATION_LIFETIME.max(opts.grace).as_secs() as i64;
@@ -400,8 +466,8 @@ impl Collector {
                     before,
                 })
                 .collect();
-            self.meta.apply(claims).await?;
-            self.sweep(opts, stop, report).await?;
+            self.write(claims, pacer, stop).await?;
+            self.sweep(opts, stop, report, pacer).await?;
         }
         Ok(())
     }
@@ -412,6 +478,7 @@ impl Collector {
         opts: &Options,
         stop: &CancellationToken,
         report: &mut Report,
+        pacer: &mut Pacer,
     ) -> Result<(), GcError> {
         while !stop.is_cancelled() {
             let claimed = self.meta.claimed_blobs(BATCH).await?;
@@ -423,6 +490,7 @@ impl Collector {
                 .buffer_unordered(opts.parallelism.max(1))
                 .collect()
                 .await;
+            pacer.pause(stop).await;
             let mut gone = Vec::new();
             let mut failure = None;
             for d in deleted {
@@ -438,7 +506,7 @@ impl Collector {
                     .iter()
                     .map(|d| Change::ForgetBlob { digest: d.clone() })
                     .collect();
-                self.meta.apply(forget).await?;
+                self.write(forget, pacer, stop).await?;
             }
             let bytes: u64 = gone.iter().map(|b| b.size).sum();
             report.blobs_deleted += gone.len() as u64;
@@ -448,6 +516,23 @@ impl Collector {
             if let Some(e) = failure {
                 return Err(e);
             }
+        }
+        Ok(())
+    }
+
+    /// Applies the changes of a step [`WRITE_BATCH`] at a time, each its own transaction and
+    /// each followed by the run's pause, so a push never waits long behind a collection.
+    async fn write(
+        &self,
+        mut changes: Vec<Change>,
+        pacer: &mut Pacer,
+        stop: &CancellationToken,
+    ) -> Result<(), GcError> {
+        while !changes.is_empty() {
+            let rest = changes.split_off(changes.len().min(WRITE_BATCH));
+            self.meta.apply(changes).await?;
+            pacer.pause(stop).await;
+            changes = rest;
         }
         Ok(())
     }
@@ -495,4 +580,33 @@ fn would_delete(
 
 fn now_secs() -> i64 {
     crate::meta::access::now_ms() / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_pauses_so_that_its_work_is_its_share_of_the_time() {
+        let mut p = Pacer::new(0.5);
+        // Half the time: as long a pause as the work took.
+        assert_eq!(
+            p.owed(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+        p.slept = Duration::from_millis(100);
+        assert_eq!(p.owed(Duration::from_millis(100)), Duration::ZERO);
+        assert_eq!(
+            p.owed(Duration::from_millis(150)),
+            Duration::from_millis(50)
+        );
+        let p = Pacer::new(0.25);
+        assert_eq!(
+            p.owed(Duration::from_millis(100)),
+            Duration::from_millis(300)
+        );
+        assert_eq!(Pacer::new(1.0).owed(Duration::from_secs(5)), Duration::ZERO);
+        assert_eq!(Pacer::new(7.0).pace, 1.0, "at most all of the time");
+        assert_eq!(Pacer::new(0.0).pace, 0.01, "never stopped altogether");
+    }
 }
