@@ -66,9 +66,13 @@ impl ProjectPolicy {
 
 #[async_trait]
 impl Policy for ProjectPolicy {
-    async fn immutable(&self, repo: &RepoName, tag: &Tag) -> Result<Option<String>, PolicyError> {
+    async fn immutable(
+        &self,
+        repo: &RepoName,
+        tags: &[Tag],
+    ) -> Result<Vec<(Tag, String)>, PolicyError> {
         let Some(project) = self.project(repo).await? else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let rules = self
             .store
@@ -79,11 +83,11 @@ impl Policy for ProjectPolicy {
             .as_str()
             .strip_prefix(&format!("{}/", project.name))
             .unwrap_or(repo.as_str());
-        Ok(rules
+        Ok(tags
             .iter()
-            .find(|r| protects(r, below, tag.as_str()))
-            .map(|r| {
-                format!(
+            .filter_map(|tag| {
+                let r = rules.iter().find(|r| protects(r, below, tag.as_str()))?;
+                let why = format!(
                     "rule {} of project {}: tags {} {}, repositories {} {}",
                     r.id,
                     project.name,
@@ -91,8 +95,10 @@ impl Policy for ProjectPolicy {
                     r.tag_pattern,
                     r.repo_decoration,
                     r.repo_pattern
-                )
-            }))
+                );
+                Some((tag.clone(), why))
+            })
+            .collect())
     }
 
     async fn untagged_collection(&self, repo: &RepoName) -> Result<Option<bool>, PolicyError> {

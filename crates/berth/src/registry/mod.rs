@@ -372,17 +372,19 @@ impl Registry {
         let Some(policy) = &self.policy else {
             return Ok(Vec::new());
         };
-        let mut guards = Vec::new();
-        for tag in tags {
-            if policy.immutable(repo, tag).await?.is_some() {
-                guards.push(Change::RequireTagUnmoved {
-                    repo: repo.clone(),
-                    tag: tag.clone(),
-                    digest: digest.clone(),
-                });
-            }
+        if tags.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(guards)
+        Ok(policy
+            .immutable(repo, tags)
+            .await?
+            .into_iter()
+            .map(|(tag, _)| Change::RequireTagUnmoved {
+                repo: repo.clone(),
+                tag,
+                digest: digest.clone(),
+            })
+            .collect())
     }
 
     /// Asks for a garbage collection, run by whichever instance holds the collection lease.
@@ -1174,14 +1176,12 @@ impl Registry {
             Reference::Digest(d) if self.policy.is_some() => self.meta.tags_of(repo, d).await?,
             Reference::Digest(_) => Vec::new(),
         };
-        if let Some(policy) = &self.policy {
-            for tag in &tags {
-                if let Some(rule) = policy.immutable(repo, tag).await? {
-                    return Err(RegistryError::Denied(format!(
-                        "tag {tag} of {repo} is immutable ({rule}): it cannot be deleted, nor \
-                         the manifest it points at"
-                    )));
-                }
+        if let Some(policy) = self.policy.as_ref().filter(|_| !tags.is_empty()) {
+            if let Some((tag, rule)) = policy.immutable(repo, &tags).await?.into_iter().next() {
+                return Err(RegistryError::Denied(format!(
+                    "tag {tag} of {repo} is immutable ({rule}): it cannot be deleted, nor the \
+                     manifest it points at"
+                )));
             }
         }
         let change = match reference {

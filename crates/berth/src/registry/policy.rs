@@ -24,8 +24,13 @@ pub struct PolicyError(pub String);
 
 #[async_trait]
 pub trait Policy: Send + Sync {
-    /// Why `tag` of `repo` may never be moved or deleted (the rule that says so), if it may not.
-    async fn immutable(&self, repo: &RepoName, tag: &Tag) -> Result<Option<String>, PolicyError>;
+    /// The tags among `tags` of `repo` that may never be moved or deleted, each with the rule
+    /// that says so, in the order given; one lookup of the rules for all of them.
+    async fn immutable(
+        &self,
+        repo: &RepoName,
+        tags: &[Tag],
+    ) -> Result<Vec<(Tag, String)>, PolicyError>;
     /// The storage limit of the namespace of `repo`, if it has one.
     async fn storage_limit(&self, repo: &RepoName) -> Result<Option<StorageLimit>, PolicyError>;
     /// Whether garbage collection deletes the untagged manifests of `repo`'s namespace
