@@ -20,6 +20,7 @@ pub mod logging;
 pub mod meta;
 pub mod oci;
 pub mod registry;
+pub mod remote;
 pub mod server;
 pub mod storage;
 pub mod time;

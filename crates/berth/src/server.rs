@@ -459,6 +459,9 @@ pub fn build_core(
     if let Some(access) = access {
         registry = registry.with_policy(Arc::new(crate::auth::policy::ProjectPolicy::new(access)));
     }
+    if let Some(mirrors) = crate::remote::Mirrors::from_config(&settings.config).context("proxy")? {
+        registry = registry.with_upstream(Arc::new(mirrors));
+    }
     Ok(registry)
 }
 

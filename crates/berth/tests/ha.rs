@@ -1113,7 +1113,7 @@ enum Want<'a> {
 async fn classify(sent: reqwest::Result<reqwest::Response>, ok: u16, want: Want<'_>) -> Outcome {
     let resp = match sent {
         Ok(resp) => resp,
-        Err(e) => return Outcome::Wrong(format!("no answer: {e}")),
+        Err(e) => return Outcome::Wrong(format!("no answer: {e:?}")),
     };
     let status = resp.status().as_u16();
     let retry_after = resp.headers().contains_key("retry-after");

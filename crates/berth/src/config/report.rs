@@ -120,7 +120,11 @@ pub const OPTION_TABLE: &[(&str, Status)] = &[
     ("middleware", Status::NotImplemented),
     ("log.hooks", Status::NotImplemented),
     ("health", Status::NotImplemented),
-    ("proxy", Status::NotImplemented),
+    // A pull-through cache of one remote registry; `ttl` is how long a cached tag is served
+    // before it is revalidated.
+    ("proxy", Status::Active),
+    ("proxy.cachewritetimeout", Status::NotImplemented),
+    ("proxy.exec", Status::NotImplemented),
     ("validation", Status::NotImplemented),
     ("validation.manifests.indexes", Status::Active),
     ("compatibility", Status::NotImplemented),

@@ -55,7 +55,7 @@ pub async fn get(
     with_body: bool,
 ) -> ApiResult {
     let digest: Digest = digest.parse()?;
-    let size = reg.core.blob_size(repo, &digest).await?;
+    let size = reg.core.resolve_blob(repo, &digest).await?;
     let range = parse_range(header_str(&req.headers, header::RANGE), size);
     let (status, range) = match range {
         RangeRequest::Whole => (StatusCode::OK, 0..size),

@@ -276,6 +276,7 @@ impl From<RegistryError> for ApiError {
             E::ManifestUnknown(_) => C::ManifestUnknown,
             E::NameUnknown(_) => C::NameUnknown,
             E::Denied(_) => C::Denied,
+            E::Unsupported(_) => C::Unsupported,
             E::ManifestTooLarge(_) => {
                 return ApiError::new(C::SizeInvalid, message)
                     .with_status(StatusCode::PAYLOAD_TOO_LARGE)

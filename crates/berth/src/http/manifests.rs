@@ -29,7 +29,7 @@ pub async fn get(
         }
         Err(e) => return Err(e.into()),
     };
-    let record = reg.core.manifest(repo, &reference).await?;
+    let record = reg.core.resolve_manifest(repo, &reference).await?;
     if let Reference::Tag(_) = reference {
         let accept: Vec<&str> = req
             .headers

@@ -9,6 +9,7 @@
 //! between leaves unreferenced bytes, never a visible reference to missing or partial bytes.
 
 pub mod events;
+pub mod mirror;
 pub mod policy;
 pub mod pulls;
 
@@ -66,6 +67,9 @@ pub enum RegistryError {
     /// A rule of the registry's owners forbids the change (an immutable tag, a full quota).
     #[error("{0}")]
     Denied(String),
+    /// The repository does not take this operation (a push into a pull-through cache).
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Storage(StorageError),
     #[error(transparent)]
@@ -234,6 +238,21 @@ pub struct Registry {
     redirect: Option<Duration>,
     /// Manifest pulls not yet written (see [`pulls`]).
     pulls: pulls::PullTally,
+    /// The registries that pull-through caches mirror; none without one.
+    upstream: Option<Arc<dyn mirror::Upstream>>,
+    /// Upstream fetches under way, one per manifest or blob.
+    flights: mirror::Flights,
+    /// When cached tags were last found current upstream.
+    freshness: mirror::Freshness,
+}
+
+/// Whether what a stored manifest references must be stored already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Present {
+    /// A push: as `IndexChildren` says.
+    Required,
+    /// Fetched into a pull-through cache: what it references is fetched when it is asked for.
+    Fetched,
 }
 
 /// Weighs cached manifests by their size.
@@ -265,7 +284,16 @@ impl Registry {
                 ManifestWeight,
             ),
             redirect: None,
+            upstream: None,
+            flights: mirror::Flights::default(),
+            freshness: mirror::Freshness::default(),
         }
+    }
+
+    /// Serves the repositories `upstream` mirrors as pull-through caches of it.
+    pub fn with_upstream(mut self, upstream: Arc<dyn mirror::Upstream>) -> Registry {
+        self.upstream = Some(upstream);
+        self
     }
 
     /// Reports every change (and pull) to `sink`; a change's entries commit with the change.
@@ -291,6 +319,23 @@ impl Registry {
     pub fn with_index_children(mut self, policy: IndexChildren) -> Registry {
         self.index_children = policy;
         self
+    }
+
+    /// The upstream `repo` is a pull-through cache of, if it is one.
+    fn mirrored(&self, repo: &RepoName) -> Option<(&dyn mirror::Upstream, mirror::Mirror)> {
+        let upstream = self.upstream.as_deref()?;
+        upstream.mirror(repo).map(|m| (upstream, m))
+    }
+
+    /// Refuses a push into a pull-through cache: its content comes from its upstream only.
+    fn writable(&self, repo: &RepoName) -> Result<()> {
+        match self.mirrored(repo) {
+            Some((_, m)) => Err(RegistryError::Unsupported(format!(
+                "{repo} is a pull-through cache of {} (repository {}): it cannot be pushed                  to; push to the upstream registry instead",
+                m.upstream, m.repository
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Whether any change is reported as an event (see [`Registry::with_events`]).
@@ -513,12 +558,16 @@ impl Registry {
         }
     }
 
-    /// Gives up a reservation whose commit did not happen (best effort: an abandoned
-    /// reservation expires).
-    async fn release(&self, reservation: Reservation) {
-        if let Err(e) = self.meta.apply(vec![reservation.release()]).await {
-            tracing::debug!(error = %e, "could not release a blob reservation");
-        }
+    /// Gives up a reservation whose commit did not happen, behind the answer: best effort (an
+    /// abandoned reservation expires), and a request whose commit failed because the database
+    /// is unreachable is answered at once instead of waiting for a second failure.
+    fn release(&self, reservation: Reservation) {
+        let meta = self.meta.clone();
+        tokio::spawn(async move {
+            if let Err(e) = meta.apply(vec![reservation.release()]).await {
+                tracing::debug!(error = %e, "could not release a blob reservation");
+            }
+        });
     }
 
     /// Forgets the cached bytes of manifests whose bytes a collector deleted.
@@ -601,6 +650,7 @@ impl Registry {
         from: Option<&RepoName>,
         readable: &(dyn Fn(&RepoName) -> bool + Send + Sync),
     ) -> Result<bool> {
+        self.writable(repo)?;
         let source = match from {
             Some(from) => self
                 .meta
@@ -642,6 +692,15 @@ impl Registry {
     where
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
     {
+        self.writable(repo)?;
+        self.store_blob(repo, digest, body).await
+    }
+
+    /// Stores a whole blob and makes it visible in `repo`, verifying its digest.
+    async fn store_blob<S>(&self, repo: &RepoName, digest: &Digest, body: S) -> Result<u64>
+    where
+        S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
+    {
         let id = uuid::Uuid::new_v4().to_string();
         let result = async {
             let mut hasher = digest.algorithm().hasher();
@@ -671,7 +730,7 @@ impl Registry {
             }
             .await;
             if linked.is_err() {
-                self.release(reservation).await;
+                self.release(reservation);
             }
             linked
         }
@@ -692,6 +751,7 @@ impl Registry {
     /// returns its id. The session is bound to both: every later use of it must name the same
     /// repository and come from the same identity, or the session is unknown to it.
     pub async fn start_upload(&self, repo: &RepoName, owner: &str) -> Result<String> {
+        self.writable(repo)?;
         let id = uuid::Uuid::new_v4().to_string();
         self.commit(vec![Change::CreateUpload {
             id: id.clone(),
@@ -864,7 +924,10 @@ impl Registry {
         }
         .await;
         if let Err(e) = committed {
-            self.release(reservation).await;
+            self.release(reservation);
+            if matches!(e, RegistryError::Unavailable(_)) {
+                return Err(e);
+            }
             // A concurrent finish (or cancel) of the same session may have got there first.
             return match self.meta.upload(id).await? {
                 None => Err(RegistryError::BlobUploadUnknown(id.to_string())),
@@ -959,6 +1022,22 @@ impl Registry {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<PushedManifest> {
+        self.writable(repo)?;
+        self.store_manifest(repo, reference, tags, content_type, body, Present::Required)
+            .await
+    }
+
+    /// Stores a manifest under `reference` (and `tags`); `present` says whether what it
+    /// references must be stored already.
+    async fn store_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        tags: &[Tag],
+        content_type: Option<&str>,
+        body: Bytes,
+        present: Present,
+    ) -> Result<PushedManifest> {
         if body.len() > MAX_MANIFEST_SIZE {
             return Err(RegistryError::ManifestTooLarge(body.len()));
         }
@@ -990,7 +1069,8 @@ impl Registry {
             .iter()
             .map(|c| Dependency {
                 digest: c.digest.clone(),
-                required: self.index_children.requires(c.platform.as_ref()),
+                required: present == Present::Required
+                    && self.index_children.requires(c.platform.as_ref()),
             })
             .collect();
         let layers_required = self.index_children != IndexChildren::None;
@@ -998,7 +1078,8 @@ impl Registry {
             .blobs
             .into_iter()
             .map(|digest| Dependency {
-                required: layers_required || Some(&digest) == parsed.config.as_ref(),
+                required: present == Present::Required
+                    && (layers_required || Some(&digest) == parsed.config.as_ref()),
                 digest,
             })
             .collect();
@@ -1044,14 +1125,14 @@ impl Registry {
                 // Reserved, the bytes found at the blob path stay there until the commit.
                 let reservation = self.reserve(&digest, body.len() as u64).await?;
                 if let Err(e) = self.store.put_blob_bytes(&digest, body.clone()).await {
-                    self.release(reservation).await;
+                    self.release(reservation);
                     return Err(e.into());
                 }
                 self.manifest_bytes.insert(digest.clone(), body);
                 changes.push(reservation.release());
                 let done = self.commit(changes).await;
                 if done.is_err() {
-                    self.release(reservation).await;
+                    self.release(reservation);
                 }
                 done
             }
@@ -1069,6 +1150,172 @@ impl Registry {
             subject: parsed.subject,
             tags: all_tags,
         })
+    }
+
+    /// The descriptor of the manifest a pull of `reference` gets: the stored one, or in a
+    /// pull-through cache the upstream's (fetched once, then served from the cache; a cached
+    /// tag is revalidated after its mirror's ttl, and served as it is while the upstream fails).
+    pub async fn resolve_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestDescriptor> {
+        let Some((upstream, mirror)) = self.mirrored(repo) else {
+            return self.manifest(repo, reference).await;
+        };
+        let cached = self.meta.manifest(repo, reference).await?;
+        let (tag, cached) = match (reference, cached) {
+            (Reference::Digest(_), Some(m)) => {
+                mirror::count(&mirror, "manifest", "hit");
+                return Ok(m.into());
+            }
+            (Reference::Tag(tag), Some(m)) => {
+                if self.freshness.fresh(repo, tag, &m.digest, mirror.ttl) {
+                    mirror::count(&mirror, "manifest", "hit");
+                    return Ok(m.into());
+                }
+                match upstream.manifest_digest(&mirror, tag).await {
+                    Ok(Some(d)) if d == m.digest => {
+                        self.freshness.checked(repo, tag, &d);
+                        mirror::count(&mirror, "manifest", "revalidated");
+                        return Ok(m.into());
+                    }
+                    // Moved upstream: fetched anew below.
+                    Ok(Some(_)) => (Some(tag), Some(m)),
+                    Ok(None) => {
+                        mirror::count(&mirror, "manifest", "gone");
+                        return Err(RegistryError::ManifestUnknown(format!(
+                            "{tag} (the upstream registry {} no longer has it)",
+                            mirror.upstream
+                        )));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%repo, %tag, error = %e, "serving a cached tag unrevalidated");
+                        mirror::count(&mirror, "manifest", "stale");
+                        return Ok(m.into());
+                    }
+                }
+            }
+            (Reference::Tag(tag), None) => (Some(tag), None),
+            (Reference::Digest(_), None) => (None, None),
+        };
+        let asked = std::time::Instant::now();
+        let _turn = self.flights.enter(format!("{repo}@{reference}")).await;
+        // Fetched by another request while this one waited for its turn.
+        if let Some(m) = self.meta.manifest(repo, reference).await? {
+            let current = match tag {
+                Some(tag) => self.freshness.checked_since(repo, tag, &m.digest, asked),
+                None => true,
+            };
+            if current {
+                mirror::count(&mirror, "manifest", "hit");
+                return Ok(m.into());
+            }
+        }
+        let fetched = match upstream.manifest(&mirror, reference).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                mirror::count(&mirror, "manifest", "absent");
+                return Err(RegistryError::ManifestUnknown(format!(
+                    "{reference} (the upstream registry {} does not have it)",
+                    mirror.upstream
+                )));
+            }
+            Err(e) => {
+                return self.stale_or(&mirror, repo, cached, e.to_string());
+            }
+        };
+        let stored = self
+            .store_manifest(
+                repo,
+                reference,
+                &[],
+                Some(&fetched.media_type),
+                fetched.bytes,
+                Present::Fetched,
+            )
+            .await;
+        let digest = match stored {
+            Ok(pushed) => pushed.digest,
+            Err(RegistryError::ManifestInvalid(why) | RegistryError::DigestInvalid(why)) => {
+                mirror::count(&mirror, "manifest", "error");
+                return Err(RegistryError::Unavailable(format!(
+                    "the upstream registry {} answered {reference} with a manifest that is not                      valid ({why})",
+                    mirror.upstream
+                )));
+            }
+            Err(e) => return self.stale_or(&mirror, repo, cached, e.to_string()),
+        };
+        if let Some(tag) = tag {
+            self.freshness.checked(repo, tag, &digest);
+        }
+        mirror::count(&mirror, "manifest", "miss");
+        self.manifest(repo, &Reference::Digest(digest)).await
+    }
+
+    /// The cached manifest, served while the upstream fails; without one, the failure.
+    fn stale_or(
+        &self,
+        mirror: &mirror::Mirror,
+        repo: &RepoName,
+        cached: Option<ManifestRecord>,
+        why: String,
+    ) -> Result<ManifestDescriptor> {
+        match cached {
+            Some(m) => {
+                tracing::warn!(%repo, error = %why, "serving a cached tag: the upstream failed");
+                mirror::count(mirror, "manifest", "stale");
+                Ok(m.into())
+            }
+            None => {
+                mirror::count(mirror, "manifest", "error");
+                Err(RegistryError::Unavailable(why))
+            }
+        }
+    }
+
+    /// The size of a blob a pull of `digest` from `repo` gets: a stored one, or in a
+    /// pull-through cache the upstream's, fetched once however many requests ask at once,
+    /// verified and stored.
+    pub async fn resolve_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        let cached = self.meta.blob_in_repo(repo, digest).await?;
+        let Some((upstream, mirror)) = self.mirrored(repo) else {
+            return cached.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()));
+        };
+        if let Some(size) = cached {
+            mirror::count(&mirror, "blob", "hit");
+            return Ok(size);
+        }
+        let _turn = self.flights.enter(format!("{repo}@{digest}")).await;
+        if let Some(size) = self.meta.blob_in_repo(repo, digest).await? {
+            mirror::count(&mirror, "blob", "hit");
+            return Ok(size);
+        }
+        let body = match upstream.blob(&mirror, digest).await {
+            Ok(Some(body)) => body,
+            Ok(None) => {
+                mirror::count(&mirror, "blob", "absent");
+                return Err(RegistryError::BlobUnknown(digest.clone()));
+            }
+            Err(e) => {
+                mirror::count(&mirror, "blob", "error");
+                return Err(RegistryError::Unavailable(e.to_string()));
+            }
+        };
+        match self.store_blob(repo, digest, body).await {
+            Ok(size) => {
+                mirror::count(&mirror, "blob", "miss");
+                Ok(size)
+            }
+            Err(e @ (RegistryError::StorageFull(_) | RegistryError::Denied(_))) => Err(e),
+            Err(e) => {
+                mirror::count(&mirror, "blob", "error");
+                Err(RegistryError::Unavailable(format!(
+                    "fetching {digest} from the upstream registry {} failed: {e}",
+                    mirror.upstream
+                )))
+            }
+        }
     }
 
     /// A manifest's descriptor, without its bytes.
