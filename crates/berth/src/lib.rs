@@ -21,6 +21,7 @@ pub mod meta;
 pub mod oci;
 pub mod registry;
 pub mod remote;
+pub mod replication;
 pub mod server;
 pub mod storage;
 pub mod time;

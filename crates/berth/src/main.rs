@@ -75,6 +75,11 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Replication between this registry and others.
+    Replication {
+        #[command(subcommand)]
+        command: ReplicationCommand,
+    },
     /// Collect garbage now, with the configuration `serve` runs with; safe while servers run.
     /// Deletes repository links no manifest names, then blobs nothing references, and with
     /// --untagged manifests no tag, index or live subject keeps: whatever was referenced within
@@ -99,6 +104,17 @@ enum Command {
         /// Print the last runs instead of running.
         #[arg(long)]
         history: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplicationCommand {
+    /// What each rule of the configuration has queued, copied and given up on.
+    Status {
+        /// The configuration file `berth serve` runs with (as --config).
+        file: Option<PathBuf>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -847,6 +863,28 @@ fn run() -> anyhow::Result<()> {
                 opts.pace = p;
             }
             runtime.block_on(collect(settings, opts, history))
+        }
+        Command::Replication {
+            command: ReplicationCommand::Status { file, mut store },
+        } => {
+            let _log = logging::init("warn", Format::Text, Default::default());
+            if store.config.is_none() {
+                store.config = file;
+            }
+            let settings = settings_of(&store)?;
+            runtime.block_on(async {
+                let Some(replication) =
+                    berth::replication::Replication::from_config(&settings.config)?
+                else {
+                    println!("no replication rules are configured");
+                    return Ok(());
+                };
+                let meta = server::open_meta(&settings.meta).await?;
+                for line in replication.status(meta.as_ref()).await? {
+                    println!("{line}");
+                }
+                Ok(())
+            })
         }
         Command::Import(ImportSource::Distribution { dir, config }) => {
             let _log = logging::init("warn", Format::Text, Default::default());

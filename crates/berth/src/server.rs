@@ -185,6 +185,7 @@ impl Settings {
                 access_log: !config.log.accesslog.disabled,
                 metrics: false,
                 gc_interval: config.gc.interval.0,
+                open: config.auth.configured_methods().is_empty(),
             },
             tls,
             debug: h.debug.addr.as_ref().map(|addr| DebugServer {
@@ -462,7 +463,30 @@ pub fn build_core(
     if let Some(mirrors) = crate::remote::Mirrors::from_config(&settings.config).context("proxy")? {
         registry = registry.with_upstream(Arc::new(mirrors));
     }
+    if let Some(replication) =
+        crate::replication::Replication::from_config(&settings.config).context("replication")?
+    {
+        registry = registry.with_events(replication.sink());
+    }
     Ok(registry)
+}
+
+/// The registry's id, shared by every instance on the same metadata store: made by the first
+/// instance that starts, then read.
+pub async fn registry_id(meta: &dyn MetaStore) -> anyhow::Result<String> {
+    const KEY: &str = "registry_id";
+    if let Some(id) = meta.setting(KEY).await? {
+        return Ok(id);
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    meta.apply(vec![crate::meta::Change::InitSetting {
+        key: KEY.into(),
+        value: id,
+    }])
+    .await?;
+    meta.setting(KEY)
+        .await?
+        .context("the registry's id was written but cannot be read")
 }
 
 /// The audit log's settings, when the built-in token service (and so the audit log) is on.
@@ -493,13 +517,10 @@ pub async fn serve(
         .builtin
         .is_some()
         .then(|| access.clone());
-    let registry = Arc::new(build_core(
-        &settings,
-        meta.clone(),
-        projects,
-        store.clone(),
-        redirect,
-    )?);
+    let id = registry_id(meta.as_ref()).await?;
+    let registry = Arc::new(
+        build_core(&settings, meta.clone(), projects, store.clone(), redirect)?.with_id(id),
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let delivery_stop = CancellationToken::new();
@@ -559,6 +580,9 @@ pub async fn serve(
         registry.clone(),
         delivery_stop.clone(),
     )));
+    if let Some(replication) = crate::replication::Replication::from_config(&settings.config)? {
+        tasks.extend(replication.spawn(registry.clone(), meta.clone(), delivery_stop.clone()));
+    }
     let health = Health::new();
     if let Some(probe) = settings.storage_probe {
         tasks.push(tokio::spawn(crate::http::health::probe_storage(

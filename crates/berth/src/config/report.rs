@@ -129,6 +129,7 @@ pub const OPTION_TABLE: &[(&str, Status)] = &[
     ("validation.manifests.indexes", Status::Active),
     ("compatibility", Status::NotImplemented),
     ("policy", Status::NotImplemented),
+    ("replication", Status::Active),
 ];
 
 /// The options the user set (values that differ from the defaults, plus the chosen storage driver
@@ -301,6 +302,9 @@ fn mask_secrets(config: &mut Config) {
     mask(&mut config.redis.password);
     mask(&mut config.redis.sentinelpassword);
     mask(&mut config.proxy.password);
+    for remote in &mut config.replication.registries {
+        mask(&mut remote.password);
+    }
     if let Some(database) = &mut config.database {
         mask(&mut database.password);
     }

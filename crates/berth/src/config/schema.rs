@@ -72,6 +72,8 @@ pub struct Config {
     pub sqlite: Sqlite,
     /// Online garbage collection: its schedule and what it keeps (Berth's own section).
     pub gc: Gc,
+    /// Remote registries and the rules that copy images to and from them (Berth's own section).
+    pub replication: Replication,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1364,6 +1366,8 @@ impl Config {
         c.proxy.exec = Some(ProxyExec::default());
         c.validation.manifests.indexes.platformlist = vec![Platform::default()];
         c.database = Some(Database::default());
+        c.replication.registries = vec![RemoteRegistry::default()];
+        c.replication.rules = vec![ReplicationRule::default()];
         c
     }
 }
@@ -1506,6 +1510,76 @@ impl Default for Gc {
             untagged: false,
             parallelism: 8,
             pace: 0.5,
+        }
+    }
+}
+
+/// Remote registries and replication rules.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Replication {
+    /// Registries rules copy to or from.
+    pub registries: Vec<RemoteRegistry>,
+    /// What is copied where.
+    pub rules: Vec<ReplicationRule>,
+}
+
+/// A remote registry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RemoteRegistry {
+    /// Its name, unique; rules name it.
+    pub name: String,
+    /// `harbor` (another Berth or a Harbor) or `docker-registry` (any registry that speaks the
+    /// distribution API).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its base URL.
+    pub url: String,
+    pub username: Option<String>,
+    /// (secret)
+    pub password: Option<String>,
+    /// Accept any TLS certificate.
+    pub insecure: bool,
+    /// A PEM file of certificates to trust besides the usual roots.
+    pub ca: Option<String>,
+}
+
+/// A replication rule: push (`destination`) or pull (`source`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReplicationRule {
+    /// Its name, unique.
+    pub name: String,
+    /// Push replication: every push here that matches is copied to this registry.
+    pub destination: Option<String>,
+    /// Pull replication: what matches there is copied here every `interval`.
+    pub source: Option<String>,
+    /// Repository name globs (`**` crosses `/`); empty matches every repository.
+    pub repositories: Vec<String>,
+    /// Tag globs; empty matches every tag.
+    pub tags: Vec<String>,
+    /// Where copies go: this namespace replaces the first segment of the name; empty keeps it.
+    pub namespace: String,
+    /// Deletes are replicated too (push rules).
+    pub deletes: bool,
+    pub enabled: bool,
+    /// How often a pull rule lists its source.
+    pub interval: GoDuration,
+}
+
+impl Default for ReplicationRule {
+    fn default() -> Self {
+        ReplicationRule {
+            name: String::new(),
+            destination: None,
+            source: None,
+            repositories: Vec::new(),
+            tags: Vec::new(),
+            namespace: String::new(),
+            deletes: false,
+            enabled: true,
+            interval: GoDuration::from_secs(300),
         }
     }
 }

@@ -143,6 +143,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     if let Some(remote) = &config.proxy.remoteurl {
         check_absolute_url("proxy.remoteurl", remote)?;
     }
+    check_replication(&config.replication)?;
     if config.tags.maxtags < 0 {
         return Err(invalid("tags.maxtags", "must not be negative"));
     }
@@ -337,6 +338,78 @@ pub(crate) fn check_listen_addr(addr: &str) -> Result<(), String> {
     } else {
         Err(format!("invalid listen address {addr:?}: {EXPECTED}"))
     }
+}
+
+/// Remote registries with unique names, types and URLs; rules with unique names, each naming
+/// exactly one known registry as its destination or its source, with valid globs.
+fn check_replication(r: &super::Replication) -> Result<(), ConfigError> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, remote) in r.registries.iter().enumerate() {
+        let at = format!("replication.registries[{i}]");
+        if remote.name.trim().is_empty() {
+            return Err(invalid(
+                format!("{at}.name"),
+                "must be set: rules name the registry",
+            ));
+        }
+        if !names.insert(remote.name.as_str()) {
+            return Err(invalid(
+                format!("{at}.name"),
+                format!("{:?} is used twice", remote.name),
+            ));
+        }
+        if !matches!(remote.kind.as_str(), "harbor" | "docker-registry") {
+            return Err(invalid(
+                format!("{at}.type"),
+                format!("{:?}: expected harbor or docker-registry", remote.kind),
+            ));
+        }
+        check_absolute_url(&format!("{at}.url"), &remote.url)?;
+    }
+    let mut rules = std::collections::BTreeSet::new();
+    for (i, rule) in r.rules.iter().enumerate() {
+        let at = format!("replication.rules[{i}]");
+        if rule.name.trim().is_empty() || rule.name.contains('/') {
+            return Err(invalid(format!("{at}.name"), "must be set, without '/'"));
+        }
+        if !rules.insert(rule.name.as_str()) {
+            return Err(invalid(
+                format!("{at}.name"),
+                format!("{:?} is used twice", rule.name),
+            ));
+        }
+        let remote = match (&rule.destination, &rule.source) {
+            (Some(d), None) => ("destination", d),
+            (None, Some(s)) => ("source", s),
+            _ => {
+                return Err(invalid(
+                    at,
+                    "needs exactly one of destination (push replication) or source (pull)",
+                ))
+            }
+        };
+        if !names.contains(remote.1.as_str()) {
+            return Err(invalid(
+                format!("{at}.{}", remote.0),
+                format!("{:?} is not a registry of replication.registries", remote.1),
+            ));
+        }
+        for (key, globs) in [("repositories", &rule.repositories), ("tags", &rule.tags)] {
+            for (j, g) in globs.iter().enumerate() {
+                globset::GlobBuilder::new(g)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| invalid(format!("{at}.{key}[{j}]"), e.to_string()))?;
+            }
+        }
+        if rule.source.is_some() && rule.interval.0.is_zero() {
+            return Err(invalid(
+                format!("{at}.interval"),
+                "must be more than 0 for a pull rule",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_absolute_url(path: &str, value: &str) -> Result<(), ConfigError> {

@@ -195,6 +195,7 @@ mod tests {
             user_agent: "docker/27".into(),
             actor: None,
             base_url: "https://reg.example:5000/".into(),
+            origin: None,
         }
     }
 

@@ -71,6 +71,10 @@ pub struct EdgeSettings {
     pub metrics: bool,
     /// How often garbage is collected on schedule (`gc.interval`); zero for never.
     pub gc_interval: std::time::Duration,
+    /// No authentication is configured: every client is anonymous, and what a request says of
+    /// itself (a replication's origin) is taken as it is; otherwise only from an authenticated
+    /// client.
+    pub open: bool,
 }
 
 impl Default for EdgeSettings {
@@ -87,6 +91,7 @@ impl Default for EdgeSettings {
             access_log: false,
             metrics: false,
             gc_interval: std::time::Duration::ZERO,
+            open: true,
         }
     }
 }
@@ -212,9 +217,19 @@ pub fn router_with_health(
     app.layer(TraceLayer::new_for_http())
 }
 
-/// `GET /v2/`: the API version check.
-async fn base() -> Response {
-    ([(http::header::CONTENT_TYPE, "application/json")], "{}").into_response()
+/// The header naming the registry (its id, shared by every instance), which replication reads
+/// to know where content came from.
+pub const REGISTRY_ID: HeaderName = HeaderName::from_static("berth-registry-id");
+/// The header a replicated push carries: the id of the registry the content came from.
+pub const REPLICATION_ORIGIN: HeaderName = HeaderName::from_static("berth-replication-origin");
+
+/// `GET /v2/`: the API version check; also says which registry this is.
+async fn base(State(edge): State<AppState>) -> Response {
+    let mut resp = ([(http::header::CONTENT_TYPE, "application/json")], "{}").into_response();
+    if let Some(id) = edge.core.id().and_then(|id| HeaderValue::from_str(id).ok()) {
+        resp.headers_mut().insert(REGISTRY_ID, id);
+    }
+    resp
 }
 
 /// Routes `/v2/<name>/...` requests, whose names span several path segments.
@@ -306,14 +321,19 @@ fn request_context(edge: &Edge, req: &Parts) -> RequestContext {
     } else {
         format!("{base_url}{}", edge.settings.prefix)
     };
+    let actor = req.extensions.get::<Actor>().map(|a| a.0.clone());
     RequestContext {
         id: uuid::Uuid::new_v4().to_string(),
         addr,
         host: h(http::header::HOST),
         method: req.method.to_string(),
         user_agent: h(http::header::USER_AGENT),
-        actor: req.extensions.get::<Actor>().map(|a| a.0.clone()),
+        actor: actor.clone(),
         base_url,
+        origin: (actor.is_some() || edge.settings.open)
+            .then(|| header_str(&req.headers, REPLICATION_ORIGIN).map(str::to_string))
+            .flatten()
+            .filter(|o| !o.is_empty() && o.len() <= 64),
     }
 }
 

@@ -290,4 +290,12 @@ impl super::UncachedReads for CachedMetaStore {
     async fn schedule(&self, name: &str) -> Result<Option<super::ScheduleRecord>> {
         self.inner.schedule(name).await
     }
+
+    async fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.inner.setting(key).await
+    }
+
+    async fn replication_progress(&self) -> Result<Vec<super::ReplicationProgress>> {
+        self.inner.replication_progress().await
+    }
 }

@@ -152,6 +152,16 @@ pub const SET_SCHEDULE: &str =
      VALUES ($1, $2, $3, $4, $4) ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, \
      parameters = excluded.parameters, updated_at = excluded.updated_at";
 
+/// $1 rule, $2 images, $3 bytes, $4 failures, $5 error (kept when NULL), $6 at.
+pub const REPLICATION_PROGRESS: &str =
+    "INSERT INTO replication_progress (rule, images, bytes, failures, last_error, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (rule) DO UPDATE SET \
+     images = replication_progress.images + excluded.images, \
+     bytes = replication_progress.bytes + excluded.bytes, \
+     failures = replication_progress.failures + excluded.failures, \
+     last_error = COALESCE(excluded.last_error, replication_progress.last_error), \
+     updated_at = excluded.updated_at";
+
 /// $1 repo id, $2 digest, $3 at.
 pub const PULL_MANIFEST: &str = "UPDATE manifests SET pulled_at = $3 \
      WHERE repo_id = $1 AND digest = $2 AND (pulled_at IS NULL OR pulled_at < $3)";
@@ -404,6 +414,27 @@ macro_rules! collection_changes {
                         .execute(&mut **tx)
                         .await?;
                 }
+                Change::InitSetting { key, value } => {
+                    sqlx::query(&$sql(
+                        "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                         ON CONFLICT (key) DO NOTHING",
+                    ))
+                    .bind(&key)
+                    .bind(&value)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Change::ReplicationProgress(p) => {
+                    sqlx::query(&$sql(REPLICATION_PROGRESS))
+                        .bind(&p.rule)
+                        .bind(p.images as i64)
+                        .bind(p.bytes as i64)
+                        .bind(p.failures as i64)
+                        .bind(&p.error)
+                        .bind(p.updated_at)
+                        .execute(&mut **tx)
+                        .await?;
+                }
                 other => {
                     return Err(MetaError::Corrupt(format!(
                         "not a collection change: {other:?}"
@@ -567,6 +598,39 @@ macro_rules! collection_reads {
                 .fetch_optional(self.reader())
                 .await?;
             row.as_ref().map(|r| schedule_row(r)).transpose()
+        }
+
+        async fn setting(&self, key: &str) -> $crate::meta::Result<Option<String>> {
+            let value: Option<String> =
+                sqlx::query_scalar(&$sql("SELECT value FROM settings WHERE key = $1"))
+                    .bind(key)
+                    .fetch_optional(self.writer())
+                    .await?;
+            Ok(value)
+        }
+
+        async fn replication_progress(
+            &self,
+        ) -> $crate::meta::Result<Vec<$crate::meta::ReplicationProgress>> {
+            use $crate::meta::rows::Columns;
+            let rows = sqlx::query(&$sql(
+                "SELECT rule, images, bytes, failures, last_error, updated_at \
+                 FROM replication_progress ORDER BY rule",
+            ))
+            .fetch_all(self.reader())
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok($crate::meta::ReplicationProgress {
+                        rule: r.text("rule")?.to_string(),
+                        images: r.int("images")? as u64,
+                        bytes: r.int("bytes")? as u64,
+                        failures: r.int("failures")? as u64,
+                        error: r.maybe_text("last_error")?.map(str::to_string),
+                        updated_at: r.int("updated_at")?,
+                    })
+                })
+                .collect()
         }
         }
     };

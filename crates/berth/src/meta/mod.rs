@@ -273,6 +273,27 @@ pub enum Change {
     SetSchedule(ScheduleRecord),
     /// Removes the schedule `name`; removing none is not an error.
     RemoveSchedule { name: String },
+    /// Sets the registry-wide setting `key` to `value` unless it is set already (the first
+    /// writer wins: settings such as the registry's id are made once).
+    InitSetting { key: String, value: String },
+    /// Adds to a replication rule's totals, and sets its last error when one is given.
+    ReplicationProgress(ReplicationProgress),
+}
+
+/// What a replication rule has done, in total.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplicationProgress {
+    pub rule: String,
+    /// Images (manifests with what they reference) copied.
+    pub images: u64,
+    /// Blob and manifest bytes copied.
+    pub bytes: u64,
+    /// Copies given up on.
+    pub failures: u64,
+    /// The last failure's reason (kept until the next one).
+    pub error: Option<String>,
+    /// Unix milliseconds of the last change.
+    pub updated_at: i64,
 }
 
 /// A recurring job's schedule, set through the API.
@@ -379,6 +400,10 @@ pub trait UncachedReads: Send + Sync {
     async fn collection_requests(&self, limit: u32) -> Result<Vec<CollectionRequest>>;
     /// The schedule `name`, if one is set.
     async fn schedule(&self, name: &str) -> Result<Option<ScheduleRecord>>;
+    /// The registry-wide setting `key`, if it is set.
+    async fn setting(&self, key: &str) -> Result<Option<String>>;
+    /// Every replication rule's totals.
+    async fn replication_progress(&self) -> Result<Vec<ReplicationProgress>>;
 }
 
 /// The metadata store interface.
@@ -493,7 +518,9 @@ pub fn affected(changes: &[Change]) -> (Vec<&RepoName>, bool) {
             | Change::TakeCollectionRequest { .. }
             | Change::RecordPulls(_)
             | Change::SetSchedule(_)
-            | Change::RemoveSchedule { .. } => continue,
+            | Change::RemoveSchedule { .. }
+            | Change::InitSetting { .. }
+            | Change::ReplicationProgress(_) => continue,
         };
         if !repos.contains(&repo) {
             repos.push(repo);

@@ -34,6 +34,9 @@ pub struct RequestContext {
     pub actor: Option<String>,
     /// The registry's external base URL (e.g. `https://registry.example.com`), for URLs in events.
     pub base_url: String,
+    /// For a push made by replication: the id of the registry the content was first pushed to
+    /// (`Berth-Replication-Origin`), which replication never copies it back to.
+    pub origin: Option<String>,
 }
 
 tokio::task_local! {
@@ -231,7 +234,9 @@ pub fn from_changes(changes: &[Change]) -> Vec<RegistryEvent> {
             | Change::TakeCollectionRequest { .. }
             | Change::RecordPulls(_)
             | Change::SetSchedule(_)
-            | Change::RemoveSchedule { .. } => {}
+            | Change::RemoveSchedule { .. }
+            | Change::InitSetting { .. }
+            | Change::ReplicationProgress(_) => {}
         }
     }
     events

@@ -244,6 +244,8 @@ pub struct Registry {
     flights: mirror::Flights,
     /// When cached tags were last found current upstream.
     freshness: mirror::Freshness,
+    /// The registry's id (shared by every instance of it), when it has one.
+    id: Option<String>,
 }
 
 /// Whether what a stored manifest references must be stored already.
@@ -287,7 +289,19 @@ impl Registry {
             upstream: None,
             flights: mirror::Flights::default(),
             freshness: mirror::Freshness::default(),
+            id: None,
         }
+    }
+
+    /// Names the registry: `id` is shared by every instance (see `meta::Change::InitSetting`).
+    pub fn with_id(mut self, id: String) -> Registry {
+        self.id = Some(id);
+        self
+    }
+
+    /// The registry's id, if it has one.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
     }
 
     /// Serves the repositories `upstream` mirrors as pull-through caches of it.
@@ -1396,6 +1410,33 @@ impl Registry {
                 self.pulls.restore(records);
                 Err(e)
             }
+        }
+    }
+
+    /// A manifest of `repo` under `reference` with its bytes, read to be copied elsewhere:
+    /// not reported as a pull.
+    pub async fn replica_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(ManifestDescriptor, Bytes)> {
+        let descriptor = self.manifest(repo, reference).await?;
+        let bytes = self.manifest_content(&descriptor.digest).await?;
+        Ok((descriptor, bytes))
+    }
+
+    /// A byte range of a blob visible in `repo`, read to be copied elsewhere: not reported as a
+    /// pull.
+    pub async fn replica_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> Result<ByteStream> {
+        self.blob_size(repo, digest).await?;
+        match self.store.read_blob(digest, range).await {
+            Err(StorageError::NotFound(_)) => Err(RegistryError::BlobUnknown(digest.clone())),
+            other => Ok(other?),
         }
     }
 

@@ -88,6 +88,33 @@ pub struct Client {
     guard: Arc<AddressGuard>,
 }
 
+/// A request to send with [`Client::call`].
+pub struct Call<'a> {
+    pub method: Method,
+    pub url: Url,
+    /// The token scope it needs (`repository:NAME:pull,push`).
+    pub scope: &'a str,
+    pub accept: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    /// Kept whole so that it can be sent again after a challenge.
+    pub body: Option<Bytes>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(method: Method, url: Url, scope: &'a str) -> Call<'a> {
+        Call {
+            method,
+            url,
+            scope,
+            accept: None,
+            content_type: None,
+            body: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
 /// A response whose body is still to be read, holding its request's place in flight.
 pub struct Answer {
     pub response: reqwest::Response,
@@ -149,11 +176,54 @@ impl Client {
         scope: &str,
         accept: Option<&str>,
     ) -> Result<Answer> {
-        let url = self
-            .endpoint
+        let mut call = Call::new(method, self.url(path)?, scope);
+        call.accept = accept;
+        self.call(call).await
+    }
+
+    /// The URL of `path` below the remote's `/v2/`.
+    pub fn url(&self, path: &str) -> Result<Url> {
+        self.endpoint
             .url
             .join(&format!("v2/{path}"))
-            .map_err(|e| ClientError::Refused(format!("bad path {path}: {e}")))?;
+            .map_err(|e| ClientError::Refused(format!("bad path {path}: {e}")))
+    }
+
+    /// A `Location` the remote answered, made absolute.
+    pub fn location(&self, answer: &Answer) -> Result<Url> {
+        let location = answer.header("location").ok_or_else(|| {
+            ClientError::Refused(format!(
+                "{} answered without a Location",
+                self.endpoint.name
+            ))
+        })?;
+        self.endpoint
+            .url
+            .join(location)
+            .map_err(|e| ClientError::Refused(format!("bad Location {location:?}: {e}")))
+    }
+
+    /// The id the remote gives itself on `GET /v2/` (`Berth-Registry-Id`, sent by Berth), once
+    /// it answers; the connectivity check.
+    pub async fn ping(&self) -> Result<Option<String>> {
+        let answer = self
+            .call(Call::new(Method::GET, self.url("")?, "registry:catalog:*"))
+            .await?;
+        Ok(answer.header("berth-registry-id").map(str::to_string))
+    }
+
+    /// Sends `call`, answering the remote's authentication challenge once. Any status but 2xx
+    /// is an error.
+    pub async fn call(&self, call: Call<'_>) -> Result<Answer> {
+        let Call {
+            method,
+            url,
+            scope,
+            accept,
+            content_type,
+            body,
+            headers,
+        } = call;
         let permit = self
             .permits
             .clone()
@@ -165,6 +235,15 @@ impl Client {
             let mut req = self.http.request(method.clone(), url.clone());
             if let Some(accept) = accept {
                 req = req.header(ACCEPT, accept);
+            }
+            if let Some(content_type) = content_type {
+                req = req.header(CONTENT_TYPE, content_type);
+            }
+            for (name, value) in &headers {
+                req = req.header(*name, value.as_str());
+            }
+            if let Some(body) = &body {
+                req = req.body(body.clone());
             }
             if let Some(auth) = self.authorization(scope) {
                 req = req.header(AUTHORIZATION, auth);
@@ -368,6 +447,10 @@ impl Answer {
             let _held = &permit;
             chunk.map_err(std::io::Error::other)
         }))
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.response.status()
     }
 
     /// A header's value, if it is text.

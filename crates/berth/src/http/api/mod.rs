@@ -285,6 +285,7 @@ impl Caller {
             user_agent: h(http::header::USER_AGENT),
             actor,
             base_url: format!("{base_url}{}", api.settings.prefix),
+            origin: None,
         }
     }
 }
