@@ -118,6 +118,16 @@ enum ReplicationCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Queues every tag a push rule matches, for the servers to copy (what the destination has
+    /// already is skipped): the first copy of what was there before the rule, or a resync.
+    Run {
+        /// The rule.
+        rule: String,
+        /// The configuration file `berth serve` runs with (as --config).
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// Where the users, projects and robots are: the metadata database of this configuration.
@@ -863,6 +873,29 @@ fn run() -> anyhow::Result<()> {
                 opts.pace = p;
             }
             runtime.block_on(collect(settings, opts, history))
+        }
+        Command::Replication {
+            command:
+                ReplicationCommand::Run {
+                    rule,
+                    file,
+                    mut store,
+                },
+        } => {
+            let _log = logging::init("warn", Format::Text, Default::default());
+            if store.config.is_none() {
+                store.config = file;
+            }
+            let settings = settings_of(&store)?;
+            runtime.block_on(async {
+                let replication =
+                    berth::replication::Replication::from_config(&settings.config)?
+                        .ok_or_else(|| anyhow::anyhow!("no replication rules are configured"))?;
+                let meta = server::open_meta(&settings.meta).await?;
+                let n = replication.queue_everything(&rule, meta.as_ref()).await?;
+                println!("{rule}: {n} tags queued");
+                Ok(())
+            })
         }
         Command::Replication {
             command: ReplicationCommand::Status { file, mut store },

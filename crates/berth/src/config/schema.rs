@@ -1564,7 +1564,8 @@ pub struct ReplicationRule {
     /// Deletes are replicated too (push rules).
     pub deletes: bool,
     pub enabled: bool,
-    /// How often a pull rule lists its source.
+    /// A pull rule lists its source this often (required); a push rule, when set, also
+    /// queues everything that matches this often, so what the destination lost comes back.
     pub interval: GoDuration,
 }
 
@@ -1579,7 +1580,7 @@ impl Default for ReplicationRule {
             namespace: String::new(),
             deletes: false,
             enabled: true,
-            interval: GoDuration::from_secs(300),
+            interval: GoDuration::from_secs(0),
         }
     }
 }

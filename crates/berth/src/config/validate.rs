@@ -405,7 +405,7 @@ fn check_replication(r: &super::Replication) -> Result<(), ConfigError> {
         if rule.source.is_some() && rule.interval.0.is_zero() {
             return Err(invalid(
                 format!("{at}.interval"),
-                "must be more than 0 for a pull rule",
+                "must be set for a pull rule: how often its source is listed (e.g. 5m)",
             ));
         }
     }

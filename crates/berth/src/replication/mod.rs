@@ -276,7 +276,19 @@ impl Replication {
         let rule = &self.rules[i];
         let topic = rule.topic();
         let uploads = Uploads::default();
+        let mut resync = tokio::time::Instant::now() + rule.interval;
         while !stop.is_cancelled() {
+            if !rule.interval.is_zero() && tokio::time::Instant::now() >= resync {
+                resync = tokio::time::Instant::now() + rule.interval;
+                match self.queue_everything(&rule.name, meta).await {
+                    Ok(n) => {
+                        tracing::info!(rule = %rule.name, queued = n, "queued every matching tag")
+                    }
+                    Err(e) => {
+                        tracing::warn!(rule = %rule.name, error = %e, "queueing every matching tag failed")
+                    }
+                }
+            }
             let batch = match meta.outbox_peek(&topic, 32).await {
                 Ok(batch) => batch,
                 Err(e) => {
@@ -550,6 +562,84 @@ impl Replication {
             }
         }
         Ok(())
+    }
+
+    /// Queues, for the push rule `name`, every tag here that it matches (a manual run, or the
+    /// rule's interval falling due): the copy skips what the destination has. Returns how many.
+    pub async fn queue_everything(
+        &self,
+        name: &str,
+        meta: &dyn MetaStore,
+    ) -> anyhow::Result<usize> {
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no replication rule is named {name:?}"))?;
+        anyhow::ensure!(
+            rule.push,
+            "{name} is a pull rule: it copies on its interval"
+        );
+        let mut queued = 0;
+        let mut changes = Vec::new();
+        let mut after = None;
+        loop {
+            let page = crate::oci::Page {
+                after: after.clone(),
+                limit: Some(1000),
+            };
+            let repos = meta.repositories(&page).await?;
+            let Some(last) = repos.last().cloned() else {
+                break;
+            };
+            for repo in repos.iter().filter(|r| rule.matches_repository(r)) {
+                let Ok(repo) = repo.parse::<RepoName>() else {
+                    continue;
+                };
+                let mut tag_after = None;
+                loop {
+                    let page = crate::oci::Page {
+                        after: tag_after.clone(),
+                        limit: Some(1000),
+                    };
+                    let tags = meta.tags(&repo, &page).await?.unwrap_or_default();
+                    let Some(last_tag) = tags.last().cloned() else {
+                        break;
+                    };
+                    for tag in tags.iter().filter(|t| rule.matches_tag(t)) {
+                        let Ok(tag) = tag.parse::<Tag>() else {
+                            continue;
+                        };
+                        let reference = crate::oci::name::Reference::Tag(tag.clone());
+                        let Some(m) = meta.manifest(&repo, &reference).await? else {
+                            continue;
+                        };
+                        let entry = Entry {
+                            action: Action::Push,
+                            repository: repo.to_string(),
+                            digest: Some(m.digest.to_string()),
+                            tag: Some(tag.to_string()),
+                            origin: None,
+                        };
+                        changes.push(Change::Enqueue {
+                            topic: rule.topic(),
+                            payload: serde_json::to_value(entry)?,
+                        });
+                        if changes.len() >= 500 {
+                            queued += changes.len();
+                            meta.apply(std::mem::take(&mut changes)).await?;
+                        }
+                    }
+                    tag_after = Some(last_tag);
+                }
+            }
+            after = Some(last);
+        }
+        queued += changes.len();
+        if !changes.is_empty() {
+            meta.apply(changes).await?;
+        }
+        Ok(queued)
     }
 
     /// One line per rule: what is queued, copied and given up on.
