@@ -457,10 +457,12 @@ pub fn build_core(
     if let Some(audit) = audit_settings(settings) {
         registry = registry.with_events(Arc::new(crate::events::AuditTrail { pulls: audit.pulls }));
     }
-    if let Some(access) = access {
+    if let Some(access) = access.clone() {
         registry = registry.with_policy(Arc::new(crate::auth::policy::ProjectPolicy::new(access)));
     }
-    if let Some(mirrors) = crate::remote::Mirrors::from_config(&settings.config).context("proxy")? {
+    if let Some(mirrors) =
+        crate::remote::Mirrors::from_config(&settings.config, access).context("proxy")?
+    {
         registry = registry.with_upstream(Arc::new(mirrors));
     }
     if let Some(replication) =

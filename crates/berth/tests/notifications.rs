@@ -189,6 +189,7 @@ fn ctx(method: &str) -> RequestContext {
         user_agent: "notifications-test/1".into(),
         actor: Some("alice".into()),
         base_url: "https://reg.test:5000".into(),
+        origin: None,
     }
 }
 

@@ -3,6 +3,9 @@
 //! upstreams that try to collect its credentials or lead it to addresses it must not reach.
 
 mod common;
+#[allow(dead_code)]
+#[path = "common/harbor.rs"]
+mod harbor;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -495,4 +498,209 @@ async fn credentials_go_only_to_the_upstreams_host_and_redirects_stay_where_it_i
     assert_eq!(body, img.layer);
     assert_eq!(seen.redirected.load(Ordering::SeqCst), 1);
     assert_eq!(*seen.authorizations.lock().unwrap(), vec![basic]);
+}
+
+/// A second upstream without authentication, in its own directory.
+fn open_upstream(dir: &Path) -> (Distribution, String) {
+    let root = dir.join("open-upstream");
+    std::fs::create_dir_all(&root).unwrap();
+    let dist = Distribution::on_directory(&root, &root.join("data"), "");
+    let base = format!("http://{}", dist.host);
+    (dist, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxy_cache_projects_each_mirror_their_own_registry() {
+    use common::builtin::{bearer, BuiltinRegistry, ADMIN_PASSWORD};
+    use harbor::call;
+    let tmp = tempfile::tempdir().unwrap();
+    let guarded = Upstream::start(tmp.path());
+    let app = sample_image("project mirror a");
+    guarded.push_image("team/app", "v1", &app).await;
+    let (open_dist, open_base) = open_upstream(tmp.path());
+    let tool = sample_image("project mirror b");
+    {
+        let c = client();
+        for blob in [&tool.config, &tool.layer] {
+            let resp = c
+                .post(format!("{open_base}/v2/lib/tool/blobs/uploads/"))
+                .send()
+                .await
+                .unwrap();
+            let location = resp.headers()["location"].to_str().unwrap().to_string();
+            let sep = if location.contains('?') { '&' } else { '?' };
+            let resp = c
+                .put(format!("{location}{sep}digest={}", sha256(blob)))
+                .body(blob.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 201);
+        }
+        let resp = c
+            .put(format!("{open_base}/v2/lib/tool/manifests/1"))
+            .header("content-type", OCI_MANIFEST)
+            .body(tool.manifest.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+
+    let berth = BuiltinRegistry::start();
+    let base = berth.reg.url("");
+    let admin = Some(("admin", ADMIN_PASSWORD));
+    let add = |name: &str, url: &str, credential: serde_json::Value| {
+        serde_json::json!({"name": name, "type": "docker-registry", "url": url, "credential": credential, "insecure": false})
+            .to_string()
+    };
+    let a = call(
+        &base,
+        admin,
+        "POST",
+        "/registries",
+        Some(&add(
+            "guarded",
+            &guarded.base,
+            serde_json::json!({"type": "basic", "access_key": USER, "access_secret": PASSWORD}),
+        )),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let a_id = a.header("location").rsplit('/').next().unwrap().to_string();
+    let b = call(
+        &base,
+        admin,
+        "POST",
+        "/registries",
+        Some(&add("open", &open_base, serde_json::json!({}))),
+        &[],
+    )
+    .await;
+    assert_eq!(b.status, 201, "{:?}", b.body);
+    let b_id = b.header("location").rsplit('/').next().unwrap().to_string();
+    // The secret is never shown; only system administrators see registries at all.
+    let listed = call(&base, admin, "GET", "/registries", None, &[]).await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.body[0]["credential"]["access_secret"], "*****");
+    assert!(!listed.body.to_string().contains(PASSWORD));
+    berth.add_user("carol", "Carol12345");
+    let denied = call(
+        &base,
+        Some(("carol", "Carol12345")),
+        "GET",
+        "/registries",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(denied.status, 403);
+    let ping = call(
+        &base,
+        admin,
+        "POST",
+        "/registries/ping",
+        Some(&format!("{{\"id\": {a_id}}}")),
+        &[],
+    )
+    .await;
+    assert_eq!(ping.status, 200, "{:?}", ping.body);
+    let wrong = call(
+        &base,
+        admin,
+        "POST",
+        "/registries/ping",
+        Some(&format!(
+            "{{\"id\": {a_id}, \"credential\": {{\"access_secret\": \"wrong\"}}}}"
+        )),
+        &[],
+    )
+    .await;
+    assert_eq!(wrong.status, 400, "a ping with a wrong password must fail");
+    // Carol may not make a proxy-cache project.
+    let project = |name: &str, id: &str| {
+        format!("{{\"project_name\": \"{name}\", \"registry_id\": {id}, \"metadata\": {{\"public\": \"true\"}}}}")
+    };
+    let refused = call(
+        &base,
+        Some(("carol", "Carol12345")),
+        "POST",
+        "/projects",
+        Some(&project("carols", &a_id)),
+        &[],
+    )
+    .await;
+    assert_eq!(refused.status, 403);
+    for (name, id) in [("mirror-a", &a_id), ("mirror-b", &b_id)] {
+        let made = call(
+            &base,
+            admin,
+            "POST",
+            "/projects",
+            Some(&project(name, id)),
+            &[],
+        )
+        .await;
+        assert_eq!(made.status, 201, "{:?}", made.body);
+        let shown = call(&base, admin, "GET", &format!("/projects/{name}"), None, &[]).await;
+        assert_eq!(shown.body["registry_id"].to_string(), *id);
+    }
+
+    // Anybody pulls through the public mirrors, each from its own upstream.
+    for (repo, tag, img) in [
+        ("mirror-a/team/app", "v1", &app),
+        ("mirror-b/lib/tool", "1", &tool),
+    ] {
+        let token = berth
+            .token_ok(None, &[&format!("repository:{repo}:pull")])
+            .await;
+        let resp = bearer(
+            client().get(berth.reg.url(&format!("/v2/{repo}/manifests/{tag}"))),
+            &token,
+        )
+        .header("accept", ACCEPT)
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200, "{repo}");
+        assert_eq!(resp.headers()["docker-content-digest"], img.digest.as_str());
+        for blob in [&img.config, &img.layer] {
+            let resp = bearer(
+                client().get(berth.reg.url(&format!("/v2/{repo}/blobs/{}", sha256(blob)))),
+                &token,
+            )
+            .send()
+            .await
+            .unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(sha256(&resp.bytes().await.unwrap()), sha256(blob));
+        }
+    }
+    assert_eq!(guarded.answered("GET", "/v2/team/app/manifests/v1", 200), 1);
+    assert!(open_dist.log().contains("/v2/lib/tool/manifests/1"));
+
+    // Nobody pushes into a mirror, not even its admin.
+    let token = berth
+        .token_ok(admin, &["repository:mirror-a/team/app:pull,push"])
+        .await;
+    let resp = bearer(
+        client().post(berth.reg.url("/v2/mirror-a/team/app/blobs/uploads/")),
+        &token,
+    )
+    .send()
+    .await
+    .unwrap();
+    common::oci::expect_error(resp, 405, "UNSUPPORTED").await;
+    // A registry a project mirrors is not deleted from under it.
+    let gone = call(
+        &base,
+        admin,
+        "DELETE",
+        &format!("/registries/{a_id}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(gone.status, 409, "{:?}", gone.body);
 }

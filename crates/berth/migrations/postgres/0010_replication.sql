@@ -14,3 +14,22 @@ CREATE TABLE replication_progress (
     last_error  TEXT,
     updated_at  BIGINT NOT NULL
 );
+
+-- Remote registries (Harbor's registry endpoints): what pull-through cache projects mirror and
+-- replication copies to and from. The secret is stored as given and never shown by the API.
+CREATE TABLE registries (
+    id               BIGSERIAL PRIMARY KEY,
+    name             TEXT NOT NULL UNIQUE,
+    type             TEXT NOT NULL,
+    url              TEXT NOT NULL,
+    credential_type  TEXT NOT NULL,
+    access_key       TEXT NOT NULL,
+    access_secret    TEXT NOT NULL,
+    insecure         BIGINT NOT NULL,
+    description      TEXT NOT NULL,
+    created_at       BIGINT NOT NULL,
+    updated_at       BIGINT NOT NULL
+);
+
+-- The registry a pull-through cache project mirrors (NULL: an ordinary project).
+ALTER TABLE projects ADD COLUMN registry_id BIGINT REFERENCES registries (id);

@@ -18,8 +18,8 @@ use crate::meta::access::{now_ms, AccessStore, NewUser, UserSource};
 /// The records the account operations hand to their callers (the management API among them).
 pub use crate::meta::access::{
     ArtifactSelection, ArtifactSummary, AuditEntry, AuditQuery, Group, ImmutableRule, Listing,
-    Member, MemberEntity, PageRequest, Project, RepositorySummary, RetentionExecution,
-    RetentionRecord, Robot, TagSummary, User, UserUpdate,
+    Member, MemberEntity, PageRequest, Project, RegistryRecord, RepositorySummary,
+    RetentionExecution, RetentionRecord, Robot, TagSummary, User, UserUpdate,
 };
 use crate::meta::MetaError;
 

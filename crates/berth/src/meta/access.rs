@@ -127,6 +127,26 @@ pub struct Project {
     pub storage_limit: i64,
     /// Whether garbage collection deletes its untagged manifests (`None`: as each run says).
     pub delete_untagged: Option<bool>,
+    /// The remote registry it is a pull-through cache of (`None`: an ordinary project).
+    pub registry_id: Option<i64>,
+}
+
+/// A remote registry (Harbor's registry endpoint).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistryRecord {
+    pub id: i64,
+    pub name: String,
+    /// `harbor`, `docker-registry`, `docker-hub`.
+    pub kind: String,
+    pub url: String,
+    /// `basic` (a user name and password), `secret` (a token), or empty for none.
+    pub credential_type: String,
+    pub access_key: String,
+    pub access_secret: String,
+    pub insecure: bool,
+    pub description: String,
+    pub created_at: i64,
+    pub updated_at: i64,
 }
 
 /// A project's retention policy: Harbor's `RetentionPolicy` JSON as given (rules, trigger,
@@ -416,6 +436,23 @@ pub trait AccessStore: Send + Sync + 'static {
     async fn delete_immutable_rule(&self, project_id: i64, id: i64) -> Result<()>;
     /// Deletes a project, its members and its robots; `NotFound` if absent.
     async fn delete_project(&self, id: i64) -> Result<()>;
+    /// Makes a project a pull-through cache of the registry `registry_id`.
+    async fn set_project_registry(&self, id: i64, registry_id: Option<i64>) -> Result<()>;
+
+    /// Adds a remote registry (its `id` and times are ignored); `Conflict` if the name is
+    /// taken. Returns it as stored.
+    async fn create_registry(&self, r: &RegistryRecord) -> Result<RegistryRecord>;
+    async fn registry(&self, id: i64) -> Result<Option<RegistryRecord>>;
+    /// Registries by id, optionally only those whose name contains `name`.
+    async fn registries(
+        &self,
+        name: Option<&str>,
+        page: PageRequest,
+    ) -> Result<Listing<RegistryRecord>>;
+    /// Replaces everything but the id and the creation time; `NotFound` if absent.
+    async fn update_registry(&self, r: &RegistryRecord) -> Result<()>;
+    /// Deletes a registry; `Conflict` while a project mirrors it, `NotFound` if absent.
+    async fn delete_registry(&self, id: i64) -> Result<()>;
 
     /// Adds a member; `Conflict` if already one.
     async fn add_member(&self, project_id: i64, entity: MemberEntity, role: i64) -> Result<i64>;
@@ -522,8 +559,26 @@ pub(crate) fn conflict_or(e: sqlx::Error, what: &str) -> MetaError {
 
 pub(crate) const USER_COLUMNS: &str = "id, username, email, realname, comment, password, source, \
      ldap_dn, sysadmin, created_at, updated_at";
-pub(crate) const PROJECT_COLUMNS: &str =
-    "id, name, public, owner_id, created_at, updated_at, storage_limit, delete_untagged";
+pub(crate) const PROJECT_COLUMNS: &str = "id, name, public, owner_id, created_at, updated_at, \
+     storage_limit, delete_untagged, registry_id";
+pub(crate) const REGISTRY_COLUMNS: &str = "id, name, type, url, credential_type, access_key, \
+     access_secret, insecure, description, created_at, updated_at";
+
+pub(crate) fn registry_row<'r>(r: &'r impl Columns<'r>) -> Result<RegistryRecord> {
+    Ok(RegistryRecord {
+        id: r.int("id")?,
+        name: r.text("name")?.to_string(),
+        kind: r.text("type")?.to_string(),
+        url: r.text("url")?.to_string(),
+        credential_type: r.text("credential_type")?.to_string(),
+        access_key: r.text("access_key")?.to_string(),
+        access_secret: r.text("access_secret")?.to_string(),
+        insecure: r.int("insecure")? != 0,
+        description: r.text("description")?.to_string(),
+        created_at: r.int("created_at")?,
+        updated_at: r.int("updated_at")?,
+    })
+}
 
 pub(crate) const RULE_COLUMNS: &str = "id, project_id, priority, disabled, tag_pattern, \
      tag_decoration, repo_pattern, repo_decoration";
@@ -568,6 +623,7 @@ pub(crate) fn project_row<'r>(r: &'r impl Columns<'r>) -> Result<Project> {
         updated_at: r.int("updated_at")?,
         storage_limit: r.int("storage_limit")?,
         delete_untagged: r.maybe_int("delete_untagged")?.map(|v| v != 0),
+        registry_id: r.maybe_int("registry_id")?,
     })
 }
 
@@ -1375,6 +1431,136 @@ macro_rules! access_store {
                     .execute(&mut *tx)
                     .await?;
                 found(done.rows_affected(), "project")?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn set_project_registry(
+                &self,
+                id: i64,
+                registry_id: Option<i64>,
+            ) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let sql = $sql("UPDATE projects SET registry_id = $1, updated_at = $2 WHERE id = $3");
+                let done = sqlx::query(&sql)
+                    .bind(registry_id)
+                    .bind(now_ms())
+                    .bind(id)
+                    .execute(self.writer())
+                    .await?;
+                found(done.rows_affected(), "project")
+            }
+
+            async fn create_registry(
+                &self,
+                r: &$crate::meta::access::RegistryRecord,
+            ) -> $crate::meta::Result<$crate::meta::access::RegistryRecord> {
+                use $crate::meta::access::*;
+                let sql = $sql(&format!(
+                    "INSERT INTO registries (name, type, url, credential_type, access_key, \
+                     access_secret, insecure, description, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING {REGISTRY_COLUMNS}"
+                ));
+                let row = sqlx::query(&sql)
+                    .bind(&r.name)
+                    .bind(&r.kind)
+                    .bind(&r.url)
+                    .bind(&r.credential_type)
+                    .bind(&r.access_key)
+                    .bind(&r.access_secret)
+                    .bind(i64::from(r.insecure))
+                    .bind(&r.description)
+                    .bind(now_ms())
+                    .fetch_one(self.writer())
+                    .await
+                    .map_err(|e| conflict_or(e, &format!("registry {}", r.name)))?;
+                registry_row(&row)
+            }
+
+            async fn registry(
+                &self,
+                id: i64,
+            ) -> $crate::meta::Result<Option<$crate::meta::access::RegistryRecord>> {
+                use $crate::meta::access::*;
+                let sql = $sql(&format!("SELECT {REGISTRY_COLUMNS} FROM registries WHERE id = $1"));
+                let row = sqlx::query(&sql).bind(id).fetch_optional(self.reader()).await?;
+                row.as_ref().map(|r| registry_row(r)).transpose()
+            }
+
+            async fn registries(
+                &self,
+                name: Option<&str>,
+                page: $crate::meta::access::PageRequest,
+            ) -> $crate::meta::Result<$crate::meta::access::Listing<$crate::meta::access::RegistryRecord>> {
+                use $crate::meta::access::*;
+                let pattern = name.map(like_pattern).unwrap_or_else(|| "%".to_string());
+                let sql = $sql(&format!(
+                    "SELECT {REGISTRY_COLUMNS} FROM registries WHERE name LIKE $1 ESCAPE '\\' \
+                     ORDER BY id LIMIT $2 OFFSET $3"
+                ));
+                let rows = sqlx::query(&sql)
+                    .bind(&pattern)
+                    .bind(i64::from(page.page_size))
+                    .bind(page.offset())
+                    .fetch_all(self.reader())
+                    .await?;
+                let total: i64 = sqlx::query_scalar(&$sql(
+                    "SELECT COUNT(*) FROM registries WHERE name LIKE $1 ESCAPE '\\'",
+                ))
+                .bind(&pattern)
+                .fetch_one(self.reader())
+                .await?;
+                Ok(Listing {
+                    items: rows.iter().map(|r| registry_row(r)).collect::<$crate::meta::Result<_>>()?,
+                    total,
+                })
+            }
+
+            async fn update_registry(
+                &self,
+                r: &$crate::meta::access::RegistryRecord,
+            ) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let sql = $sql(
+                    "UPDATE registries SET name = $1, type = $2, url = $3, credential_type = $4, \
+                     access_key = $5, access_secret = $6, insecure = $7, description = $8, \
+                     updated_at = $9 WHERE id = $10",
+                );
+                let done = sqlx::query(&sql)
+                    .bind(&r.name)
+                    .bind(&r.kind)
+                    .bind(&r.url)
+                    .bind(&r.credential_type)
+                    .bind(&r.access_key)
+                    .bind(&r.access_secret)
+                    .bind(i64::from(r.insecure))
+                    .bind(&r.description)
+                    .bind(now_ms())
+                    .bind(r.id)
+                    .execute(self.writer())
+                    .await
+                    .map_err(|e| conflict_or(e, &format!("registry {}", r.name)))?;
+                found(done.rows_affected(), "registry")
+            }
+
+            async fn delete_registry(&self, id: i64) -> $crate::meta::Result<()> {
+                use $crate::meta::access::*;
+                let mut tx = self.writer().begin().await?;
+                let users: i64 =
+                    sqlx::query_scalar(&$sql("SELECT COUNT(*) FROM projects WHERE registry_id = $1"))
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if users > 0 {
+                    return Err($crate::meta::MetaError::Conflict(format!(
+                        "registry {id} is mirrored by {users} project(s): delete them first"
+                    )));
+                }
+                let done = sqlx::query(&$sql("DELETE FROM registries WHERE id = $1"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                found(done.rows_affected(), "registry")?;
                 tx.commit().await?;
                 Ok(())
             }

@@ -53,7 +53,7 @@ pub enum UpstreamError {
 #[async_trait]
 pub trait Upstream: Send + Sync {
     /// Whether `repo` is a pull-through cache, and of what.
-    fn mirror(&self, repo: &RepoName) -> Option<Mirror>;
+    async fn mirror(&self, repo: &RepoName) -> Result<Option<Mirror>, UpstreamError>;
 
     /// The digest the upstream has under `tag`, without its bytes (`None`: it has no such tag).
     async fn manifest_digest(

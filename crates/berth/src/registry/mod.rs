@@ -336,14 +336,23 @@ impl Registry {
     }
 
     /// The upstream `repo` is a pull-through cache of, if it is one.
-    fn mirrored(&self, repo: &RepoName) -> Option<(&dyn mirror::Upstream, mirror::Mirror)> {
-        let upstream = self.upstream.as_deref()?;
-        upstream.mirror(repo).map(|m| (upstream, m))
+    async fn mirrored(
+        &self,
+        repo: &RepoName,
+    ) -> Result<Option<(&dyn mirror::Upstream, mirror::Mirror)>> {
+        let Some(upstream) = self.upstream.as_deref() else {
+            return Ok(None);
+        };
+        let mirror = upstream
+            .mirror(repo)
+            .await
+            .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        Ok(mirror.map(|m| (upstream, m)))
     }
 
     /// Refuses a push into a pull-through cache: its content comes from its upstream only.
-    fn writable(&self, repo: &RepoName) -> Result<()> {
-        match self.mirrored(repo) {
+    async fn writable(&self, repo: &RepoName) -> Result<()> {
+        match self.mirrored(repo).await? {
             Some((_, m)) => Err(RegistryError::Unsupported(format!(
                 "{repo} is a pull-through cache of {} (repository {}): it cannot be pushed                  to; push to the upstream registry instead",
                 m.upstream, m.repository
@@ -664,7 +673,7 @@ impl Registry {
         from: Option<&RepoName>,
         readable: &(dyn Fn(&RepoName) -> bool + Send + Sync),
     ) -> Result<bool> {
-        self.writable(repo)?;
+        self.writable(repo).await?;
         let source = match from {
             Some(from) => self
                 .meta
@@ -706,7 +715,7 @@ impl Registry {
     where
         S: Stream<Item = io::Result<Bytes>> + Send + Unpin,
     {
-        self.writable(repo)?;
+        self.writable(repo).await?;
         self.store_blob(repo, digest, body).await
     }
 
@@ -765,7 +774,7 @@ impl Registry {
     /// returns its id. The session is bound to both: every later use of it must name the same
     /// repository and come from the same identity, or the session is unknown to it.
     pub async fn start_upload(&self, repo: &RepoName, owner: &str) -> Result<String> {
-        self.writable(repo)?;
+        self.writable(repo).await?;
         let id = uuid::Uuid::new_v4().to_string();
         self.commit(vec![Change::CreateUpload {
             id: id.clone(),
@@ -1036,7 +1045,7 @@ impl Registry {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<PushedManifest> {
-        self.writable(repo)?;
+        self.writable(repo).await?;
         self.store_manifest(repo, reference, tags, content_type, body, Present::Required)
             .await
     }
@@ -1174,7 +1183,7 @@ impl Registry {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<ManifestDescriptor> {
-        let Some((upstream, mirror)) = self.mirrored(repo) else {
+        let Some((upstream, mirror)) = self.mirrored(repo).await? else {
             return self.manifest(repo, reference).await;
         };
         let cached = self.meta.manifest(repo, reference).await?;
@@ -1293,7 +1302,7 @@ impl Registry {
     /// verified and stored.
     pub async fn resolve_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         let cached = self.meta.blob_in_repo(repo, digest).await?;
-        let Some((upstream, mirror)) = self.mirrored(repo) else {
+        let Some((upstream, mirror)) = self.mirrored(repo).await? else {
             return cached.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()));
         };
         if let Some(size) = cached {

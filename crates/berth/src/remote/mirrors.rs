@@ -1,14 +1,21 @@
 //! Pull-through caches: which repositories mirror which remote registry, and the fetches the
 //! core asks for, through each remote's [`Client`].
+//!
+//! Two kinds: Distribution's `proxy` section mirrors every repository; a proxy-cache project
+//! (Harbor's: a project with a `registry_id`) mirrors the repositories under its name, each
+//! project its own registry. Which project mirrors what is looked up in the projects' store and
+//! remembered for [`LOOKUP_TTL`], so a change made through another instance holds within it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use reqwest::Method;
 
 use super::client::{manifest_accept, Client, ClientError, Endpoint};
 use crate::config::Config;
+use crate::meta::access::{AccessStore, RegistryRecord};
 use crate::oci::digest::Digest;
 use crate::oci::manifest::MAX_MANIFEST_SIZE;
 use crate::oci::name::{Reference, RepoName, Tag};
@@ -26,18 +33,50 @@ struct Cache {
     library: bool,
 }
 
+/// How long a project's mirror (or its absence) and a registry record are remembered.
+pub const LOOKUP_TTL: Duration = Duration::from_secs(5);
+
 /// The pull-through caches of a registry.
 #[derive(Default)]
 pub struct Mirrors {
     caches: Vec<Cache>,
+    projects: Option<Projects>,
+}
+
+/// Proxy-cache projects, from the projects' store.
+struct Projects {
+    store: Arc<dyn AccessStore>,
+    /// Project name: when it was looked up, and the registry it mirrors.
+    mirrors: Mutex<HashMap<String, (Instant, Option<i64>)>>,
+    /// Registry id: when it was read, and its client.
+    remotes: Mutex<HashMap<i64, (Instant, Remote)>>,
+}
+
+#[derive(Clone)]
+struct Remote {
+    updated_at: i64,
+    client: Arc<Client>,
+    library: bool,
 }
 
 impl Mirrors {
     /// The caches the configuration declares: Distribution's `proxy` section mirrors every
     /// repository. `None` when there is none.
-    pub fn from_config(config: &Config) -> anyhow::Result<Option<Mirrors>> {
+    /// With `projects`, also the proxy-cache projects of that store.
+    pub fn from_config(
+        config: &Config,
+        projects: Option<Arc<dyn AccessStore>>,
+    ) -> anyhow::Result<Option<Mirrors>> {
+        let projects = projects.map(|store| Projects {
+            store,
+            mirrors: Mutex::new(HashMap::new()),
+            remotes: Mutex::new(HashMap::new()),
+        });
         let Some(remote) = config.proxy.remoteurl.as_deref() else {
-            return Ok(None);
+            return Ok(projects.map(|p| Mirrors {
+                caches: Vec::new(),
+                projects: Some(p),
+            }));
         };
         let url = url::Url::parse(remote)?;
         let name = url.host_str().unwrap_or(remote).to_string();
@@ -59,19 +98,157 @@ impl Mirrors {
                 ttl,
                 library,
             }],
+            projects,
         }))
     }
 
-    fn client(&self, mirror: &Mirror) -> Result<&Client, UpstreamError> {
-        self.caches
+    /// The mirror of `repo` the configuration declares (the `proxy` section), if any.
+    fn configured_mirror(&self, repo: &RepoName) -> Option<Mirror> {
+        self.caches.iter().find_map(|cache| {
+            let name = match &cache.prefix {
+                None => repo.as_str(),
+                Some(prefix) => repo
+                    .as_str()
+                    .strip_prefix(prefix.as_str())?
+                    .strip_prefix('/')?,
+            };
+            let repository = if cache.library && !name.contains('/') {
+                format!("library/{name}")
+            } else {
+                name.to_string()
+            };
+            Some(Mirror {
+                upstream: cache.client.endpoint().name.clone(),
+                repository,
+                ttl: cache.ttl,
+            })
+        })
+    }
+
+    fn client(&self, mirror: &Mirror) -> Result<Arc<Client>, UpstreamError> {
+        let configured = self
+            .caches
             .iter()
-            .map(|c| c.client.as_ref())
-            .find(|c| c.endpoint().name == mirror.upstream)
+            .map(|c| c.client.clone())
+            .find(|c| c.endpoint().name == mirror.upstream);
+        let from_store = || {
+            let projects = self.projects.as_ref()?;
+            let remotes = projects.remotes.lock().unwrap();
+            remotes
+                .values()
+                .map(|(_, r)| r.client.clone())
+                .find(|c| c.endpoint().name == mirror.upstream)
+        };
+        configured
+            .or_else(from_store)
             .ok_or_else(|| UpstreamError::Refused {
                 upstream: mirror.upstream.clone(),
-                why: "no such remote is configured".into(),
+                why: "no such remote registry is configured".into(),
             })
     }
+}
+
+impl Projects {
+    fn unavailable(e: impl std::fmt::Display) -> UpstreamError {
+        UpstreamError::Unavailable {
+            upstream: "the projects' store".into(),
+            why: e.to_string(),
+        }
+    }
+
+    /// The registry the project `name` mirrors, if it is a proxy-cache project.
+    async fn registry_of(&self, name: &str) -> Result<Option<i64>, UpstreamError> {
+        if let Some((at, id)) = self.mirrors.lock().unwrap().get(name) {
+            if at.elapsed() < LOOKUP_TTL {
+                return Ok(*id);
+            }
+        }
+        let project = self
+            .store
+            .project_by_name(name)
+            .await
+            .map_err(Projects::unavailable)?;
+        let id = project.and_then(|p| p.registry_id);
+        let mut mirrors = self.mirrors.lock().unwrap();
+        if mirrors.len() > 10_000 {
+            mirrors.clear();
+        }
+        mirrors.insert(name.to_string(), (Instant::now(), id));
+        Ok(id)
+    }
+
+    /// The client of the registry `id`, made anew when its record changed.
+    async fn remote(&self, id: i64) -> Result<Option<Remote>, UpstreamError> {
+        if let Some((at, r)) = self.remotes.lock().unwrap().get(&id) {
+            if at.elapsed() < LOOKUP_TTL {
+                return Ok(Some(r.clone()));
+            }
+        }
+        let Some(record) = self
+            .store
+            .registry(id)
+            .await
+            .map_err(Projects::unavailable)?
+        else {
+            self.remotes.lock().unwrap().remove(&id);
+            return Ok(None);
+        };
+        let mut remotes = self.remotes.lock().unwrap();
+        let reuse = remotes
+            .get(&id)
+            .filter(|(_, r)| r.updated_at == record.updated_at)
+            .map(|(_, r)| r.clone());
+        let remote = match reuse {
+            Some(r) => r,
+            None => {
+                let (endpoint, library) =
+                    endpoint_of(&record).map_err(|why| UpstreamError::Refused {
+                        upstream: record.name.clone(),
+                        why,
+                    })?;
+                let client = Client::new(endpoint).map_err(|e| UpstreamError::Refused {
+                    upstream: record.name.clone(),
+                    why: e.to_string(),
+                })?;
+                Remote {
+                    updated_at: record.updated_at,
+                    client: Arc::new(client),
+                    library,
+                }
+            }
+        };
+        remotes.insert(id, (Instant::now(), remote.clone()));
+        Ok(Some(remote))
+    }
+}
+
+/// How to reach a registry record (and whether its one-segment names are under `library/`).
+pub fn endpoint_of(r: &RegistryRecord) -> Result<(Endpoint, bool), String> {
+    let url = if r.kind == "docker-hub" {
+        // Harbor names Docker Hub by its web site; its registry is elsewhere.
+        "https://registry-1.docker.io"
+    } else {
+        r.url.as_str()
+    };
+    let url = url::Url::parse(url).map_err(|e| format!("{}: {e}", r.url))?;
+    let library = r.kind == "docker-hub" || is_docker_hub(&url);
+    let (username, password) = if r.access_key.is_empty() {
+        (None, None)
+    } else {
+        (Some(r.access_key.clone()), Some(r.access_secret.clone()))
+    };
+    Ok((
+        Endpoint {
+            name: r.name.clone(),
+            url,
+            username,
+            password,
+            insecure: r.insecure,
+            ca: None,
+            connections: super::client::DEFAULT_CONNECTIONS,
+        },
+        library,
+    ))
 }
 
 /// Docker Hub's registry, under any of its names.
@@ -108,26 +285,33 @@ fn pull_scope(mirror: &Mirror) -> String {
 
 #[async_trait]
 impl Upstream for Mirrors {
-    fn mirror(&self, repo: &RepoName) -> Option<Mirror> {
-        self.caches.iter().find_map(|cache| {
-            let name = match &cache.prefix {
-                None => repo.as_str(),
-                Some(prefix) => repo
-                    .as_str()
-                    .strip_prefix(prefix.as_str())?
-                    .strip_prefix('/')?,
-            };
-            let repository = if cache.library && !name.contains('/') {
-                format!("library/{name}")
-            } else {
-                name.to_string()
-            };
-            Some(Mirror {
-                upstream: cache.client.endpoint().name.clone(),
-                repository,
-                ttl: cache.ttl,
-            })
-        })
+    async fn mirror(&self, repo: &RepoName) -> Result<Option<Mirror>, UpstreamError> {
+        if let Some(m) = self.configured_mirror(repo) {
+            return Ok(Some(m));
+        }
+        let Some(projects) = &self.projects else {
+            return Ok(None);
+        };
+        let Some((project, rest)) = repo.as_str().split_once('/') else {
+            return Ok(None);
+        };
+        let Some(id) = projects.registry_of(project).await? else {
+            return Ok(None);
+        };
+        let Some(remote) = projects.remote(id).await? else {
+            return Ok(None);
+        };
+        let repository = if remote.library && !rest.contains('/') {
+            format!("library/{rest}")
+        } else {
+            rest.to_string()
+        };
+        Ok(Some(Mirror {
+            upstream: remote.client.endpoint().name.clone(),
+            repository,
+            // As Harbor's proxy caches: each pull of a tag asks the remote whether it moved.
+            ttl: Duration::ZERO,
+        }))
     }
 
     async fn manifest_digest(
@@ -227,11 +411,13 @@ mod tests {
                 ttl: Duration::ZERO,
                 library: is_docker_hub(&url::Url::parse(url).unwrap()),
             }],
+            projects: None,
         }
     }
 
     fn upstream_name(m: &Mirrors, repo: &str) -> Option<String> {
-        m.mirror(&repo.parse().unwrap()).map(|m| m.repository)
+        m.configured_mirror(&repo.parse().unwrap())
+            .map(|m| m.repository)
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod audit;
 pub mod error;
 mod gc;
 mod projects;
+mod registries;
 mod retention;
 mod robots;
 mod rules;
@@ -149,6 +150,18 @@ pub fn router(core: Arc<Registry>, builtin: Arc<Builtin>, settings: super::EdgeS
             "/retentions/{id}/executions/{eid}/tasks",
             get(retention::tasks),
         )
+        .route(
+            "/registries",
+            get(registries::list).post(registries::create),
+        )
+        .route("/registries/ping", axum::routing::post(registries::ping))
+        .route(
+            "/registries/{id}",
+            get(registries::get)
+                .put(registries::update)
+                .delete(registries::delete),
+        )
+        .route("/replication/adapters", get(registries::adapters))
         .route("/quotas", get(rules::quotas))
         .route("/quotas/{id}", get(rules::quota).put(rules::set_quota))
         .route("/audit-logs", get(audit::list))

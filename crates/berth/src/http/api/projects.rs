@@ -42,7 +42,7 @@ async fn project_json(api: &Api, st: &Standing) -> Result<Value, ApiError> {
         "name": p.name,
         "owner_id": p.owner_id.unwrap_or(0),
         "owner_name": owner_name,
-        "registry_id": null,
+        "registry_id": p.registry_id,
         "creation_time": time_ms(p.created_at),
         "update_time": time_ms(p.updated_at),
         "deleted": false,
@@ -121,10 +121,20 @@ impl ProjectReq {
 pub async fn create(State(api): State<Api>, caller: Caller, parts: Parts, raw: Bytes) -> ApiResult {
     let owner = caller.user()?;
     let req: ProjectReq = body(&raw)?;
-    if req.registry_id.is_some() {
-        return Err(ApiError::bad_request(
-            "proxy-cache projects (registry_id) are not supported by Berth",
-        ));
+    // A proxy-cache project mirrors a registry only system administrators manage.
+    if let Some(id) = req.registry_id {
+        caller.sysadmin()?;
+        let found = api
+            .accounts
+            .store()
+            .registry(id)
+            .await
+            .map_err(|e| ApiError::from(crate::auth::accounts::AccountError::from(e)))?;
+        if found.is_none() {
+            return Err(ApiError::bad_request(format!(
+                "registry {id} does not exist: add it with POST /registries first"
+            )));
+        }
     }
     let Some(name) = req.project_name.as_deref() else {
         return Err(ApiError::bad_request("project_name is required"));
@@ -143,6 +153,13 @@ pub async fn create(State(api): State<Api>, caller: Caller, parts: Parts, raw: B
     }
     if let Some(d) = delete_untagged {
         accounts.set_untagged_collection(&project, d).await?;
+    }
+    if let Some(id) = req.registry_id {
+        api.accounts
+            .store()
+            .set_project_registry(project.id, Some(id))
+            .await
+            .map_err(|e| ApiError::from(crate::auth::accounts::AccountError::from(e)))?;
     }
     let by_name = super::super::header_str(&parts.headers, "x-resource-name-in-location")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
