@@ -6,6 +6,7 @@ mod client;
 mod data;
 mod gc;
 mod ops;
+mod repl;
 mod report;
 mod runner;
 mod scale;
@@ -137,6 +138,15 @@ struct RunArgs {
     /// Workers that seed the opt-in scenarios' data (default 16).
     #[arg(long)]
     seed_concurrency: Option<usize>,
+    /// repl_seed: images pushed (default 200; quick 20).
+    #[arg(long)]
+    repl_images: Option<u64>,
+    /// repl_seed: how many of them have a big layer of their own (default 4).
+    #[arg(long)]
+    repl_big: Option<u64>,
+    /// repl_seed: the size of that layer in MiB (default 64; quick 1).
+    #[arg(long)]
+    repl_big_mib: Option<u64>,
 }
 
 fn main() {
@@ -234,6 +244,9 @@ async fn run_cmd(args: RunArgs) -> Result<i32> {
     set(&mut knobs.scale_tags_per_repo, args.scale_tags_per_repo);
     set(&mut knobs.scale_big_tags, args.scale_big_tags);
     set(&mut knobs.page_requests, args.page_requests);
+    set(&mut knobs.repl_images, args.repl_images);
+    set(&mut knobs.repl_big, args.repl_big);
+    set(&mut knobs.repl_big_mib, args.repl_big_mib);
     if let Some(d) = args.gc_load_duration {
         knobs.gc_load_duration = std::time::Duration::from_secs_f64(d);
     }
@@ -370,6 +383,9 @@ async fn run_cmd(args: RunArgs) -> Result<i32> {
                 "scale_big_tags": knobs.scale_big_tags,
                 "page_requests": knobs.page_requests,
                 "seed_concurrency": knobs.seed_concurrency,
+                "repl_images": knobs.repl_images,
+                "repl_big": knobs.repl_big,
+                "repl_big_mib": knobs.repl_big_mib,
             },
             "gc_cmd": ctx.gc_cmd,
             "results": rows,

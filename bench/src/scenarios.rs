@@ -44,6 +44,7 @@ pub const OPT_IN: &[&str] = &[
     "gc_load",
     "scale_seed",
     "scale_pages",
+    "repl_seed",
 ];
 
 /// Every row name prefix, in report order: `ALL`, then the opt-in scenarios' rows (with those the
@@ -57,6 +58,7 @@ pub const REPORT_ORDER: &[&str] = &[
     "scale_restart",
     "scale_catalog_page",
     "scale_tags_page",
+    "repl_seed",
 ];
 
 /// Scenarios that only read the fixed pull data set (all that nginx can serve).
@@ -93,6 +95,10 @@ pub struct Knobs {
     pub page_requests: u64,
     /// Workers for the opt-in scenarios' seeding.
     pub seed_concurrency: usize,
+    /// repl_seed: images, how many of them have a big layer, its size in MiB.
+    pub repl_images: u64,
+    pub repl_big: u64,
+    pub repl_big_mib: u64,
 }
 
 impl Knobs {
@@ -121,6 +127,9 @@ impl Knobs {
             scale_big_tags: if quick { 2000 } else { 100_000 },
             page_requests: if quick { 20 } else { 100 },
             seed_concurrency: 16,
+            repl_images: if quick { 20 } else { 200 },
+            repl_big: 4,
+            repl_big_mib: if quick { 1 } else { 64 },
         }
     }
 
@@ -308,6 +317,7 @@ impl Ctx {
             "gc_load" => crate::gc::load(self).await,
             "scale_seed" => crate::scale::seed(self).await,
             "scale_pages" => crate::scale::pages(self).await,
+            "repl_seed" => crate::repl::seed(self).await,
             _ => bail!("unknown scenario {name:?}"),
         }
     }

@@ -1137,7 +1137,7 @@ macro_rules! access_store {
                 );
                 let sql = $sql(&format!(
                     "SELECT p.id, p.name, p.public, p.owner_id, p.created_at, p.updated_at, \
-                     p.storage_limit, p.delete_untagged {filter} ORDER BY p.name LIMIT $5 OFFSET $6"
+                     p.storage_limit, p.delete_untagged, p.registry_id {filter} ORDER BY p.name LIMIT $5 OFFSET $6"
                 ));
                 let rows = sqlx::query(&sql)
                     .bind(&pattern)
