@@ -2497,6 +2497,7 @@ mod directory_tests {
             .await
             .unwrap();
         directory_users_follow_the_directory(&store).await;
+        registries_are_kept_and_guarded(&store).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2515,5 +2516,68 @@ mod directory_tests {
             .await
             .unwrap();
         directory_users_follow_the_directory(&store).await;
+        registries_are_kept_and_guarded(&store).await;
+    }
+
+    /// Remote registries: created, listed by name, changed, refused a duplicate name, and not
+    /// deleted while a project mirrors one.
+    async fn registries_are_kept_and_guarded(store: &dyn AccessStore) {
+        let page = PageRequest {
+            page: 1,
+            page_size: 10,
+        };
+        let new = RegistryRecord {
+            name: "central".into(),
+            kind: "docker-registry".into(),
+            url: "https://central.example".into(),
+            credential_type: "basic".into(),
+            access_key: "u".into(),
+            access_secret: "p".into(),
+            ..RegistryRecord::default()
+        };
+        let made = store.create_registry(&new).await.unwrap();
+        assert_eq!(
+            (made.name.as_str(), made.access_secret.as_str()),
+            ("central", "p")
+        );
+        assert!(matches!(
+            store.create_registry(&new).await,
+            Err(MetaError::Conflict(_))
+        ));
+        let other = RegistryRecord {
+            name: "edge".into(),
+            ..new.clone()
+        };
+        store.create_registry(&other).await.unwrap();
+        let found = store.registries(Some("cen"), page).await.unwrap();
+        assert_eq!((found.total, found.items[0].id), (1, made.id));
+        assert_eq!(store.registries(None, page).await.unwrap().total, 2);
+        let mut changed = made.clone();
+        changed.url = "https://moved.example".into();
+        changed.insecure = true;
+        store.update_registry(&changed).await.unwrap();
+        let read = store.registry(made.id).await.unwrap().unwrap();
+        assert_eq!(
+            (read.url.as_str(), read.insecure),
+            ("https://moved.example", true)
+        );
+        let project = store.create_project("hub", true, None).await.unwrap();
+        store
+            .set_project_registry(project.id, Some(made.id))
+            .await
+            .unwrap();
+        let project = store.project_by_name("hub").await.unwrap().unwrap();
+        assert_eq!(project.registry_id, Some(made.id));
+        assert!(matches!(
+            store.delete_registry(made.id).await,
+            Err(MetaError::Conflict(_))
+        ));
+        store.delete_project(project.id).await.unwrap();
+        store.delete_registry(made.id).await.unwrap();
+        assert_eq!(store.registry(made.id).await.unwrap(), None);
+        assert!(matches!(
+            store.delete_registry(made.id).await,
+            Err(MetaError::NotFound(_))
+        ));
     }
 }

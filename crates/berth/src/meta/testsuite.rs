@@ -447,6 +447,7 @@ pub async fn run(store: &dyn MetaStore) {
     assert_eq!(store.outbox_peek("other", 10).await.unwrap().len(), 2);
 
     collection(store).await;
+    settings_and_replication_progress(store).await;
 }
 
 /// Leases between two stores sharing one database (two instances).
@@ -591,6 +592,53 @@ pub async fn shared(a: &dyn MetaStore, b: &dyn MetaStore) {
 
 /// Many callers at once (one write group, or several): the ones whose changes fail get their
 /// error and leave nothing behind; every other caller's changes commit.
+/// A setting is written once (the first writer wins); replication progress adds up, keeping the
+/// last error until another one.
+async fn settings_and_replication_progress(store: &dyn MetaStore) {
+    assert_eq!(store.setting("registry_id").await.unwrap(), None);
+    for value in ["first", "second"] {
+        store
+            .apply(vec![Change::InitSetting {
+                key: "registry_id".into(),
+                value: value.into(),
+            }])
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.setting("registry_id").await.unwrap().as_deref(),
+        Some("first")
+    );
+    let step = |images, failures, error: Option<&str>, at| {
+        Change::ReplicationProgress(crate::meta::ReplicationProgress {
+            rule: "to-dr".into(),
+            images,
+            bytes: images * 100,
+            failures,
+            error: error.map(str::to_string),
+            updated_at: at,
+        })
+    };
+    store.apply(vec![step(2, 0, None, 1)]).await.unwrap();
+    store
+        .apply(vec![step(0, 1, Some("refused"), 2)])
+        .await
+        .unwrap();
+    store.apply(vec![step(3, 0, None, 3)]).await.unwrap();
+    let p = store.replication_progress().await.unwrap();
+    assert_eq!(p.len(), 1);
+    assert_eq!(
+        (
+            p[0].images,
+            p[0].bytes,
+            p[0].failures,
+            p[0].error.as_deref(),
+            p[0].updated_at
+        ),
+        (5, 500, 1, Some("refused"), 3)
+    );
+}
+
 async fn failures_in_a_group_undo_nothing_else(store: &dyn MetaStore) {
     let r = repo("group/app");
     let calls = (0..24).map(|i| {
