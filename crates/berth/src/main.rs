@@ -115,6 +115,12 @@ enum ReplicationCommand {
     Status {
         /// The configuration file `berth serve` runs with (as --config).
         file: Option<PathBuf>,
+        /// Also the last N copies, newest first, with why those that failed did.
+        #[arg(long, value_name = "N")]
+        history: Option<u32>,
+        /// Only this rule's history.
+        #[arg(long)]
+        rule: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -898,7 +904,13 @@ fn run() -> anyhow::Result<()> {
             })
         }
         Command::Replication {
-            command: ReplicationCommand::Status { file, mut store },
+            command:
+                ReplicationCommand::Status {
+                    file,
+                    history,
+                    rule,
+                    mut store,
+                },
         } => {
             let _log = logging::init("warn", Format::Text, Default::default());
             if store.config.is_none() {
@@ -915,6 +927,14 @@ fn run() -> anyhow::Result<()> {
                 let meta = server::open_meta(&settings.meta).await?;
                 for line in replication.status(meta.as_ref()).await? {
                     println!("{line}");
+                }
+                if let Some(n) = history {
+                    let lines =
+                        berth::replication::Replication::history(meta.as_ref(), rule.as_deref(), n)
+                            .await?;
+                    for line in lines {
+                        println!("{line}");
+                    }
                 }
                 Ok(())
             })

@@ -877,6 +877,16 @@ async fn a_destination_down_at_the_push_gets_it_once_back_across_a_source_crash(
     let to_b = &status["to-b"];
     assert!(to_b.images >= 2, "{to_b:?}");
     assert_eq!(to_b.failures, 0, "nothing was given up on: {to_b:?}");
+    // The history says, copy by copy, what happened: both copied, across the crash.
+    let history = run(Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["replication", "status"])
+        .arg(&a.config)
+        .args(["--history", "20", "--rule", "to-b"]));
+    for tag in ["v1", "v2"] {
+        let copied = format!(" to-b push team/app:{tag} copied, ");
+        assert!(history.lines().any(|l| l.contains(&copied)), "{history}");
+    }
+    assert!(!history.contains(" failed"), "{history}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -33,3 +33,17 @@ CREATE TABLE registries (
 
 -- The registry a pull-through cache project mirrors (NULL: an ordinary project).
 ALTER TABLE projects ADD COLUMN registry_id INTEGER REFERENCES registries (id);
+
+-- Each copy a replication rule made, skipped or gave up on, newest last (the last 100,000 kept).
+CREATE TABLE replication_history (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    rule         TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    repository   TEXT NOT NULL,
+    reference    TEXT NOT NULL,
+    outcome      TEXT NOT NULL,
+    bytes        INTEGER NOT NULL,
+    error        TEXT,
+    finished_at  INTEGER NOT NULL
+);
+CREATE INDEX replication_history_rule ON replication_history (rule, id);

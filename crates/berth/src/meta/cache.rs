@@ -298,4 +298,12 @@ impl super::UncachedReads for CachedMetaStore {
     async fn replication_progress(&self) -> Result<Vec<super::ReplicationProgress>> {
         self.inner.replication_progress().await
     }
+
+    async fn replication_history(
+        &self,
+        rule: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<super::ReplicationCopy>> {
+        self.inner.replication_history(rule, limit).await
+    }
 }

@@ -424,6 +424,35 @@ macro_rules! collection_changes {
                     .execute(&mut **tx)
                     .await?;
                 }
+                Change::ReplicationCopy(c) => {
+                    sqlx::query(&$sql(
+                        "INSERT INTO replication_history (rule, action, repository, reference, \
+                         outcome, bytes, error, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    ))
+                    .bind(&c.rule)
+                    .bind(&c.action)
+                    .bind(&c.repository)
+                    .bind(&c.reference)
+                    .bind(&c.outcome)
+                    .bind(c.bytes as i64)
+                    .bind(&c.error)
+                    .bind(c.finished_at)
+                    .execute(&mut **tx)
+                    .await?;
+                    sqlx::query(&$sql(
+                        "DELETE FROM replication_history WHERE id <= \
+                         (SELECT MAX(id) FROM replication_history) - 100000",
+                    ))
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Change::Dequeue { topic, seq } => {
+                    sqlx::query(&$sql("DELETE FROM outbox WHERE topic = $1 AND seq <= $2"))
+                        .bind(&topic)
+                        .bind(seq)
+                        .execute(&mut **tx)
+                        .await?;
+                }
                 Change::ReplicationProgress(p) => {
                     sqlx::query(&$sql(REPLICATION_PROGRESS))
                         .bind(&p.rule)
@@ -607,6 +636,36 @@ macro_rules! collection_reads {
                     .fetch_optional(self.writer())
                     .await?;
             Ok(value)
+        }
+
+        async fn replication_history(
+            &self,
+            rule: Option<&str>,
+            limit: u32,
+        ) -> $crate::meta::Result<Vec<$crate::meta::ReplicationCopy>> {
+            use $crate::meta::rows::Columns;
+            let rows = sqlx::query(&$sql(
+                "SELECT rule, action, repository, reference, outcome, bytes, error, finished_at \
+                 FROM replication_history WHERE ($1 = '' OR rule = $1) ORDER BY id DESC LIMIT $2",
+            ))
+            .bind(rule.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(self.reader())
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok($crate::meta::ReplicationCopy {
+                        rule: r.text("rule")?.to_string(),
+                        action: r.text("action")?.to_string(),
+                        repository: r.text("repository")?.to_string(),
+                        reference: r.text("reference")?.to_string(),
+                        outcome: r.text("outcome")?.to_string(),
+                        bytes: r.int("bytes")? as u64,
+                        error: r.maybe_text("error")?.map(str::to_string),
+                        finished_at: r.int("finished_at")?,
+                    })
+                })
+                .collect()
         }
 
         async fn replication_progress(

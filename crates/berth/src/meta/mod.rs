@@ -278,6 +278,28 @@ pub enum Change {
     InitSetting { key: String, value: String },
     /// Adds to a replication rule's totals, and sets its last error when one is given.
     ReplicationProgress(ReplicationProgress),
+    /// Records one copy of a replication rule (the oldest beyond the last 100,000 go).
+    ReplicationCopy(ReplicationCopy),
+    /// Removes the outbox events of `topic` up to and including `seq`, with the change that
+    /// records what they led to.
+    Dequeue { topic: String, seq: i64 },
+}
+
+/// One copy a replication rule made, skipped or gave up on.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplicationCopy {
+    pub rule: String,
+    /// `push`, `delete` or `pull`.
+    pub action: String,
+    pub repository: String,
+    /// The tag or digest.
+    pub reference: String,
+    /// `copied`, `skipped` or `failed`.
+    pub outcome: String,
+    pub bytes: u64,
+    pub error: Option<String>,
+    /// Unix milliseconds.
+    pub finished_at: i64,
 }
 
 /// What a replication rule has done, in total.
@@ -404,6 +426,12 @@ pub trait UncachedReads: Send + Sync {
     async fn setting(&self, key: &str) -> Result<Option<String>>;
     /// Every replication rule's totals.
     async fn replication_progress(&self) -> Result<Vec<ReplicationProgress>>;
+    /// The last `limit` copies, of `rule` or of every rule, newest first.
+    async fn replication_history(
+        &self,
+        rule: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ReplicationCopy>>;
 }
 
 /// The metadata store interface.
@@ -520,7 +548,9 @@ pub fn affected(changes: &[Change]) -> (Vec<&RepoName>, bool) {
             | Change::SetSchedule(_)
             | Change::RemoveSchedule { .. }
             | Change::InitSetting { .. }
-            | Change::ReplicationProgress(_) => continue,
+            | Change::ReplicationProgress(_)
+            | Change::ReplicationCopy(_)
+            | Change::Dequeue { .. } => continue,
         };
         if !repos.contains(&repo) {
             repos.push(repo);

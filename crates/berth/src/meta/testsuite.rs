@@ -625,6 +625,55 @@ async fn settings_and_replication_progress(store: &dyn MetaStore) {
         .await
         .unwrap();
     store.apply(vec![step(3, 0, None, 3)]).await.unwrap();
+    // Copies are kept newest first, per rule; a copy recorded with its outbox entry removes it.
+    store
+        .apply(vec![Change::Enqueue {
+            topic: "replication/to-dr".into(),
+            payload: serde_json::json!({"n": 1}),
+        }])
+        .await
+        .unwrap();
+    let queued = store.outbox_peek("replication/to-dr", 10).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    let copy = |rule: &str, reference: &str, at| {
+        Change::ReplicationCopy(crate::meta::ReplicationCopy {
+            rule: rule.into(),
+            action: "push".into(),
+            repository: "team/app".into(),
+            reference: reference.into(),
+            outcome: "copied".into(),
+            bytes: 7,
+            error: None,
+            finished_at: at,
+        })
+    };
+    store
+        .apply(vec![
+            copy("to-dr", "v1", 1),
+            Change::Dequeue {
+                topic: "replication/to-dr".into(),
+                seq: queued[0].seq,
+            },
+        ])
+        .await
+        .unwrap();
+    store
+        .apply(vec![copy("other", "v1", 2), copy("to-dr", "v2", 3)])
+        .await
+        .unwrap();
+    assert!(store
+        .outbox_peek("replication/to-dr", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let mine = store.replication_history(Some("to-dr"), 10).await.unwrap();
+    let refs: Vec<&str> = mine.iter().map(|c| c.reference.as_str()).collect();
+    assert_eq!(refs, ["v2", "v1"]);
+    assert_eq!(store.replication_history(None, 10).await.unwrap().len(), 3);
+    assert_eq!(
+        store.replication_history(None, 1).await.unwrap()[0].rule,
+        "to-dr"
+    );
     let p = store.replication_progress().await.unwrap();
     assert_eq!(p.len(), 1);
     assert_eq!(

@@ -236,7 +236,9 @@ pub fn from_changes(changes: &[Change]) -> Vec<RegistryEvent> {
             | Change::SetSchedule(_)
             | Change::RemoveSchedule { .. }
             | Change::InitSetting { .. }
-            | Change::ReplicationProgress(_) => {}
+            | Change::ReplicationProgress(_)
+            | Change::ReplicationCopy(_)
+            | Change::Dequeue { .. } => {}
         }
     }
     events

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::meta::lease::{self, run_leased};
-use crate::meta::{Change, MetaStore, ReplicationProgress};
+use crate::meta::{Change, MetaStore, ReplicationCopy, ReplicationProgress};
 use crate::oci::digest::Digest;
 use crate::oci::name::{RepoName, Tag};
 use crate::registry::events::{
@@ -305,8 +305,10 @@ impl Replication {
                 let entry: Entry = match serde_json::from_value(event.payload.clone()) {
                     Ok(e) => e,
                     Err(e) => {
-                        tracing::error!(rule = %rule.name, error = %e, "dropping an unreadable replication entry");
-                        self.finish(meta, rule, &topic, event.seq, Err(e.to_string()))
+                        let what = ("push", "", "");
+                        let why = format!("an unreadable entry: {e}");
+                        let dequeue = Some((topic.as_str(), event.seq));
+                        self.finish(meta, rule, dequeue, what, Err(why), &stop)
                             .await;
                         continue;
                     }
@@ -317,7 +319,18 @@ impl Replication {
                     })
                     .await;
                 let Some(outcome) = outcome else { return };
-                self.finish(meta, rule, &topic, event.seq, outcome).await;
+                let action = match entry.action {
+                    Action::Push => "push",
+                    Action::Delete => "delete",
+                };
+                let reference = entry
+                    .tag
+                    .as_deref()
+                    .or(entry.digest.as_deref())
+                    .unwrap_or_default();
+                let what = (action, entry.repository.as_str(), reference);
+                let dequeue = Some((topic.as_str(), event.seq));
+                self.finish(meta, rule, dequeue, what, outcome, &stop).await;
             }
         }
     }
@@ -360,52 +373,76 @@ impl Replication {
         }
     }
 
-    /// Acknowledges the entry `seq` and adds its outcome to the rule's progress.
+    /// Records what became of a copy: the rule's progress, its history and, for a queued
+    /// entry (`dequeue`), its removal from the outbox, in one transaction, retried until it
+    /// commits or `stop` (then the entry is copied again, which finds it done).
     async fn finish(
         &self,
         meta: &dyn MetaStore,
         rule: &Rule,
-        topic: &str,
-        seq: i64,
+        dequeue: Option<(&str, i64)>,
+        what: (&str, &str, &str),
         outcome: Result<Copied, String>,
+        stop: &CancellationToken,
     ) {
+        let now = crate::meta::access::now_ms();
+        let (action, repository, reference) = what;
         let mut progress = ReplicationProgress {
             rule: rule.name.clone(),
-            updated_at: crate::meta::access::now_ms(),
+            updated_at: now,
             ..ReplicationProgress::default()
+        };
+        let mut copy = ReplicationCopy {
+            rule: rule.name.clone(),
+            action: action.to_string(),
+            repository: repository.to_string(),
+            reference: reference.to_string(),
+            finished_at: now,
+            ..ReplicationCopy::default()
         };
         match outcome {
             Ok(copied) => {
-                if copied.manifests > 0 {
+                let sent = copied.manifests > 0;
+                copy.outcome = if sent || action == "delete" {
+                    "copied"
+                } else {
+                    "skipped"
+                }
+                .into();
+                if sent {
                     progress.images = 1;
                     metrics::counter!("berth_replication_images_total", "rule" => rule.name.clone())
                         .increment(1);
                 }
                 progress.bytes = copied.bytes;
+                copy.bytes = copied.bytes;
             }
             Err(why) => {
-                tracing::error!(rule = %rule.name, error = %why, "a copy was given up on");
+                tracing::error!(rule = %rule.name, repo = repository, reference, error = %why, "a copy was given up on");
                 metrics::counter!("berth_replication_failures_total", "rule" => rule.name.clone())
                     .increment(1);
                 progress.failures = 1;
-                progress.error = Some(why);
+                progress.error = Some(format!("{repository}:{reference}: {why}"));
+                copy.outcome = "failed".into();
+                copy.error = Some(why);
             }
         }
-        // Acknowledged only once recorded: a failure here repeats the copy, which finds it done.
-        for _ in 0..10 {
-            match meta.outbox_ack(topic, seq).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(rule = %rule.name, error = %e, "acknowledging a copy failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+        let mut changes = vec![
+            Change::ReplicationProgress(progress),
+            Change::ReplicationCopy(copy),
+        ];
+        if let Some((topic, seq)) = dequeue {
+            changes.push(Change::Dequeue {
+                topic: topic.to_string(),
+                seq,
+            });
         }
-        if let Err(e) = meta
-            .apply(vec![Change::ReplicationProgress(progress)])
-            .await
-        {
-            tracing::warn!(rule = %rule.name, error = %e, "recording replication progress failed");
+        while let Err(e) = meta.apply(changes.clone()).await {
+            tracing::warn!(rule = %rule.name, error = %e, "recording a copy failed; trying again");
+            pause(stop, Duration::from_secs(1)).await;
+            if stop.is_cancelled() {
+                return;
+            }
         }
     }
 
@@ -532,33 +569,16 @@ impl Replication {
                 let Some(outcome) = outcome else {
                     return Ok(());
                 };
+                // What is here already is not news.
                 if matches!(&outcome, Ok(c) if c.manifests == 0) {
                     continue;
                 }
-                let mut progress = ReplicationProgress {
-                    rule: rule.name.clone(),
-                    updated_at: crate::meta::access::now_ms(),
-                    ..ReplicationProgress::default()
-                };
-                match outcome {
-                    Ok(copied) => {
-                        metrics::counter!("berth_replication_images_total", "rule" => rule.name.clone()).increment(1);
-                        metrics::counter!("berth_replication_bytes_total", "rule" => rule.name.clone()).increment(copied.bytes);
-                        progress.images = 1;
-                        progress.bytes = copied.bytes;
-                    }
-                    Err(why) => {
-                        metrics::counter!("berth_replication_failures_total", "rule" => rule.name.clone()).increment(1);
-                        progress.failures = 1;
-                        progress.error = Some(format!("{repo}:{tag}: {why}"));
-                    }
+                if let Ok(copied) = &outcome {
+                    metrics::counter!("berth_replication_bytes_total", "rule" => rule.name.clone())
+                        .increment(copied.bytes);
                 }
-                if let Err(e) = meta
-                    .apply(vec![Change::ReplicationProgress(progress)])
-                    .await
-                {
-                    tracing::warn!(rule = %rule.name, error = %e, "recording replication progress failed");
-                }
+                let what = ("pull", repo.as_str(), tag.as_str());
+                self.finish(meta, rule, None, what, outcome, stop).await;
             }
         }
         Ok(())
@@ -640,6 +660,40 @@ impl Replication {
             meta.apply(changes).await?;
         }
         Ok(queued)
+    }
+
+    /// The last `limit` copies (of `rule`, or of every rule), newest first, one line each.
+    pub async fn history(
+        meta: &dyn MetaStore,
+        rule: Option<&str>,
+        limit: u32,
+    ) -> crate::meta::Result<Vec<String>> {
+        Ok(meta
+            .replication_history(rule, limit)
+            .await?
+            .into_iter()
+            .map(|c| {
+                let at = jiff::Timestamp::from_millisecond(c.finished_at)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                let sep = if c.reference.starts_with("sha256:") {
+                    '@'
+                } else {
+                    ':'
+                };
+                let mut line = format!(
+                    "{at} {} {} {}{sep}{} {}",
+                    c.rule, c.action, c.repository, c.reference, c.outcome
+                );
+                if c.bytes > 0 {
+                    line.push_str(&format!(", {} bytes", c.bytes));
+                }
+                if let Some(e) = &c.error {
+                    line.push_str(&format!(": {e}"));
+                }
+                line
+            })
+            .collect())
     }
 
     /// One line per rule: what is queued, copied and given up on.
