@@ -22,11 +22,8 @@ use crate::oci::name::{Reference, RepoName, Tag};
 use crate::registry::mirror::{FetchedManifest, Mirror, Upstream, UpstreamError};
 use crate::storage::ByteStream;
 
-/// One mirrored namespace.
+/// Distribution's `proxy` section: every repository mirrors the remote's of the same name.
 struct Cache {
-    /// Repositories under `prefix/` mirror the remote's repositories of the rest of the name;
-    /// `None` mirrors every repository under its own name (Distribution's `proxy` section).
-    prefix: Option<String>,
     client: Arc<Client>,
     ttl: Duration,
     /// Docker Hub keeps official images under `library/`: a one-segment name is looked up there.
@@ -39,7 +36,7 @@ pub const LOOKUP_TTL: Duration = Duration::from_secs(5);
 /// The pull-through caches of a registry.
 #[derive(Default)]
 pub struct Mirrors {
-    caches: Vec<Cache>,
+    proxy: Option<Cache>,
     projects: Option<Projects>,
 }
 
@@ -74,7 +71,7 @@ impl Mirrors {
         });
         let Some(remote) = config.proxy.remoteurl.as_deref() else {
             return Ok(projects.map(|p| Mirrors {
-                caches: Vec::new(),
+                proxy: None,
                 projects: Some(p),
             }));
         };
@@ -92,45 +89,30 @@ impl Mirrors {
         })?;
         let ttl = config.proxy.ttl.map(|d| d.0).unwrap_or(Duration::ZERO);
         Ok(Some(Mirrors {
-            caches: vec![Cache {
-                prefix: None,
+            proxy: Some(Cache {
                 client: Arc::new(client),
                 ttl,
                 library,
-            }],
+            }),
             projects,
         }))
     }
 
     /// The mirror of `repo` the configuration declares (the `proxy` section), if any.
     fn configured_mirror(&self, repo: &RepoName) -> Option<Mirror> {
-        self.caches.iter().find_map(|cache| {
-            let name = match &cache.prefix {
-                None => repo.as_str(),
-                Some(prefix) => repo
-                    .as_str()
-                    .strip_prefix(prefix.as_str())?
-                    .strip_prefix('/')?,
-            };
-            let repository = if cache.library && !name.contains('/') {
-                format!("library/{name}")
-            } else {
-                name.to_string()
-            };
-            Some(Mirror {
-                upstream: cache.client.endpoint().name.clone(),
-                repository,
-                ttl: cache.ttl,
-            })
+        self.proxy.as_ref().map(|cache| Mirror {
+            upstream: cache.client.endpoint().name.clone(),
+            repository: upstream_repository(repo.as_str(), cache.library),
+            ttl: cache.ttl,
         })
     }
 
     fn client(&self, mirror: &Mirror) -> Result<Arc<Client>, UpstreamError> {
         let configured = self
-            .caches
-            .iter()
+            .proxy
+            .as_ref()
             .map(|c| c.client.clone())
-            .find(|c| c.endpoint().name == mirror.upstream);
+            .filter(|c| c.endpoint().name == mirror.upstream);
         let from_store = || {
             let projects = self.projects.as_ref()?;
             let remotes = projects.remotes.lock().unwrap();
@@ -251,6 +233,15 @@ pub fn endpoint_of(r: &RegistryRecord) -> Result<(Endpoint, bool), String> {
     ))
 }
 
+/// The remote's name for `name`: Docker Hub keeps official images under `library/`.
+fn upstream_repository(name: &str, library: bool) -> String {
+    if library && !name.contains('/') {
+        format!("library/{name}")
+    } else {
+        name.to_string()
+    }
+}
+
 /// Docker Hub's registry, under any of its names.
 fn is_docker_hub(url: &url::Url) -> bool {
     matches!(
@@ -301,14 +292,9 @@ impl Upstream for Mirrors {
         let Some(remote) = projects.remote(id).await? else {
             return Ok(None);
         };
-        let repository = if remote.library && !rest.contains('/') {
-            format!("library/{rest}")
-        } else {
-            rest.to_string()
-        };
         Ok(Some(Mirror {
             upstream: remote.client.endpoint().name.clone(),
-            repository,
+            repository: upstream_repository(rest, remote.library),
             // As Harbor's proxy caches: each pull of a tag asks the remote whether it moved.
             ttl: Duration::ZERO,
         }))
@@ -393,54 +379,35 @@ impl Upstream for Mirrors {
 mod tests {
     use super::*;
 
-    fn mirrors(prefix: Option<&str>, url: &str) -> Mirrors {
-        let client = Client::new(Endpoint {
-            name: "up".into(),
-            url: url::Url::parse(url).unwrap(),
-            username: None,
-            password: None,
-            insecure: false,
-            ca: None,
-            connections: 1,
-        })
-        .unwrap();
-        Mirrors {
-            caches: vec![Cache {
-                prefix: prefix.map(str::to_string),
-                client: Arc::new(client),
-                ttl: Duration::ZERO,
-                library: is_docker_hub(&url::Url::parse(url).unwrap()),
-            }],
-            projects: None,
-        }
-    }
-
-    fn upstream_name(m: &Mirrors, repo: &str) -> Option<String> {
-        m.configured_mirror(&repo.parse().unwrap())
-            .map(|m| m.repository)
-    }
-
     #[test]
     fn names_map_to_the_upstream() {
-        let all = mirrors(None, "http://127.0.0.1:5000");
-        assert_eq!(upstream_name(&all, "a/b").as_deref(), Some("a/b"));
-        assert_eq!(upstream_name(&all, "alpine").as_deref(), Some("alpine"));
-        let hub = mirrors(None, "https://registry-1.docker.io");
-        assert_eq!(
-            upstream_name(&hub, "alpine").as_deref(),
-            Some("library/alpine")
-        );
-        assert_eq!(
-            upstream_name(&hub, "grafana/loki").as_deref(),
-            Some("grafana/loki")
-        );
-        let project = mirrors(Some("hub"), "https://registry-1.docker.io");
-        assert_eq!(
-            upstream_name(&project, "hub/alpine").as_deref(),
-            Some("library/alpine")
-        );
-        assert_eq!(upstream_name(&project, "hubx/alpine"), None);
-        assert_eq!(upstream_name(&project, "hub"), None);
-        assert_eq!(upstream_name(&project, "other/alpine"), None);
+        assert_eq!(upstream_repository("a/b", false), "a/b");
+        assert_eq!(upstream_repository("alpine", false), "alpine");
+        assert_eq!(upstream_repository("alpine", true), "library/alpine");
+        assert_eq!(upstream_repository("grafana/loki", true), "grafana/loki");
+        let hub = url::Url::parse("https://registry-1.docker.io").unwrap();
+        assert!(is_docker_hub(&hub));
+        assert!(!is_docker_hub(
+            &url::Url::parse("http://127.0.0.1:5000").unwrap()
+        ));
+        let record = RegistryRecord {
+            name: "hub".into(),
+            kind: "docker-hub".into(),
+            url: "https://hub.docker.com".into(),
+            access_key: "u".into(),
+            access_secret: "s".into(),
+            ..RegistryRecord::default()
+        };
+        let (endpoint, library) = endpoint_of(&record).unwrap();
+        assert_eq!(endpoint.url.as_str(), "https://registry-1.docker.io/");
+        assert!(library);
+        assert_eq!(endpoint.username.as_deref(), Some("u"));
+        let anonymous = RegistryRecord {
+            kind: "docker-registry".into(),
+            url: "http://10.0.0.5:5000".into(),
+            ..RegistryRecord::default()
+        };
+        let (endpoint, library) = endpoint_of(&anonymous).unwrap();
+        assert_eq!((endpoint.username, library), (None, false));
     }
 }

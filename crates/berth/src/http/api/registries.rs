@@ -117,8 +117,9 @@ fn check(r: &RegistryRecord) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn store_error(e: crate::meta::MetaError) -> ApiError {
-    ApiError::from(AccountError::from(e))
+/// A store's failure, as the account operations report it.
+fn store_error(e: impl Into<AccountError>) -> ApiError {
+    ApiError::from(e.into())
 }
 
 /// `GET /registries` (`q=name=~x` or `name=x`: names containing it).
