@@ -83,8 +83,8 @@ struct Node {
 }
 
 impl Node {
-    /// Writes the configuration of `name` into `dir`, listening on `port`, with `replication`
-    /// (a top-level `replication:` section, or nothing), and does not start it.
+    /// Writes the configuration of `name` into `dir`, listening on `port`, deletes enabled, with
+    /// `replication` (a top-level `replication:` section, or nothing), and does not start it.
     fn configure(dir: &Path, name: &str, port: u16, replication: &str) -> Node {
         let root = dir.join(name);
         std::fs::create_dir_all(&root).unwrap();
@@ -92,7 +92,8 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  delete:\n    enabled: true\n  \
+                 filesystem:\n    rootdirectory: {}\n\
                  http:\n  addr: 127.0.0.1:{port}\n  debug:\n    addr: 127.0.0.1:0\n    prometheus:\n      \
                  enabled: true\n      path: /metrics\n{replication}",
                 root.display()
@@ -887,6 +888,69 @@ async fn a_destination_down_at_the_push_gets_it_once_back_across_a_source_crash(
         assert!(history.lines().any(|l| l.contains(&copied)), "{history}");
     }
     assert!(!history.contains(" failed"), "{history}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletes_are_replicated_only_where_the_rule_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = Node::start(tmp.path(), "b", free_port(), "");
+    let rules =
+        "    - name: mirror\n      destination: b\n      repositories: [\"team/**\"]\n      \
+                 deletes: true\n    - name: keep\n      destination: b\n      \
+                 repositories: [\"kept/**\"]\n";
+    let a = Node::start(
+        tmp.path(),
+        "a",
+        free_port(),
+        &replication(&[remote("b", "harbor", &b.base())], rules),
+    );
+    let (a_url, b_url) = (a.base(), b.base());
+    let one = oci::push_image(a.reg(), "team/app", "v1", "deleted by tag").await;
+    let two = oci::push_image(a.reg(), "team/app", "v2", "deleted by digest").await;
+    let kept = oci::push_image(
+        a.reg(),
+        "kept/app",
+        "v1",
+        "kept where deletes are not copied",
+    )
+    .await;
+    for (repo, tag, img) in [
+        ("team/app", "v1", &one),
+        ("team/app", "v2", &two),
+        ("kept/app", "v1", &kept),
+    ] {
+        wait_until(&format!("{repo}:{tag} on b"), ARRIVAL, || {
+            has_manifest(&b_url, repo, tag, &img.digest)
+        })
+        .await;
+    }
+
+    // A tag deleted here goes there; the manifest it pointed at stays there by digest.
+    let delete = |path: String| {
+        let url = format!("{a_url}{path}");
+        async move {
+            let resp = client().delete(&url).send().await.unwrap();
+            assert_eq!(resp.status(), 202, "DELETE {url}");
+        }
+    };
+    delete("/v2/team/app/manifests/v1".into()).await;
+    wait_until("team/app:v1 deleted on b", ARRIVAL, || async {
+        manifest_status(&b_url, "team/app", "v1").await == 404
+    })
+    .await;
+    assert!(has_manifest(&b_url, "team/app", &one.digest, &one.digest).await);
+    // A manifest deleted by digest goes there with its tags.
+    delete(format!("/v2/team/app/manifests/{}", two.digest)).await;
+    wait_until("team/app@v2's digest deleted on b", ARRIVAL, || async {
+        manifest_status(&b_url, "team/app", &two.digest).await == 404
+    })
+    .await;
+    assert_eq!(manifest_status(&b_url, "team/app", "v2").await, 404);
+    // A rule without deletes leaves the copy alone.
+    delete("/v2/kept/app/manifests/v1".into()).await;
+    let status = settled_status(&a.config, &["mirror", "keep"]).await;
+    assert_eq!(status["mirror"].failures, 0, "{:?}", status["mirror"]);
+    assert!(has_manifest(&b_url, "kept/app", "v1", &kept.digest).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
