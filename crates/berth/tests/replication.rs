@@ -1186,6 +1186,79 @@ fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Pushes to `reg` an image of one `size`-byte layer, generated chunk by chunk and hashed on
+/// the way (the test never holds it): the layer's digest, the manifest and its digest.
+async fn push_big_image(reg: &Registry, repo: &str, size: u64) -> (String, Vec<u8>, String) {
+    const CHUNK: usize = 8 << 20;
+    let mut rng = image::Rng::new(size);
+    let mut hasher = sha2::Sha256::new();
+    let mut url = oci::start_upload(reg, repo).await;
+    let mut offset = 0u64;
+    while offset < size {
+        let chunk = rng.bytes(CHUNK.min((size - offset) as usize));
+        hasher.update(&chunk);
+        url = oci::patch_ok(reg, &url, &chunk, Some(offset)).await;
+        offset += chunk.len() as u64;
+    }
+    let layer_digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let resp = oci::finish_upload(&url, &layer_digest, None, None).await;
+    oci::check_status(resp, 201).await;
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }))
+    .unwrap();
+    oci::push_blob(reg, repo, &config).await;
+    let layer = json!({"mediaType": oci::OCI_LAYER, "digest": layer_digest, "size": size});
+    let manifest = oci::image_manifest(&oci::descriptor(oci::OCI_CONFIG, &config), &[layer]);
+    let digest = oci::push_manifest_ok(reg, repo, "v1", oci::OCI_MANIFEST, &manifest).await;
+    (layer_digest, manifest, digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_cut_by_the_sources_crash_goes_on_from_where_the_destination_got() {
+    const SIZE: u64 = 256 << 20;
+    const UNDER_WAY: u64 = 96 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let b = Node::start(tmp.path(), "b", free_port(), "");
+    let rules = "    - name: to-b\n      destination: b\n      repositories: [\"big/**\"]\n";
+    let mut a = Node::start(
+        tmp.path(),
+        "a",
+        free_port(),
+        &replication(&[remote("b", "harbor", &b.base())], rules),
+    );
+    let b_url = b.base();
+    let (layer_digest, _, digest) = push_big_image(a.reg(), "big/blob", SIZE).await;
+
+    // a dies with the copy well under way; the restarted process finds where it was.
+    wait_until("more than 96 MiB at b", BIG, || {
+        let size = dir_size(&b.root);
+        async move { size > UNDER_WAY }
+    })
+    .await;
+    let (status, ..) = blob_at(&b_url, "big/blob", &layer_digest).await;
+    assert_eq!(status, 404, "the copy was over before a could be killed");
+    a.kill();
+    a.restart();
+    wait_until("big/blob:v1 on b", BIG, || {
+        has_manifest(&b_url, "big/blob", "v1", &digest)
+    })
+    .await;
+    let (status, size, got) = blob_at(&b_url, "big/blob", &layer_digest).await;
+    assert_eq!(
+        (status, size, got.as_str()),
+        (200, SIZE, layer_digest.as_str())
+    );
+    // The new process sent only what b did not have: not the blob again from its start.
+    let sent = replication_metric(a.reg(), "bytes", "to-b").await;
+    assert!(
+        sent > 0 && sent < SIZE - UNDER_WAY + (16 << 20),
+        "the restarted a sent {sent} bytes of a {SIZE}-byte blob b had {UNDER_WAY}+ of"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_1_gib_blob_resumes_after_the_destination_dies_midway() {
     const SIZE: u64 = 1 << 30;
@@ -1202,31 +1275,7 @@ async fn a_1_gib_blob_resumes_after_the_destination_dies_midway() {
     );
     let (a_url, b_url) = (a.base(), b.base());
 
-    // The layer is generated chunk by chunk and hashed on the way: the test never holds it.
-    let mut rng = image::Rng::new(1 << 30);
-    let mut hasher = sha2::Sha256::new();
-    let mut url = oci::start_upload(a.reg(), "big/blob").await;
-    let mut offset = 0u64;
-    while offset < SIZE {
-        let chunk = rng.bytes(CHUNK.min((SIZE - offset) as usize));
-        hasher.update(&chunk);
-        url = oci::patch_ok(a.reg(), &url, &chunk, Some(offset)).await;
-        offset += chunk.len() as u64;
-    }
-    let layer_digest = format!("sha256:{}", hex::encode(hasher.finalize()));
-    let resp = oci::finish_upload(&url, &layer_digest, None, None).await;
-    oci::check_status(resp, 201).await;
-    let config = serde_json::to_vec(&json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": []},
-    }))
-    .unwrap();
-    oci::push_blob(a.reg(), "big/blob", &config).await;
-    let layer = json!({"mediaType": oci::OCI_LAYER, "digest": layer_digest, "size": SIZE});
-    let manifest = oci::image_manifest(&oci::descriptor(oci::OCI_CONFIG, &config), &[layer]);
-    let digest =
-        oci::push_manifest_ok(a.reg(), "big/blob", "v1", oci::OCI_MANIFEST, &manifest).await;
+    let (layer_digest, manifest, digest) = push_big_image(a.reg(), "big/blob", SIZE).await;
 
     // b dies once the copy is well under way, and comes back on the same port and storage.
     wait_until("more than 100 MiB at b", BIG, || {

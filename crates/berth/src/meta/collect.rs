@@ -424,6 +424,22 @@ macro_rules! collection_changes {
                     .execute(&mut **tx)
                     .await?;
                 }
+                Change::SetSetting { key, value: Some(value) } => {
+                    sqlx::query(&$sql(
+                        "INSERT INTO settings (key, value) VALUES ($1, $2) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    ))
+                    .bind(&key)
+                    .bind(&value)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Change::SetSetting { key, value: None } => {
+                    sqlx::query(&$sql("DELETE FROM settings WHERE key = $1"))
+                        .bind(&key)
+                        .execute(&mut **tx)
+                        .await?;
+                }
                 Change::ReplicationCopy(c) => {
                     sqlx::query(&$sql(
                         "INSERT INTO replication_history (rule, action, repository, reference, \

@@ -276,6 +276,8 @@ pub enum Change {
     /// Sets the registry-wide setting `key` to `value` unless it is set already (the first
     /// writer wins: settings such as the registry's id are made once).
     InitSetting { key: String, value: String },
+    /// Sets (or, with `None`, removes) the setting `key`, whatever it was.
+    SetSetting { key: String, value: Option<String> },
     /// Adds to a replication rule's totals, and sets its last error when one is given.
     ReplicationProgress(ReplicationProgress),
     /// Records one copy of a replication rule (the oldest beyond the last 100,000 go).
@@ -548,6 +550,7 @@ pub fn affected(changes: &[Change]) -> (Vec<&RepoName>, bool) {
             | Change::SetSchedule(_)
             | Change::RemoveSchedule { .. }
             | Change::InitSetting { .. }
+            | Change::SetSetting { .. }
             | Change::ReplicationProgress(_)
             | Change::ReplicationCopy(_)
             | Change::Dequeue { .. } => continue,

@@ -236,6 +236,7 @@ pub fn from_changes(changes: &[Change]) -> Vec<RegistryEvent> {
             | Change::SetSchedule(_)
             | Change::RemoveSchedule { .. }
             | Change::InitSetting { .. }
+            | Change::SetSetting { .. }
             | Change::ReplicationProgress(_)
             | Change::ReplicationCopy(_)
             | Change::Dequeue { .. } => {}

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use reqwest::Method;
 
+use crate::meta::{Change, MetaStore};
 use crate::oci::digest::Digest;
 use crate::oci::manifest;
 use crate::oci::name::{Reference, RepoName, Tag};
@@ -69,19 +70,84 @@ impl Copied {
     }
 }
 
-/// Uploads under way to a remote, by (repository, digest): where each continues.
-#[derive(Default)]
-pub struct Uploads {
+/// Uploads under way to a remote, by (repository, digest): where each continues. Kept in the
+/// metadata store too (a setting per upload), so that an upload interrupted by this process's
+/// end continues where the remote says it got to, on whichever instance copies next.
+pub struct Uploads<'a> {
+    meta: &'a dyn MetaStore,
+    /// The rule copying (the settings' keys).
+    rule: &'a str,
     at: Mutex<HashMap<(String, Digest), url::Url>>,
     /// Where on the remote each blob was last sent, to mount it from there.
     sent: Mutex<HashMap<Digest, String>>,
+}
+
+impl<'a> Uploads<'a> {
+    pub fn new(meta: &'a dyn MetaStore, rule: &'a str) -> Uploads<'a> {
+        Uploads {
+            meta,
+            rule,
+            at: Mutex::new(HashMap::new()),
+            sent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(&self, to: &str, digest: &Digest) -> String {
+        format!("replication/upload/{}/{to}/{digest}", self.rule)
+    }
+
+    /// Where the upload of `digest` to `to` continues, if one was under way.
+    async fn resume_point(&self, to: &str, digest: &Digest) -> Option<url::Url> {
+        let key = (to.to_string(), digest.clone());
+        if let Some(at) = self.at.lock().unwrap().get(&key) {
+            return Some(at.clone());
+        }
+        let stored = self
+            .meta
+            .setting(&self.key(to, digest))
+            .await
+            .ok()
+            .flatten()?;
+        url::Url::parse(&stored).ok()
+    }
+
+    /// Notes where the upload of `digest` to `to` continues (best effort: without it, the
+    /// upload starts over).
+    async fn note(&self, to: &str, digest: &Digest, at: &url::Url) {
+        self.at
+            .lock()
+            .unwrap()
+            .insert((to.to_string(), digest.clone()), at.clone());
+        let change = Change::SetSetting {
+            key: self.key(to, digest),
+            value: Some(at.to_string()),
+        };
+        if let Err(e) = self.meta.apply(vec![change]).await {
+            tracing::debug!(error = %e, "could not note where an upload continues");
+        }
+    }
+
+    /// Forgets the upload of `digest` to `to` (finished, or unknown to the remote).
+    async fn forget(&self, to: &str, digest: &Digest) {
+        self.at
+            .lock()
+            .unwrap()
+            .remove(&(to.to_string(), digest.clone()));
+        let change = Change::SetSetting {
+            key: self.key(to, digest),
+            value: None,
+        };
+        if let Err(e) = self.meta.apply(vec![change]).await {
+            tracing::debug!(error = %e, "could not forget a finished upload");
+        }
+    }
 }
 
 /// Copies of this registry's content to one remote.
 pub struct Push<'a> {
     pub core: &'a Registry,
     pub remote: &'a Client,
-    pub uploads: &'a Uploads,
+    pub uploads: &'a Uploads<'a>,
     /// The registry the content was first pushed to, carried to the remote.
     pub origin: &'a str,
     /// The rule copying (metrics).
@@ -201,8 +267,7 @@ impl Push<'_> {
             }
             Err(e) => return Err(e.into()),
         };
-        let key = (to.to_string(), digest.clone());
-        let resumed = self.uploads.at.lock().unwrap().get(&key).cloned();
+        let resumed = self.uploads.resume_point(to, digest).await;
         let (mut location, mut offset) = match resumed {
             Some(at) => match self.upload_offset(&at, scope).await? {
                 Some(offset) => (at, offset),
@@ -212,9 +277,10 @@ impl Push<'_> {
         };
         if offset == u64::MAX {
             // Mounted from where it was sent before.
-            self.uploads.at.lock().unwrap().remove(&key);
+            self.uploads.forget(to, digest).await;
             return Ok(0);
         }
+        self.uploads.note(to, digest, &location).await;
         let sent_from = offset;
         while offset < size {
             let end = (offset + CHUNK).min(size);
@@ -226,25 +292,10 @@ impl Push<'_> {
                 .push(("content-range", format!("{offset}-{}", end - 1)));
             let chunk_len = chunk.len() as u64;
             patch.body = Some(chunk);
-            let answer = self.remote.call(patch).await;
-            let answer = match answer {
-                Ok(a) => a,
-                Err(e) => {
-                    self.uploads
-                        .at
-                        .lock()
-                        .unwrap()
-                        .insert(key.clone(), location.clone());
-                    return Err(e.into());
-                }
-            };
+            let answer = self.remote.call(patch).await?;
             location = self.remote.location(&answer)?;
             offset = end;
-            self.uploads
-                .at
-                .lock()
-                .unwrap()
-                .insert(key.clone(), location.clone());
+            self.uploads.note(to, digest, &location).await;
             metrics::counter!("berth_replication_bytes_total", "rule" => self.rule.to_string())
                 .increment(chunk_len);
         }
@@ -255,9 +306,8 @@ impl Push<'_> {
         let mut put = Call::new(Method::PUT, finish, scope);
         put.content_type = Some("application/octet-stream");
         put.body = Some(Bytes::new());
-        let done = self.remote.call(put).await;
-        self.uploads.at.lock().unwrap().remove(&key);
-        done?;
+        self.remote.call(put).await?;
+        self.uploads.forget(to, digest).await;
         self.uploads
             .sent
             .lock()

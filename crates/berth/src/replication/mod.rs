@@ -275,7 +275,7 @@ impl Replication {
     ) {
         let rule = &self.rules[i];
         let topic = rule.topic();
-        let uploads = Uploads::default();
+        let uploads = Uploads::new(meta, &rule.name);
         let mut resync = tokio::time::Instant::now() + rule.interval;
         while !stop.is_cancelled() {
             if !rule.interval.is_zero() && tokio::time::Instant::now() >= resync {
@@ -450,7 +450,7 @@ impl Replication {
         &self,
         rule: &Rule,
         core: &Registry,
-        uploads: &Uploads,
+        uploads: &Uploads<'_>,
         entry: &Entry,
     ) -> Result<Copied, CopyError> {
         let remote_id = self.remote_id(rule).await?;
