@@ -1262,7 +1262,6 @@ async fn an_upload_cut_by_the_sources_crash_goes_on_from_where_the_destination_g
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_1_gib_blob_resumes_after_the_destination_dies_midway() {
     const SIZE: u64 = 1 << 30;
-    const CHUNK: usize = 8 << 20;
     const UNDER_WAY: u64 = 100 << 20;
     let tmp = tempfile::tempdir().unwrap();
     let mut b = Node::start(tmp.path(), "b", free_port(), "");
