@@ -242,6 +242,36 @@ async fn a_pull_through_cache_fetches_once_and_serves_while_the_upstream_is_down
     let arm64_layer = format!("/v2/team/multi/blobs/{}", sha256(&arm64.layer));
     assert_eq!(upstream.answered("GET", &arm64_layer, 200), 0);
 
+    // A layer cached for one repository is linked into another once the upstream says that
+    // one has it too, not fetched again; one the upstream does not have there stays unknown.
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let manifest = common::oci::image_manifest(
+        &descriptor(common::oci::OCI_CONFIG, config),
+        &[descriptor(common::oci::OCI_LAYER, &app.layer)],
+    );
+    let sibling = Image {
+        digest: sha256(&manifest),
+        config: config.to_vec(),
+        layer: app.layer.clone(),
+        manifest,
+    };
+    upstream.push_image("team/sibling", "v1", &sibling).await;
+    pull_image(&reg, "team/sibling", "v1", &sibling).await;
+    let sibling_layer = format!("/v2/team/sibling/blobs/{}", sha256(&app.layer));
+    assert_eq!(
+        upstream.answered("GET", &sibling_layer, 200),
+        0,
+        "fetched again"
+    );
+    assert_eq!(upstream.answered("HEAD", &sibling_layer, 200), 1);
+    assert!(metric(&reg, "blob", "linked").await >= 1);
+    let (status, _) = pull_blob(&reg, "team/nothing", &sha256(&app.layer)).await;
+    assert_eq!(
+        status, 404,
+        "a repository the upstream lacks must not see another's blob"
+    );
+
     // A cache is not pushed to.
     let resp = client()
         .post(reg.url("/v2/team/app/blobs/uploads/"))

@@ -69,6 +69,14 @@ pub trait Upstream: Send + Sync {
         reference: &Reference,
     ) -> Result<Option<FetchedManifest>, UpstreamError>;
 
+    /// The size of a blob the upstream serves in the mirror's repository, without its bytes
+    /// (`None`: it does not have it there).
+    async fn blob_size(
+        &self,
+        mirror: &Mirror,
+        digest: &Digest,
+    ) -> Result<Option<u64>, UpstreamError>;
+
     /// A blob's bytes, streamed (`None`: the upstream does not have it).
     async fn blob(
         &self,

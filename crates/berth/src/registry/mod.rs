@@ -1314,6 +1314,12 @@ impl Registry {
             mirror::count(&mirror, "blob", "hit");
             return Ok(size);
         }
+        // Stored already for another repository: linked once the upstream confirms that this
+        // repository has it (so no repository reveals another's content), not fetched again.
+        if let Some(size) = self.link_stored(upstream, &mirror, repo, digest).await {
+            mirror::count(&mirror, "blob", "linked");
+            return Ok(size);
+        }
         let body = match upstream.blob(&mirror, digest).await {
             Ok(Some(body)) => body,
             Ok(None) => {
@@ -1339,6 +1345,36 @@ impl Registry {
                 )))
             }
         }
+    }
+
+    /// Links into `repo` a blob stored for another repository, if the upstream serves it in
+    /// `repo`'s upstream repository with the same size; its size when it did.
+    async fn link_stored(
+        &self,
+        upstream: &dyn mirror::Upstream,
+        mirror: &mirror::Mirror,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Option<u64> {
+        let (source, size) = self
+            .meta
+            .repos_with_blob(digest, 1)
+            .await
+            .ok()?
+            .into_iter()
+            .next()?;
+        self.store.stat_blob(digest).await.ok()??;
+        if upstream.blob_size(mirror, digest).await.ok()?? != size {
+            return None;
+        }
+        self.admit(repo, Some(digest), size).await.ok()?;
+        let link = Change::LinkBlob {
+            repo: repo.clone(),
+            digest: digest.clone(),
+            size,
+            mounted_from: Some(source),
+        };
+        self.commit(vec![link]).await.ok().map(|()| size)
     }
 
     /// A manifest's descriptor, without its bytes.

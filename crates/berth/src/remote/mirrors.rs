@@ -361,6 +361,23 @@ impl Upstream for Mirrors {
         Ok(Some(FetchedManifest { media_type, bytes }))
     }
 
+    async fn blob_size(
+        &self,
+        mirror: &Mirror,
+        digest: &Digest,
+    ) -> Result<Option<u64>, UpstreamError> {
+        let client = self.client(mirror)?;
+        let path = format!("{}/blobs/{digest}", mirror.repository);
+        let head = client
+            .send(Method::HEAD, &path, &pull_scope(mirror), None)
+            .await;
+        Ok(found(mirror, head)?.and_then(|answer| {
+            answer
+                .header("content-length")
+                .and_then(|l| l.parse::<u64>().ok())
+        }))
+    }
+
     async fn blob(
         &self,
         mirror: &Mirror,
