@@ -7,20 +7,23 @@ log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- prerequisites
-bench_prereqs() {
-  local need=()
-  command -v docker-registry >/dev/null || need+=(docker-registry)
-  command -v nginx >/dev/null || need+=(nginx-light)
-  command -v jq >/dev/null || need+=(jq)
-  command -v taskset >/dev/null || need+=(util-linux)
-  command -v curl >/dev/null || need+=(curl)
-  command -v ss >/dev/null || need+=(iproute2)
+# Installs with apt-get the package of each missing command: install_missing COMMAND:PACKAGE ...
+install_missing() {
+  local need=() pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+  done
   if ((${#need[@]})); then
     log "installing ${need[*]}"
     [[ $(id -u) == 0 ]] || die "need root to apt-get install ${need[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi
+}
+
+bench_prereqs() {
+  install_missing docker-registry:docker-registry nginx:nginx-light jq:jq taskset:util-linux \
+    curl:curl ss:iproute2
   # Debian's docker-registry package ships a service; we never use it, but don't let it hold a port.
   if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
     log "stopping the packaged docker-registry service"

@@ -57,19 +57,8 @@ source "$ROOT/bench/lib.sh"
 
 # What this script needs (lib.sh's bench_prereqs also installs Distribution and nginx).
 repl_prereqs() {
-  local need=()
-  command -v skopeo >/dev/null || need+=(skopeo)
-  command -v jq >/dev/null || need+=(jq)
-  command -v taskset >/dev/null || need+=(util-linux)
-  command -v curl >/dev/null || need+=(curl)
-  command -v ss >/dev/null || need+=(iproute2)
-  command -v column >/dev/null || need+=(bsdextrautils)
-  if ((${#need[@]})); then
-    log "installing ${need[*]}"
-    [[ $(id -u) == 0 ]] || die "need root to apt-get install ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  fi
+  install_missing skopeo:skopeo jq:jq taskset:util-linux curl:curl ss:iproute2 \
+    column:bsdextrautils
   if (($(nproc) >= 2)); then SERVER_CPU=0; GEN_CPU=1; else SERVER_CPU=0; GEN_CPU=0; log "warning: one CPU only; servers and copier share it"; fi
 }
 
