@@ -954,6 +954,63 @@ async fn deletes_are_replicated_only_where_the_rule_says() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signature_pushed_by_digest_is_copied_with_its_subject() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = Node::start(tmp.path(), "b", free_port(), "");
+    let rules = "    - name: to-b\n      destination: b\n      repositories: [\"team/**\"]\n      \
+                 tags: [\"v*\"]\n";
+    let a = Node::start(
+        tmp.path(),
+        "a",
+        free_port(),
+        &replication(&[remote("b", "harbor", &b.base())], rules),
+    );
+    let b_url = b.base();
+    let img = oci::push_image(a.reg(), "team/app", "v1", "signed image").await;
+    // A signature: an artifact whose subject is the image, pushed by its digest, untagged.
+    let signature = b"a signature".to_vec();
+    oci::push_blob(a.reg(), "team/app", &signature).await;
+    oci::push_blob(a.reg(), "team/app", oci::EMPTY_JSON).await;
+    let referrer = oci::artifact_manifest(
+        Some("application/vnd.example.signature"),
+        &oci::empty_descriptor(),
+        &[oci::descriptor(
+            "application/vnd.example.signature",
+            &signature,
+        )],
+        Some(&img.descriptor()),
+        None,
+    );
+    let referrer_digest = sha256(&referrer);
+    oci::push_manifest_ok(
+        a.reg(),
+        "team/app",
+        &referrer_digest,
+        oci::OCI_MANIFEST,
+        &referrer,
+    )
+    .await;
+    wait_until("the image on b", ARRIVAL, || {
+        has_manifest(&b_url, "team/app", "v1", &img.digest)
+    })
+    .await;
+    wait_until("its signature on b", ARRIVAL, || {
+        has_manifest(&b_url, "team/app", &referrer_digest, &referrer_digest)
+    })
+    .await;
+    let listed = get_json(&format!("{b_url}/v2/team/app/referrers/{}", img.digest)).await;
+    let found: Vec<&str> = listed["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["digest"].as_str())
+        .collect();
+    assert_eq!(found, [referrer_digest.as_str()], "{listed}");
+    let (status, _, got) = blob_at(&b_url, "team/app", &sha256(&signature)).await;
+    assert_eq!((status, got), (200, sha256(&signature)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_registries_in_a_ring_copy_once_and_stop() {
     let tmp = tempfile::tempdir().unwrap();
     // Every port is known before any registry starts: each one's rule names the next.

@@ -86,6 +86,8 @@ pub struct RegistryEvent {
     pub tag: Option<Tag>,
     /// For a mount: the repository the blob came from.
     pub from: Option<RepoName>,
+    /// For a manifest pushed with a subject (a signature, an SBOM): the manifest it refers to.
+    pub subject: Option<Digest>,
     pub timestamp: SystemTime,
     pub request: RequestContext,
 }
@@ -100,6 +102,7 @@ impl RegistryEvent {
             size: None,
             tag: None,
             from: None,
+            subject: None,
             timestamp: SystemTime::now(),
             request: request.clone(),
         }
@@ -170,11 +173,12 @@ pub fn from_changes(changes: &[Change]) -> Vec<RegistryEvent> {
                 events.push(e);
             }
             Change::PutManifest { repo, manifest, .. } => {
-                let pushed = RegistryEvent::new(EventAction::Push, repo, &request).target(
+                let mut pushed = RegistryEvent::new(EventAction::Push, repo, &request).target(
                     &manifest.digest,
                     &manifest.media_type,
                     manifest.size,
                 );
+                pushed.subject = manifest.subject.clone();
                 let tags: Vec<&Tag> = changes
                     .iter()
                     .filter_map(|c| match c {

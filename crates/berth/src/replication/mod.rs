@@ -125,8 +125,9 @@ impl Rule {
         }
         match (&event.tag, action) {
             (Some(tag), _) if !self.matches_tag(tag.as_str()) => return None,
-            // A manifest pushed by digest alone (an index's child) goes with what tags it.
-            (None, Action::Push) => return None,
+            // A manifest pushed by digest alone goes with what tags it (an index's child), unless
+            // it refers to another (a signature, an SBOM): then it goes as it is pushed.
+            (None, Action::Push) if event.subject.is_none() => return None,
             // A manifest deleted by digest: only when every tag is replicated.
             (None, Action::Delete) if self.tags.is_some() => return None,
             _ => {}
@@ -812,6 +813,12 @@ mod tests {
         assert!(r
             .entry_for(&event(EventAction::Push, "team/app", None, None))
             .is_none());
+        let mut referrer = event(EventAction::Push, "team/app", None, None);
+        referrer.subject = Some(Digest::of(crate::oci::digest::Algorithm::Sha256, b"s"));
+        assert!(
+            r.entry_for(&referrer).is_some(),
+            "a referrer goes as it is pushed"
+        );
         assert!(r
             .entry_for(&event(EventAction::Pull, "team/app", Some("v1"), None))
             .is_none());
