@@ -734,3 +734,48 @@ async fn proxy_cache_projects_each_mirror_their_own_registry() {
     .await;
     assert_eq!(gone.status, 409, "{:?}", gone.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_an_upstream_sends_is_verified_before_it_is_cached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+    let seen = Arc::new(Seen::default());
+    let token = token_endpoint(loopback, seen.clone()).await;
+    let realm = Arc::new(Mutex::new(format!("http://{token}/token")));
+    let img = sample_image("verified on the way in");
+    // Blobs come from a server that sends other bytes than the digest names, until mended.
+    let wrong = blob_server(loopback, b"not the layer".to_vec(), seen.clone()).await;
+    let right = blob_server(loopback, img.layer.clone(), seen.clone()).await;
+    let redirect = Arc::new(Mutex::new(format!("http://{wrong}")));
+    // Its manifests carry a digest their bytes do not have.
+    let mut tampered = img.clone();
+    tampered.manifest.extend_from_slice(b"\n");
+    let liar = hostile_upstream(loopback, realm.clone(), redirect.clone(), tampered).await;
+    let reg = cache(
+        tmp.path(),
+        "careful",
+        &proxy_of(&format!("http://{liar}"), "1h"),
+    );
+
+    let (status, ..) = pull_manifest(&reg, "some/app", "v1").await;
+    assert_eq!(
+        status, 503,
+        "a manifest whose bytes are not its digest was served"
+    );
+    let (status, ..) = pull_manifest(&reg, "some/app", &img.digest).await;
+    assert_eq!(
+        status, 503,
+        "a manifest that is not the digest asked for was served"
+    );
+    let layer = sha256(&img.layer);
+    let (status, _) = pull_blob(&reg, "some/app", &layer).await;
+    assert_eq!(
+        status, 503,
+        "a blob whose bytes are not its digest was served"
+    );
+    // Nothing of it was kept: once the upstream sends the right bytes, they are what is served.
+    *redirect.lock().unwrap() = format!("http://{right}");
+    let (status, body) = pull_blob(&reg, "some/app", &layer).await;
+    assert_eq!(status, 200);
+    assert_eq!(sha256(&body), layer);
+}
