@@ -137,7 +137,7 @@ enum ReplicationCommand {
 }
 
 /// Where the users, projects and robots are: the metadata database of this configuration.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct StoreArgs {
     /// The configuration file `berth serve` runs with.
     #[arg(long, value_name = "FILE")]
@@ -669,6 +669,41 @@ fn settings_of(args: &StoreArgs) -> anyhow::Result<Settings> {
     Settings::from_config(&cfg)
 }
 
+/// `berth replication run|status`, on the configuration's rules and metadata store.
+async fn replication_command(command: ReplicationCommand) -> anyhow::Result<()> {
+    let (file, mut store) = match &command {
+        ReplicationCommand::Run { file, store, .. }
+        | ReplicationCommand::Status { file, store, .. } => (file.clone(), store.clone()),
+    };
+    if store.config.is_none() {
+        store.config = file;
+    }
+    let settings = settings_of(&store)?;
+    let Some(replication) = berth::replication::Replication::from_config(&settings.config)? else {
+        anyhow::bail!("no replication rules are configured");
+    };
+    let meta = server::open_meta(&settings.meta).await?;
+    let mut lines = Vec::new();
+    match command {
+        ReplicationCommand::Run { rule, .. } => {
+            let n = replication.queue_everything(&rule, meta.as_ref()).await?;
+            lines.push(format!("{rule}: {n} tags queued"));
+        }
+        ReplicationCommand::Status { history, rule, .. } => {
+            lines.extend(replication.status(meta.as_ref()).await?);
+            if let Some(n) = history {
+                let copies =
+                    berth::replication::Replication::history(meta.as_ref(), rule.as_deref(), n);
+                lines.extend(copies.await?);
+            }
+        }
+    }
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 /// `berth gc`: one collection under the collection lease (or the history of runs).
 async fn collect(
     settings: Settings,
@@ -880,64 +915,9 @@ fn run() -> anyhow::Result<()> {
             }
             runtime.block_on(collect(settings, opts, history))
         }
-        Command::Replication {
-            command:
-                ReplicationCommand::Run {
-                    rule,
-                    file,
-                    mut store,
-                },
-        } => {
+        Command::Replication { command } => {
             let _log = logging::init("warn", Format::Text, Default::default());
-            if store.config.is_none() {
-                store.config = file;
-            }
-            let settings = settings_of(&store)?;
-            runtime.block_on(async {
-                let replication =
-                    berth::replication::Replication::from_config(&settings.config)?
-                        .ok_or_else(|| anyhow::anyhow!("no replication rules are configured"))?;
-                let meta = server::open_meta(&settings.meta).await?;
-                let n = replication.queue_everything(&rule, meta.as_ref()).await?;
-                println!("{rule}: {n} tags queued");
-                Ok(())
-            })
-        }
-        Command::Replication {
-            command:
-                ReplicationCommand::Status {
-                    file,
-                    history,
-                    rule,
-                    mut store,
-                },
-        } => {
-            let _log = logging::init("warn", Format::Text, Default::default());
-            if store.config.is_none() {
-                store.config = file;
-            }
-            let settings = settings_of(&store)?;
-            runtime.block_on(async {
-                let Some(replication) =
-                    berth::replication::Replication::from_config(&settings.config)?
-                else {
-                    println!("no replication rules are configured");
-                    return Ok(());
-                };
-                let meta = server::open_meta(&settings.meta).await?;
-                for line in replication.status(meta.as_ref()).await? {
-                    println!("{line}");
-                }
-                if let Some(n) = history {
-                    let lines =
-                        berth::replication::Replication::history(meta.as_ref(), rule.as_deref(), n)
-                            .await?;
-                    for line in lines {
-                        println!("{line}");
-                    }
-                }
-                Ok(())
-            })
+            runtime.block_on(replication_command(command))
         }
         Command::Import(ImportSource::Distribution { dir, config }) => {
             let _log = logging::init("warn", Format::Text, Default::default());

@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::distribution::Distribution;
-use common::oci::{client, descriptor, image_index, sample_image, Image, OCI_INDEX, OCI_MANIFEST};
+use common::oci::{
+    client, descriptor, image_index, sample_image, upload_blob_to, upload_image_to,
+    upload_manifest_to, Image, OCI_INDEX, OCI_MANIFEST,
+};
 use common::{sha256, Launch, Registry};
 
 const USER: &str = "mirror";
@@ -49,47 +52,16 @@ impl Upstream {
     }
 
     async fn push_blob(&self, repo: &str, data: &[u8]) {
-        let resp = client()
-            .post(format!("{}/v2/{repo}/blobs/uploads/", self.base))
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
-        let location = resp.headers()["location"].to_str().unwrap().to_string();
-        let location = if location.starts_with('/') {
-            format!("{}{location}", self.base)
-        } else {
-            location
-        };
-        let sep = if location.contains('?') { '&' } else { '?' };
-        let resp = client()
-            .put(format!("{location}{sep}digest={}", sha256(data)))
-            .basic_auth(USER, Some(PASSWORD))
-            .body(data.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+        upload_blob_to(&self.base, Some((USER, PASSWORD)), repo, data).await;
     }
 
     async fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
-        let resp = client()
-            .put(format!("{}/v2/{repo}/manifests/{reference}", self.base))
-            .basic_auth(USER, Some(PASSWORD))
-            .header("content-type", media_type)
-            .body(body.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+        let who = Some((USER, PASSWORD));
+        upload_manifest_to(&self.base, who, repo, reference, media_type, body).await;
     }
 
     async fn push_image(&self, repo: &str, tag: &str, img: &Image) {
-        self.push_blob(repo, &img.config).await;
-        self.push_blob(repo, &img.layer).await;
-        self.push_manifest(repo, tag, OCI_MANIFEST, &img.manifest)
-            .await;
+        upload_image_to(&self.base, Some((USER, PASSWORD)), repo, tag, img).await;
     }
 
     /// How many `method path` requests the upstream answered with `status`.
@@ -549,33 +521,7 @@ async fn proxy_cache_projects_each_mirror_their_own_registry() {
     guarded.push_image("team/app", "v1", &app).await;
     let (open_dist, open_base) = open_upstream(tmp.path());
     let tool = sample_image("project mirror b");
-    {
-        let c = client();
-        for blob in [&tool.config, &tool.layer] {
-            let resp = c
-                .post(format!("{open_base}/v2/lib/tool/blobs/uploads/"))
-                .send()
-                .await
-                .unwrap();
-            let location = resp.headers()["location"].to_str().unwrap().to_string();
-            let sep = if location.contains('?') { '&' } else { '?' };
-            let resp = c
-                .put(format!("{location}{sep}digest={}", sha256(blob)))
-                .body(blob.clone())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 201);
-        }
-        let resp = c
-            .put(format!("{open_base}/v2/lib/tool/manifests/1"))
-            .header("content-type", OCI_MANIFEST)
-            .body(tool.manifest.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
-    }
+    upload_image_to(&open_base, None, "lib/tool", "1", &tool).await;
 
     let berth = BuiltinRegistry::start();
     let base = berth.reg.url("");

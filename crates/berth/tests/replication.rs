@@ -381,48 +381,6 @@ async fn registry_id(base: &str) -> String {
         .unwrap_or_else(|| panic!("{base}/v2/ answered without Berth-Registry-Id"))
 }
 
-// ---- pushing to any registry over HTTP (for Distribution) ------------------------------------
-
-async fn upload_blob(base: &str, repo: &str, data: &[u8]) {
-    let resp = client()
-        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
-    let location = oci::must_header(&resp, "location");
-    let location = if location.starts_with('/') {
-        format!("{base}{location}")
-    } else {
-        location
-    };
-    let resp = client()
-        .put(oci::with_query(&location, "digest", &sha256(data)))
-        .header("content-type", "application/octet-stream")
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
-}
-
-async fn upload_manifest(base: &str, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
-    let resp = client()
-        .put(format!("{base}/v2/{repo}/manifests/{reference}"))
-        .header("content-type", media_type)
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
-}
-
-async fn upload_image(base: &str, repo: &str, reference: &str, img: &oci::Image) {
-    upload_blob(base, repo, &img.config).await;
-    upload_blob(base, repo, &img.layer).await;
-    upload_manifest(base, repo, reference, oci::OCI_MANIFEST, &img.manifest).await;
-}
-
 /// How many manifest PUTs into `repo` Distribution accepted, by its access log.
 fn manifest_puts(dist: &Distribution, repo: &str) -> usize {
     let put = format!("\"PUT /v2/{repo}/manifests/");
@@ -798,7 +756,7 @@ async fn pushes_replicate_to_distribution() {
         single.manifest.digest
     );
     let before = oci::sample_image("already at the destination");
-    upload_image(&dist_url, "team/before", "v1", &before).await;
+    oci::upload_image_to(&dist_url, None, "team/before", "v1", &before).await;
     oci::push_image(a.reg(), "team/before", "v1", "already at the destination").await;
     // A later push, awaited, after which the worker had time for the ones above.
     let marker = oci::push_image(a.reg(), "team/marker", "v1", "distribution marker").await;
@@ -1112,24 +1070,32 @@ async fn pull_replication_copies_from_a_distribution() {
     let other = oci::sample_image("other app");
     let stable1 = oci::sample_image("stable 1.0");
     let stable2 = oci::sample_image("stable 2.0");
-    upload_image(&central, "base/os", "v1", &os1).await;
-    upload_image(&central, "base/os", "v2", &os2).await;
-    upload_image(&central, "base/tools/jq", "1.7", &jq).await;
-    upload_image(&central, "other/app", "v1", &other).await;
-    upload_image(&central, "stable/app", "1.0", &stable1).await;
-    upload_image(&central, "stable/app", "2.0", &stable2).await;
+    oci::upload_image_to(&central, None, "base/os", "v1", &os1).await;
+    oci::upload_image_to(&central, None, "base/os", "v2", &os2).await;
+    oci::upload_image_to(&central, None, "base/tools/jq", "1.7", &jq).await;
+    oci::upload_image_to(&central, None, "other/app", "v1", &other).await;
+    oci::upload_image_to(&central, None, "stable/app", "1.0", &stable1).await;
+    oci::upload_image_to(&central, None, "stable/app", "2.0", &stable2).await;
     // A two-platform index, its children pushed by digest only.
     let amd64 = oci::sample_image("base multi amd64");
     let arm64 = oci::sample_image("base multi arm64");
     let mut children = Vec::new();
     for (img, arch) in [(&amd64, "amd64"), (&arm64, "arm64")] {
-        upload_image(&central, "base/multi", &img.digest, img).await;
+        oci::upload_image_to(&central, None, "base/multi", &img.digest, img).await;
         let mut desc = img.descriptor();
         desc["platform"] = json!({"os": "linux", "architecture": arch});
         children.push(desc);
     }
     let index = oci::image_index(&children);
-    upload_manifest(&central, "base/multi", "latest", oci::OCI_INDEX, &index).await;
+    oci::upload_manifest_to(
+        &central,
+        None,
+        "base/multi",
+        "latest",
+        oci::OCI_INDEX,
+        &index,
+    )
+    .await;
 
     let rules = "    - name: from-central\n      source: central\n      repositories: \
                  [\"base/**\"]\n      tags: []\n      interval: 2s\n    - name: stable-from-central\n      \
@@ -1164,8 +1130,8 @@ async fn pull_replication_copies_from_a_distribution() {
     // Pushed to the source after the first copies: a later listing finds them.
     let os3 = oci::sample_image("base os v3");
     let late = oci::sample_image("base late");
-    upload_image(&central, "base/os", "v3", &os3).await;
-    upload_image(&central, "base/late", "v1", &late).await;
+    oci::upload_image_to(&central, None, "base/os", "v3", &os3).await;
+    oci::upload_image_to(&central, None, "base/late", "v1", &late).await;
     for (repo, tag, img) in [("base/os", "v3", &os3), ("base/late", "v1", &late)] {
         wait_until(&format!("{repo}:{tag} pulled later"), ARRIVAL, || {
             has_manifest(&here, repo, tag, &img.digest)

@@ -401,47 +401,33 @@ pub struct Pull<'a> {
 impl Pull<'_> {
     /// The remote's repositories (every page of its catalog).
     pub async fn catalog(&self) -> Result<Vec<String>> {
-        let mut repos = Vec::new();
-        let mut url = self.remote.url("_catalog?n=1000")?;
-        loop {
-            let answer = self
-                .remote
-                .call(Call::new(Method::GET, url.clone(), "registry:catalog:*"))
-                .await?;
-            let next = answer
-                .header("link")
-                .and_then(next_link)
-                .map(str::to_string);
-            let body = answer.bytes_limited(64 << 20).await?;
-            #[derive(serde::Deserialize)]
-            struct Catalog {
-                #[serde(default)]
-                repositories: Vec<String>,
-            }
-            let page: Catalog = serde_json::from_slice(&body)
-                .map_err(|e| CopyError::GiveUp(format!("the catalog is not JSON: {e}")))?;
-            let empty = page.repositories.is_empty();
-            repos.extend(page.repositories);
-            match next {
-                Some(next) if !empty => url = self.remote.url(next.trim_start_matches("/v2/"))?,
-                _ => return Ok(repos),
-            }
-        }
+        self.every_page("_catalog?n=1000", "registry:catalog:*", "repositories")
+            .await?
+            .ok_or_else(|| CopyError::GiveUp("the remote has no catalog (404)".into()))
     }
 
-    /// The tags of the remote's `repo`.
+    /// The tags of the remote's `repo` (none when it has no such repository).
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>> {
         let scope = format!("repository:{repo}:pull");
-        let mut tags = Vec::new();
-        let mut url = self.remote.url(&format!("{repo}/tags/list?n=1000"))?;
+        let tags = self
+            .every_page(&format!("{repo}/tags/list?n=1000"), &scope, "tags")
+            .await?;
+        Ok(tags.unwrap_or_default())
+    }
+
+    /// The names listed under `key` in every page of a listing, following `Link: rel="next"`
+    /// (`None`: the remote answers 404).
+    async fn every_page(&self, first: &str, scope: &str, key: &str) -> Result<Option<Vec<String>>> {
+        let mut names = Vec::new();
+        let mut url = self.remote.url(first)?;
         loop {
             let answer = match self
                 .remote
-                .call(Call::new(Method::GET, url.clone(), &scope))
+                .call(Call::new(Method::GET, url.clone(), scope))
                 .await
             {
                 Ok(a) => a,
-                Err(ClientError::NotFound) => return Ok(tags),
+                Err(ClientError::NotFound) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
             let next = answer
@@ -449,19 +435,15 @@ impl Pull<'_> {
                 .and_then(next_link)
                 .map(str::to_string);
             let body = answer.bytes_limited(64 << 20).await?;
-            #[derive(serde::Deserialize)]
-            struct Tags {
-                #[serde(default)]
-                tags: Option<Vec<String>>,
-            }
-            let page: Tags = serde_json::from_slice(&body)
-                .map_err(|e| CopyError::GiveUp(format!("the tag list is not JSON: {e}")))?;
-            let page = page.tags.unwrap_or_default();
+            let page: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| CopyError::GiveUp(format!("{first} is not JSON: {e}")))?;
+            // `null` for a repository without tags, as Distribution answers.
+            let page: Vec<String> = serde_json::from_value(page[key].clone()).unwrap_or_default();
             let empty = page.is_empty();
-            tags.extend(page);
+            names.extend(page);
             match next {
                 Some(next) if !empty => url = self.remote.url(next.trim_start_matches("/v2/"))?,
-                _ => return Ok(tags),
+                _ => return Ok(Some(names)),
             }
         }
     }

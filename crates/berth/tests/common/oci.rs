@@ -711,3 +711,68 @@ pub async fn is_healthy(reg: &Registry) -> bool {
         Ok(r) if r.status() == StatusCode::OK
     )
 }
+
+/// Who pushes to another registry: Basic credentials, or nobody.
+pub type Credentials<'a> = Option<(&'a str, &'a str)>;
+
+fn as_who(req: reqwest::RequestBuilder, who: Credentials<'_>) -> reqwest::RequestBuilder {
+    match who {
+        Some((user, password)) => req.basic_auth(user, Some(password)),
+        None => req,
+    }
+}
+
+/// Pushes a blob to any registry at `base` (Distribution included): POST, then PUT with the
+/// digest, as `who`. Asserts success.
+pub async fn upload_blob_to(base: &str, who: Credentials<'_>, repo: &str, data: &[u8]) {
+    let resp = as_who(
+        client().post(format!("{base}/v2/{repo}/blobs/uploads/")),
+        who,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
+    let location = must_header(&resp, "location");
+    let location = if location.starts_with('/') {
+        format!("{base}{location}")
+    } else {
+        location
+    };
+    let put = client()
+        .put(with_query(&location, "digest", &sha256(data)))
+        .header("content-type", "application/octet-stream")
+        .body(data.to_vec());
+    let resp = as_who(put, who).send().await.unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+}
+
+/// Pushes a manifest to any registry at `base` as `who`. Asserts success.
+pub async fn upload_manifest_to(
+    base: &str,
+    who: Credentials<'_>,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &[u8],
+) {
+    let put = client()
+        .put(format!("{base}/v2/{repo}/manifests/{reference}"))
+        .header("content-type", media_type)
+        .body(body.to_vec());
+    let resp = as_who(put, who).send().await.unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+}
+
+/// Pushes `img` (its blobs, then its manifest under `reference`) to any registry at `base`.
+pub async fn upload_image_to(
+    base: &str,
+    who: Credentials<'_>,
+    repo: &str,
+    reference: &str,
+    img: &Image,
+) {
+    upload_blob_to(base, who, repo, &img.config).await;
+    upload_blob_to(base, who, repo, &img.layer).await;
+    upload_manifest_to(base, who, repo, reference, OCI_MANIFEST, &img.manifest).await;
+}
