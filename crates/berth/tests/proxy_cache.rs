@@ -725,3 +725,66 @@ async fn what_an_upstream_sends_is_verified_before_it_is_cached() {
     assert_eq!(status, 200);
     assert_eq!(sha256(&body), layer);
 }
+
+/// docker pulls a multi-platform image through the cache: it gets the index's digest and its
+/// platform's image, and the cache fetched that platform only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_pulls_one_platform_through_the_cache() {
+    use common::cli::{can_run, docker_inspect, run, DockerImages, Env};
+    use common::image;
+    let env = Env::new();
+    if !can_run(
+        "docker_pulls_one_platform_through_the_cache",
+        env.docker_available(),
+        "BERTH_SKIP_DOCKER",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (upstream, upstream_base) = open_upstream(tmp.path());
+    let m = image::oci_multi_arch(116);
+    let layout = env.path("multi");
+    image::write_multi_arch_layout(&layout, "v1", &m);
+    run(env.skopeo().args([
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{}/team/multi:v1", upstream.host),
+    ]));
+    let reg = cache(
+        tmp.path(),
+        "docker",
+        &format!("  remoteurl: {upstream_base}\n"),
+    );
+    let name = format!("{}/team/multi:v1", reg.host());
+    let _images = DockerImages {
+        env: &env,
+        refs: vec![name.clone()],
+    };
+    let out = run(env.cmd("docker").args(["pull", &name]));
+    assert!(
+        out.contains(&format!("Digest: {}", m.index.digest)),
+        "docker pull output:\n{out}"
+    );
+    let inspect = docker_inspect(&env, &name);
+    assert_eq!(inspect["Id"], m.images[0].config.digest.as_str());
+    assert_eq!(inspect["Architecture"], "amd64");
+    // The arm64 image stayed upstream: neither its manifest nor its layers were fetched.
+    let log = upstream.log();
+    let amd64 = format!(
+        "\"GET /v2/team/multi/manifests/{} ",
+        m.images[0].manifest.digest
+    );
+    assert!(
+        log.contains(&amd64),
+        "the amd64 image came from elsewhere:\n{log}"
+    );
+    let arm64 = &m.images[1];
+    let fetched = format!("\"GET /v2/team/multi/manifests/{} ", arm64.manifest.digest);
+    assert!(!log.contains(&fetched), "{log}");
+    for blob in arm64.blobs() {
+        let fetched = format!("\"GET /v2/team/multi/blobs/{} ", blob.digest);
+        assert!(!log.contains(&fetched), "{} was fetched", blob.digest);
+    }
+}
