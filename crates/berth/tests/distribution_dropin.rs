@@ -647,17 +647,7 @@ async fn prefix_headers_and_metrics() {
         .unwrap();
     assert_eq!(got.bytes().await.unwrap(), &data[..]);
     // Prometheus metrics on the debug listener count those requests.
-    let metrics = client()
-        .get(format!(
-            "http://{}/metrics",
-            reg.debug_addr.expect("debug listener")
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&reg).await;
     assert!(
         metrics.contains("registry_http_requests_total"),
         "{metrics}"

@@ -140,25 +140,9 @@ async fn pull_image(reg: &Registry, repo: &str, tag: &str, img: &Image) {
 }
 
 async fn metric(reg: &Registry, kind: &str, result: &str) -> u64 {
-    let text = client()
-        .get(format!(
-            "http://{}/metrics",
-            reg.debug_addr.expect("debug listener")
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("berth_proxy_requests_total{")
-                && l.contains(&format!("kind=\"{kind}\""))
-                && l.contains(&format!("result=\"{result}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    let labels = [("kind", kind), ("result", result)];
+    let text = common::metrics(reg).await;
+    common::sample_sum(&text, "berth_proxy_requests_total", &labels) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -392,48 +392,16 @@ fn manifest_puts(dist: &Distribution, repo: &str) -> usize {
 
 // ---- metrics and `berth replication status` ---------------------------------------------------
 
-async fn metrics(reg: &Registry) -> String {
-    let addr = reg.debug_addr.expect("a debug listener");
-    client()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text")
-}
-
-/// The sum of the samples of `name` whose labels include all of `labels` (0 when there are none:
-/// a counter appears once it was first incremented).
-fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labelset, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once('}')?,
-                None if rest.starts_with(' ') => ("", rest),
-                None => return None,
-            };
-            let wanted = labels
-                .iter()
-                .all(|(k, v)| labelset.contains(&format!("{k}=\"{v}\"")));
-            wanted.then(|| value.split_whitespace().next()?.parse::<f64>().ok())?
-        })
-        .sum()
-}
-
 /// `berth_replication_<what>_total{rule}` on `reg`.
 async fn replication_metric(reg: &Registry, what: &str, rule: &str) -> u64 {
     let name = format!("berth_replication_{what}_total");
-    sample_sum(&metrics(reg).await, &name, &[("rule", rule)]) as u64
+    common::sample_sum(&common::metrics(reg).await, &name, &[("rule", rule)]) as u64
 }
 
 /// How many PUT requests `reg` answered since it started.
 async fn puts(reg: &Registry) -> u64 {
-    sample_sum(
-        &metrics(reg).await,
+    common::sample_sum(
+        &common::metrics(reg).await,
         "registry_http_requests_total",
         &[("method", "PUT")],
     ) as u64

@@ -228,3 +228,36 @@ pub fn sha512(data: &[u8]) -> String {
     use sha2::Digest as _;
     format!("sha512:{}", hex::encode(sha2::Sha512::digest(data)))
 }
+
+/// The Prometheus text of `reg`'s debug listener.
+pub async fn metrics(reg: &Registry) -> String {
+    let addr = reg.debug_addr.expect("a debug listener");
+    oci::client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// The sum of the samples of `name` whose labels include all of `labels` (0 when there are none:
+/// a counter appears once it was first incremented).
+pub fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labelset, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once('}')?,
+                None if rest.starts_with(' ') => ("", rest),
+                None => return None,
+            };
+            let wanted = labels
+                .iter()
+                .all(|(k, v)| labelset.contains(&format!("{k}=\"{v}\"")));
+            wanted.then(|| value.split_whitespace().next()?.parse::<f64>().ok())?
+        })
+        .sum()
+}
